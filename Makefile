@@ -1,0 +1,44 @@
+# make train   -- install (idempotent), then run the default experiment
+# make test    -- install (idempotent), then run the whole test suite
+# make tables  -- rebuild the paper's tables and figures from logged runs (RUNS=dir)
+# make bench   -- run the benchmarks in benchmarks/
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install data train test bench clean-venv
+
+install: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# Fashion-MNIST ships as the Debian package dataset-fashion-mnist.
+data:
+	@if [ -f $(FMNIST) ] || [ -n "$$SPARSE_EXP_DATA" ]; then \
+	  true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian package dataset-fashion-mnist"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist', or set SPARSE_EXP_DATA" \
+	       "to a directory holding train-images-idx3-ubyte.gz and the other three files."; \
+	fi
+
+train: install
+	$(PY) -m sparse_exp.train $(ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/step_time.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,191 @@
+"""Structured config schemas (Hydra ConfigStore) for ``python -m sparse_exp.train``.
+
+Every option of every config group under ``conf/`` starts from one of these dataclasses,
+so OmegaConf checks types and refuses unknown keys at composition time. Each group YAML
+pulls its schema in with a defaults entry such as ``- /schema/sparsifier@_here_: rigl``.
+
+Value checks that types cannot express (ranges, cross-key constraints) live in
+:mod:`sparse_exp.validate` and run before any data is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """``model`` group: architecture name from :data:`sparse_exp.models.MODELS`."""
+
+    name: str = MISSING
+
+
+@dataclass
+class DatasetConfig:
+    """``dataset`` group.
+
+    ``subset_train`` / ``subset_test`` shrink the data for smoke runs (first N images after
+    the validation split). ``val_size`` images are held out of the training set for every
+    model-selection decision; the test set is for reporting only.
+    """
+
+    name: str = MISSING
+    root: Optional[str] = None
+    download: bool = False
+    val_size: int = 5000
+    subset_train: Optional[int] = None
+    subset_test: Optional[int] = None
+    num_workers: int = 0
+    augment: bool = True
+
+
+@dataclass
+class DistributionConfig:
+    """``distribution`` group: how the global density is split over layers.
+
+    ``name``: ``uniform`` | ``er`` | ``erk`` (Evci et al. 2020, RigL Sec. 3 / rigl
+    ``sparse_utils.get_sparsities``). ``dense_first_layer`` / ``dense_last_layer`` keep the
+    input / output layer fully dense (RigL keeps the first layer dense for uniform).
+    """
+
+    name: str = MISSING
+    erk_power_scale: float = 1.0
+    dense_first_layer: bool = False
+    dense_last_layer: bool = False
+
+
+@dataclass
+class OptimizerConfig:
+    """``optimizer`` group: ``sgd`` (momentum, Nesterov off) or ``adam``."""
+
+    name: str = MISSING
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class ScheduleConfig:
+    """``schedule`` group: LR multiplier as a function of the training step.
+
+    ``step``: multiply by ``gamma`` at each fraction in ``milestones`` of training;
+    ``cosine``: cosine decay to ``min_factor``; ``constant``. ``warmup_epochs`` of linear warm-up.
+    """
+
+    name: str = MISSING
+    milestones: List[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1
+    min_factor: float = 0.0
+    warmup_epochs: int = 0
+
+
+@dataclass
+class LoggerConfig:
+    """``logger`` group: ``wandb`` (offline by default; ``WANDB_MODE`` overrides ``mode``) or ``none``."""
+
+    name: str = MISSING
+    project: str = "sparse_exp"
+    entity: Optional[str] = None
+    mode: str = "offline"
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class SparsifierConfig:
+    """``sparsifier`` group base: fields every sparsifier has."""
+
+    name: str = MISSING
+
+
+@dataclass
+class DenseSparsifierConfig(SparsifierConfig):
+    """``sparsifier=dense``: no masks at all (the dense baseline; ``sparsity`` must be 0)."""
+
+    name: str = "dense"
+
+
+@dataclass
+class StaticSparsifierConfig(SparsifierConfig):
+    """``sparsifier=static``: random exact-count mask drawn once at initialisation, then fixed."""
+
+    name: str = "static"
+
+
+@dataclass
+class SuperposerConfig:
+    """``superposer`` group base."""
+
+    name: str = MISSING
+
+
+@dataclass
+class NoSuperposerConfig(SuperposerConfig):
+    """``superposer=none``: the base method's final model is the result."""
+
+    name: str = "none"
+
+
+@dataclass
+class Config:
+    """Top-level config (``conf/config.yaml``).
+
+    ``sparsity`` is the target fraction of zeros among the prunable weights (conv and linear
+    weights), in [0, 1). ``epochs`` counts passes over the training split.
+    """
+
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    sparsifier: Any = MISSING
+    superposer: Any = MISSING
+    distribution: DistributionConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    schedule: ScheduleConfig = MISSING
+    logger: LoggerConfig = MISSING
+    sparsity: float = 0.9
+    seed: int = 0
+    epochs: int = 20
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    device: str = "auto"
+    deterministic: bool = False
+    check_invariants: bool = False
+    log_every: int = 50
+    stop_after_epochs: Optional[int] = None
+    progress: bool = True
+
+
+#: schema name per (group, option); YAML files refer to ``/schema/<group>@_here_: <name>``.
+SCHEMAS = {
+    "model": {"model": ModelConfig},
+    "dataset": {"dataset": DatasetConfig},
+    "distribution": {"distribution": DistributionConfig},
+    "optimizer": {"optimizer": OptimizerConfig},
+    "schedule": {"schedule": ScheduleConfig},
+    "logger": {"logger": LoggerConfig},
+    "sparsifier": {
+        "dense": DenseSparsifierConfig,
+        "static": StaticSparsifierConfig,
+    },
+    "superposer": {"none": NoSuperposerConfig},
+}
+
+
+def register_configs() -> None:
+    """Store the top-level schema and every group schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+def add_schema(group: str, name: str, node: type) -> None:
+    """Register one more schema (used by modules that add sparsifiers / superposers)."""
+    SCHEMAS.setdefault(group, {})[name] = node
+    ConfigStore.instance().store(group=f"schema/{group}", name=name, node=node)

@@ -1,0 +1,263 @@
+"""The training engine: build everything from a validated config, train, evaluate, resume.
+
+Data flows one way: config -> :meth:`Trainer.__init__` (data, model, optimizer, schedule,
+masks, sparsifier) -> :meth:`Trainer.fit` (epochs of steps; checkpoint every epoch) ->
+``summary.json``. The per-step path has no host synchronisation: loss and accuracy are
+accumulated on the device and read once per ``log_every`` steps and once per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from sparse_exp.data import build_data
+from sparse_exp.loggers import build_logger
+from sparse_exp.metrics import evaluate
+from sparse_exp.models import build_model
+from sparse_exp.rundir import RunDir, git_info
+from sparse_exp.schedules import lr_factor_fn
+from sparse_exp.sparse.masking import Masking
+from sparse_exp.sparse.sparsifiers import SparseContext, build_sparsifier
+
+log = logging.getLogger("sparse_exp")
+
+#: epoch id used to draw batches for pruning-at-init scores (never a training epoch)
+INIT_BATCHES_EPOCH = 1_000_000
+
+IDENTITY_KEYS = ("model", "dataset", "sparsifier", "superposer", "distribution")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_optimizer(cfg: Any, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or Adam from the ``optimizer`` group."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    raise ValueError(f"optimizer.name={cfg.name!r} is not known; allowed: ['adam', 'sgd']")
+
+
+def identity(cfg: Any) -> Dict[str, Any]:
+    """The run's identifying choices, as written into ``summary.json``."""
+    out = {k: cfg[k].name for k in IDENTITY_KEYS}
+    out.update(sparsity=float(cfg.sparsity), seed=int(cfg.seed), epochs=int(cfg.epochs))
+    return out
+
+
+class Trainer:
+    """Owns one run. ``Trainer(cfg, run_dir).fit()`` returns the summary dict.
+
+    Args:
+        cfg: a composed and validated config (``conf/config.yaml``).
+        run_dir: where outputs go (created by :meth:`RunDir.prepare`).
+    """
+
+    def __init__(self, cfg: Any, run_dir: RunDir) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.device = resolve_device(cfg.device)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        seed_everything(cfg.seed)
+        self.data = build_data(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size,
+                               eval_batch_size=cfg.eval_batch_size, device=self.device)
+        spec = self.data.spec
+        self.num_classes = spec.num_classes
+        self.model = build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
+                                 image_size=spec.image_size).to(self.device)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model)
+        self.steps_per_epoch = len(self.data.train)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor_fn(cfg.schedule, self.total_steps, self.steps_per_epoch))
+        self.masking = Masking(self.model)
+        self.ctx = SparseContext(
+            model=self.model, masking=self.masking, optimizer=self.optimizer, sparsity=float(cfg.sparsity),
+            distribution=cfg.distribution, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+            seed=int(cfg.seed), device=self.device, batches=self._init_batches, loss_fn=self.loss_fn)
+        self.sparsifier = build_sparsifier(cfg.sparsifier, self.ctx)
+        self.epoch = 0  # completed epochs
+        self.step = 0  # completed optimizer steps
+        self.elapsed = 0.0  # training seconds over all sessions of this run
+
+    # ------------------------------------------------------------------ pieces
+    def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y)
+
+    def _init_batches(self, n: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for i, batch in enumerate(self.data.train.iterate(INIT_BATCHES_EPOCH)):
+            if i >= n:
+                return
+            yield batch
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "masking": self.masking.state_dict(),
+            "sparsifier": self.sparsifier.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "elapsed": self.elapsed,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.masking.load_state_dict(state["masking"])
+        self.sparsifier.load_state_dict(state["sparsifier"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self) -> Dict[str, float]:
+        """One pass over the training split; returns mean loss, accuracy (%) and final LR."""
+        model, opt, masking = self.model, self.optimizer, self.masking
+        model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(self.data.train.iterate(self.epoch), total=self.steps_per_epoch, leave=False,
+                   disable=not self.cfg.progress, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}")
+        for i, (x, y) in enumerate(bar):
+            logits = model(x)
+            loss = self.loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            masking.apply_(opt)
+            self.step += 1
+            self.sparsifier.after_step(self.step)
+            self.scheduler.step()
+            if self.cfg.check_invariants:
+                masking.check_invariants(opt)
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+            if self.cfg.progress and (i + 1) % self.cfg.log_every == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
+        bar.close()
+        return {"train/loss": loss_sum.item() / max(seen, 1), "train/acc": 100.0 * correct.item() / max(seen, 1),
+                "lr": opt.param_groups[0]["lr"]}
+
+    def fit(self) -> Dict[str, Any]:
+        """Train (resuming from ``checkpoint.pt`` if present) and write ``summary.json``."""
+        cfg, rd = self.cfg, self.run_dir
+        ident = identity(cfg)
+        if rd.has_checkpoint():
+            self.load_state_dict(rd.load_checkpoint(map_location=self.device))
+            self.masking.invalidate_buffer_cache()
+            rd.truncate_metrics(before_epoch=self.epoch + 1)
+            log.info("resumed from %s at epoch %d (step %d)", rd.checkpoint_path, self.epoch, self.step)
+        else:
+            self.sparsifier.init_masks()
+            rd.truncate_metrics(before_epoch=0)
+        rd.write_summary({"status": "running", **ident})
+        logger = build_logger(cfg.logger, rd, OmegaConf.to_container(cfg, resolve=True), name=rd.path.name)
+        try:
+            stop_at = cfg.stop_after_epochs or cfg.epochs
+            while self.epoch < cfg.epochs:
+                t0 = time.perf_counter()
+                row = self.train_epoch()
+                self.epoch += 1
+                self.elapsed += time.perf_counter() - t0
+                row.update(evaluate(self.model, self.data.val, self.num_classes, prefix="val"))
+                row.update({"epoch": self.epoch, "step": self.step, "sparsity": self.masking.global_sparsity(),
+                            "time/epoch_s": time.perf_counter() - t0})
+                rd.append_metrics(row)
+                rd.save_checkpoint(self.state_dict())
+                logger.log(row, step=self.step)
+                log.info("epoch %d/%d  loss %.4f  train %.2f%%  val %.2f%%  lr %.4g  sparsity %.4f  (%.1fs)",
+                         self.epoch, cfg.epochs, row["train/loss"], row["train/acc"], row.get("val/acc", math.nan),
+                         row["lr"], row["sparsity"], row["time/epoch_s"])
+                if self.epoch >= stop_at and self.epoch < cfg.epochs:
+                    rd.write_summary({"status": "stopped", **ident, "epoch": self.epoch})
+                    log.info("stopped after epoch %d as asked (stop_after_epochs); re-run to resume", self.epoch)
+                    return {"status": "stopped", "epoch": self.epoch}
+            summary = self.final_summary(ident)
+            rd.save_masks(self.masking.masks, {**ident, "sparsity/global": summary["sparsity/global"]})
+            rd.write_summary(summary)
+            logger.summary(summary)
+            return summary
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                rd.write_summary({"status": "failed", **ident, "error": f"{type(exc).__name__}: {exc}"})
+            raise
+        finally:
+            logger.finish()
+
+    def final_summary(self, ident: Dict[str, Any]) -> Dict[str, Any]:
+        """Test / val metrics and sparsity of the final model (the ``summary.json`` body)."""
+        m = self.masking
+        out: Dict[str, Any] = {"status": "completed", **ident}
+        out.update(evaluate(self.model, self.data.test, self.num_classes, prefix="test"))
+        out.update(evaluate(self.model, self.data.val, self.num_classes, prefix="val"))
+        counts = m.counts()
+        out["sparsity/global"] = 1.0 - sum(counts.values()) / m.total
+        out["sparsity/layers"] = {n: 1.0 - counts[n] / m.sizes[n] for n in m.names}
+        out["params/prunable"] = m.total
+        out["params/nonzero"] = sum(m.nonzero_weights().values())
+        out["params/total"] = sum(p.numel() for p in self.model.parameters())
+        out["params/total_nonzero"] = sum(int(p.count_nonzero()) for p in self.model.parameters())
+        out["steps"] = self.step
+        out["time/train_s"] = self.elapsed
+        out["run_dir"] = str(self.run_dir.path)
+        out["git"] = git_info()["sha"]
+        return out
+
+
+def format_summary(summary: Dict[str, Any]) -> str:
+    """The short table printed at the end of a run."""
+    rows = [
+        ("test accuracy", f"{summary['test/acc']:.2f} %"),
+        ("test NLL", f"{summary['test/nll']:.4f}"),
+        ("test ECE (15 bins)", f"{summary['test/ece']:.4f}"),
+        ("sparsity (prunable)", f"{summary['sparsity/global']:.4f}"),
+        ("non-zero weights", f"{summary['params/nonzero']:,} of {summary['params/prunable']:,} prunable"),
+        ("training time", f"{summary['time/train_s']:.1f} s"),
+        ("run directory", summary["run_dir"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

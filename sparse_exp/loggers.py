@@ -1,0 +1,55 @@
+"""Experiment loggers (``logger`` group): ``wandb`` and ``none``.
+
+W&B runs offline by default (``logger.mode``; the ``WANDB_MODE`` environment variable wins) so
+nothing needs an account. The run id is stored in the run directory (``wandb_id.txt``) and
+reused with ``resume="allow"``, so a resumed or requeued run is one W&B run, not two.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+
+class NullLogger:
+    """Logs nothing."""
+
+    def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
+        pass
+
+    def summary(self, metrics: Dict[str, Any]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbLogger(NullLogger):
+    """Thin wrapper over ``wandb.init`` / ``run.log`` / ``run.summary``."""
+
+    def __init__(self, cfg: Any, run_dir, config: Dict[str, Any], name: str) -> None:
+        import wandb
+
+        id_path = run_dir.wandb_id_path
+        run_id = id_path.read_text().strip() if id_path.exists() else wandb.util.generate_id()
+        id_path.write_text(run_id + "\n")
+        mode = os.environ.get("WANDB_MODE", cfg.mode)
+        self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=mode, id=run_id, resume="allow",
+                              dir=str(run_dir.path), config=config, name=name, tags=list(cfg.tags))
+
+    def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
+        self.run.log(metrics, step=step)
+
+    def summary(self, metrics: Dict[str, Any]) -> None:
+        for k, v in metrics.items():
+            self.run.summary[k] = v
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def build_logger(cfg: Any, run_dir, config: Dict[str, Any], name: str):
+    """The logger for ``cfg.name`` (``wandb`` or ``none``)."""
+    if cfg.name == "none" or os.environ.get("WANDB_MODE", cfg.mode) == "disabled":
+        return NullLogger()
+    return WandbLogger(cfg, run_dir, config, name)

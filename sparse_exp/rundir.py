@@ -1,0 +1,124 @@
+"""The run directory: resolved config, git SHA, metrics, summary and checkpoints.
+
+Layout (one directory per run, named from its overrides, see ``conf/config.yaml``)::
+
+    config.yaml        resolved config (written once the config is valid)
+    git.json           {"sha": ..., "dirty": bool} of the code that ran
+    metrics.jsonl      one JSON object per epoch
+    summary.json       the result; ``status`` is "completed" only when the run finished
+    checkpoint.pt      latest state, written atomically at the end of every epoch
+    masks.pt           final masks: {"format": "sparse_exp.masks/v1", "masks": {name: bool tensor}}
+    wandb_id.txt       the W&B run id, reused on resume
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+MASKS_FORMAT = "sparse_exp.masks/v1"
+
+
+def git_info() -> Dict[str, Any]:
+    """SHA and dirty flag of the repository holding this package ("unknown" outside git)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return {"sha": "unknown", "dirty": None}
+    return {"sha": sha, "dirty": dirty}
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class RunDir:
+    """Reads and writes one run directory (``path``)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    summary_path = property(lambda self: self.path / "summary.json")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
+    masks_path = property(lambda self: self.path / "masks.pt")
+    wandb_id_path = property(lambda self: self.path / "wandb_id.txt")
+
+    # -------------------------------------------------------------- state of the run
+    def summary(self) -> Optional[Dict[str, Any]]:
+        """The parsed ``summary.json`` or ``None``."""
+        if not self.summary_path.exists():
+            return None
+        return json.loads(self.summary_path.read_text())
+
+    def is_completed(self) -> bool:
+        s = self.summary()
+        return bool(s) and s.get("status") == "completed"
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.exists()
+
+    # -------------------------------------------------------------- writing
+    def prepare(self, cfg: Any) -> None:
+        """Create the directory and write the resolved config and git SHA."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+        _atomic_write_bytes(self.config_path, lambda f: f.write(text.encode()))
+        info = json.dumps(git_info(), indent=2)
+        _atomic_write_bytes(self.path / "git.json", lambda f: f.write(info.encode()))
+
+    def write_summary(self, summary: Dict[str, Any]) -> None:
+        text = json.dumps(summary, indent=2, sort_keys=True, default=float)
+        _atomic_write_bytes(self.summary_path, lambda f: f.write(text.encode()))
+
+    def append_metrics(self, row: Dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+
+    def truncate_metrics(self, before_epoch: int) -> None:
+        """Keep only metric rows of epochs ``< before_epoch`` (rows of an interrupted epoch go)."""
+        if not self.metrics_path.exists():
+            return
+        rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if json.loads(r).get("epoch", -1) < before_epoch]
+        _atomic_write_bytes(self.metrics_path, lambda f: f.write("".join(r + "\n" for r in kept).encode()))
+
+    def metrics(self):
+        """All metric rows as a list of dicts."""
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(r) for r in self.metrics_path.read_text().splitlines() if r.strip()]
+
+    def save_checkpoint(self, state: Dict[str, Any]) -> None:
+        """``torch.save`` to a temp file in the run directory, then rename over the old one."""
+        _atomic_write_bytes(self.checkpoint_path, lambda f: torch.save(state, f))
+
+    def load_checkpoint(self, map_location: Any = "cpu") -> Dict[str, Any]:
+        return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+
+    def save_masks(self, masks: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
+        """Final masks in the documented format (see module docstring); ``mask_file`` reads it."""
+        payload = {"format": MASKS_FORMAT, "masks": {k: v.detach().to("cpu", torch.bool) for k, v in masks.items()},
+                   "meta": meta}
+        _atomic_write_bytes(self.masks_path, lambda f: torch.save(payload, f))

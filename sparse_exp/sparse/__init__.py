@@ -1,0 +1,1 @@
+"""The sparse-training core: masks, layer-wise distributions, sparsifiers (and later superposers)."""

@@ -1,0 +1,126 @@
+"""Layer-wise density allocation: uniform, ER and ERK, with exact integer counts.
+
+Source: Evci et al., "Rigging the Lottery", ICML 2020, Sec. 3 and Appendix; reference repo
+google-research/rigl, ``rigl/sparse_utils.py::get_sparsities`` (ER/ERK with the rule that a
+layer whose ERK density would exceed 1 becomes dense and the remaining budget is rescaled).
+ER: Mocanu et al. 2018 (SET), density proportional to (n_in + n_out) / (n_in * n_out).
+
+Unlike the reference code (float densities, then Bernoulli or per-layer rounding), the
+result here is a number of ones per layer: each layer gets floor or ceil of ``d_l * n_l``
+and the total equals ``round(density * N)`` exactly (largest-remainder rounding), so the
+global sparsity matches the target as closely as integers allow.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, Mapping, Sequence
+
+DISTRIBUTIONS = ("uniform", "er", "erk")
+
+
+def _raw_score(shape: Sequence[int], method: str, erk_power_scale: float) -> float:
+    if method == "erk":
+        return (sum(shape) / math.prod(shape)) ** erk_power_scale
+    # ER (rigl ``erdos_renyi``): only the fan-in / fan-out dimensions count.
+    n_out, n_in = shape[0], shape[1] if len(shape) > 1 else 1
+    return (n_in + n_out) / (n_in * n_out)
+
+
+def layer_densities(
+    shapes: Mapping[str, Sequence[int]],
+    density: float,
+    method: str,
+    erk_power_scale: float = 1.0,
+    dense_layers: Iterable[str] = (),
+) -> Dict[str, float]:
+    """Float density per layer so that the parameter-weighted mean equals ``density``.
+
+    Args:
+        shapes: layer name -> weight shape, PyTorch order ``(out, in, *kernel)``.
+        density: global fraction of ones over all listed layers, in (0, 1].
+        method: ``uniform`` | ``er`` | ``erk``.
+        erk_power_scale: exponent on the ERK / ER score (rigl ``erk_power_scale``; 1.0 = ERK).
+        dense_layers: names forced to density 1 (their weights count against the budget).
+
+    Returns:
+        name -> density in [0, 1].
+
+    Raises:
+        ValueError: unknown method, density outside (0, 1], or a budget that the forced-dense
+        layers alone exceed.
+
+    For ``uniform`` every non-forced layer gets the same density (rescaled for forced-dense
+    layers). For ``er``/``erk`` this is rigl's loop: eps is solved so that the budget holds;
+    layers whose density ``eps * raw`` would exceed 1 are made dense and eps is re-solved.
+    """
+    if method not in DISTRIBUTIONS:
+        raise ValueError(f"distribution.name={method!r} is not known; allowed: {list(DISTRIBUTIONS)}")
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    total = sum(sizes.values())
+    dense = set(dense_layers)
+    if method == "uniform":
+        budget = density * total - sum(sizes[n] for n in dense)
+        rest = total - sum(sizes[n] for n in dense)
+        if budget < -1e-9 or (rest == 0 and budget > 1e-9):
+            raise ValueError("the layers kept dense exceed the density budget")
+        d = min(1.0, budget / rest) if rest else 1.0
+        return {n: (1.0 if n in dense else d) for n in shapes}
+
+    raw = {n: _raw_score(s, method, erk_power_scale) for n, s in shapes.items()}
+    while True:
+        budget = density * total - sum(sizes[n] for n in dense)
+        divisor = sum(raw[n] * sizes[n] for n in shapes if n not in dense)
+        if budget < -1e-9:
+            raise ValueError("the layers kept dense exceed the density budget")
+        if divisor == 0:
+            return {n: 1.0 for n in shapes}
+        eps = budget / divisor
+        free = [n for n in shapes if n not in dense]
+        max_raw = max(raw[n] for n in free)
+        if eps * max_raw > 1.0:
+            dense.update(n for n in free if raw[n] == max_raw)
+            continue
+        return {n: (1.0 if n in dense else eps * raw[n]) for n in shapes}
+
+
+def layer_counts(
+    shapes: Mapping[str, Sequence[int]],
+    density: float,
+    method: str,
+    erk_power_scale: float = 1.0,
+    dense_layers: Iterable[str] = (),
+) -> Dict[str, int]:
+    """Exact number of ones per layer for a global ``density`` (see :func:`layer_densities`).
+
+    Returns name -> k with ``0 <= k <= n_l``; each ``k`` is floor or ceil of ``d_l * n_l`` and
+    ``sum(k) == round(density * N)`` (largest-remainder rounding among non-forced layers),
+    forced-dense layers get ``k = n_l``. Every layer keeps at least one weight.
+    """
+    sizes = {n: math.prod(s) for n, s in shapes.items()}
+    target = int(round(density * sum(sizes.values())))
+    dens = layer_densities(shapes, density, method, erk_power_scale, dense_layers)
+    # round away float noise (127.99999999999997 is 128) before taking floors
+    exact = {n: round(dens[n] * sizes[n], 6) for n in shapes}
+    counts = {n: min(sizes[n], max(1, int(math.floor(exact[n])))) for n in shapes}
+    remainder = target - sum(counts.values())
+    adjustable = [n for n in shapes if 0.0 < dens[n] < 1.0]
+    if remainder > 0:
+        order = sorted(adjustable, key=lambda n: (-(exact[n] - counts[n]), n))
+        for n in order:
+            if remainder == 0:
+                break
+            if counts[n] < min(sizes[n], math.ceil(exact[n])):
+                counts[n] += 1
+                remainder -= 1
+    elif remainder < 0:
+        order = sorted(adjustable, key=lambda n: (exact[n] - counts[n], n))
+        for n in order:
+            if remainder == 0:
+                break
+            if counts[n] > 1:
+                counts[n] -= 1
+                remainder += 1
+    return counts

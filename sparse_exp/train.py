@@ -1,0 +1,75 @@
+"""Train one sparse network (or a grid of them with ``-m``).
+
+    python -m sparse_exp.train                                   # the default experiment
+    python -m sparse_exp.train model=lenet_300_100 sparsity=0.95 distribution=uniform
+    python -m sparse_exp.train sparsifier=granet sparsity=0.9,0.95 seed=0,1,2 -m
+
+The run directory is ``runs/<overrides>`` (``$SPARSE_EXP_RUNS`` replaces ``runs``). Re-running the
+same command resumes from its checkpoint, or does nothing if the run is completed. A bad
+config value prints one line naming the key and the allowed values and exits with code 2
+before anything is loaded or written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from sparse_exp.config import register_configs
+from sparse_exp.errors import UserError
+
+log = logging.getLogger("sparse_exp")
+
+
+def _run_name(override_dirname: str) -> str:
+    return override_dirname.replace("/", "_") or "default"
+
+
+if not OmegaConf.has_resolver("run_name"):
+    OmegaConf.register_new_resolver("run_name", _run_name)
+register_configs()
+
+
+def run(cfg: DictConfig, run_path: str) -> dict:
+    """Validate ``cfg``, then train into ``run_path``; returns the summary.
+
+    Raises:
+        UserError: invalid config, missing data (nothing is written in that case).
+    """
+    from sparse_exp.data import check_data_available
+    from sparse_exp.rundir import RunDir
+    from sparse_exp.validate import validate
+
+    validate(cfg)
+    check_data_available(cfg.dataset)
+    rd = RunDir(run_path)
+    if rd.is_completed():
+        summary = rd.summary()
+        log.info("run already completed, not retraining: %s (test/acc %.2f%%). Delete the directory or change "
+                 "the overrides to train again.", rd.path, summary.get("test/acc", float("nan")))
+        return summary
+
+    from sparse_exp.engine import Trainer, format_summary
+
+    rd.prepare(cfg)
+    summary = Trainer(cfg, rd).fit()
+    if summary.get("status") == "completed":
+        print("\n" + format_summary(summary), flush=True)
+    return summary
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg, HydraConfig.get().runtime.output_dir)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

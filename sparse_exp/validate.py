@@ -1,0 +1,87 @@
+"""Whole-config validation, run before any data is loaded or any file is written.
+
+Types and unknown keys are already checked by the structured schemas
+(:mod:`sparse_exp.config`); this module checks ranges and cross-key constraints and raises
+:class:`sparse_exp.errors.ConfigError` naming the key, the value and what is allowed.
+Sparsifiers and superposers add their own checks through :data:`EXTRA_CHECKS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List
+
+from sparse_exp.errors import ConfigError
+
+#: functions ``check(cfg)`` registered by sparsifier / superposer modules.
+EXTRA_CHECKS: List[Callable[[Any], None]] = []
+
+
+def require(cond: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise :class:`ConfigError` for ``key=value`` unless ``cond``."""
+    if not cond:
+        raise ConfigError(key, value, allowed)
+
+
+def one_of(key: str, value: Any, allowed) -> None:
+    """Raise unless ``value`` is in ``allowed`` (the message lists them)."""
+    require(value in allowed, key, value, f"must be one of {sorted(allowed)}")
+
+
+def validate(cfg: Any) -> None:
+    """Check every value of a composed config; raise :class:`ConfigError` on the first bad one."""
+    from sparse_exp.data import DATASETS
+    from sparse_exp.models import MODELS
+    from sparse_exp.schedules import SCHEDULES
+    from sparse_exp.sparse.distributions import DISTRIBUTIONS
+    from sparse_exp.sparse.sparsifiers import SPARSIFIERS
+
+    require(isinstance(cfg.sparsity, (int, float)) and 0.0 <= cfg.sparsity < 1.0, "sparsity", cfg.sparsity,
+            "must be in [0, 1) (fraction of zeros among prunable weights)")
+    require(cfg.epochs >= 1, "epochs", cfg.epochs, "must be an integer >= 1")
+    require(cfg.batch_size >= 1, "batch_size", cfg.batch_size, "must be an integer >= 1")
+    require(cfg.eval_batch_size >= 1, "eval_batch_size", cfg.eval_batch_size, "must be an integer >= 1")
+    require(cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+    require(cfg.log_every >= 1, "log_every", cfg.log_every, "must be an integer >= 1")
+    if cfg.stop_after_epochs is not None:
+        require(1 <= cfg.stop_after_epochs <= cfg.epochs, "stop_after_epochs", cfg.stop_after_epochs,
+                f"must be in [1, epochs={cfg.epochs}] or null")
+    one_of("device", cfg.device.split(":")[0], {"auto", "cpu", "cuda", "mps"})
+
+    one_of("model.name", cfg.model.name, set(MODELS))
+    one_of("dataset.name", cfg.dataset.name, set(DATASETS))
+    require(cfg.dataset.val_size >= 0, "dataset.val_size", cfg.dataset.val_size, "must be >= 0")
+    for key in ("subset_train", "subset_test"):
+        value = cfg.dataset[key]
+        require(value is None or value >= 1, f"dataset.{key}", value, "must be >= 1 or null")
+    require(cfg.dataset.num_workers >= 0, "dataset.num_workers", cfg.dataset.num_workers, "must be >= 0")
+
+    one_of("distribution.name", cfg.distribution.name, set(DISTRIBUTIONS))
+    require(cfg.distribution.erk_power_scale > 0, "distribution.erk_power_scale", cfg.distribution.erk_power_scale,
+            "must be > 0")
+
+    opt = cfg.optimizer
+    one_of("optimizer.name", opt.name, {"sgd", "adam"})
+    require(opt.lr > 0, "optimizer.lr", opt.lr, "must be > 0")
+    require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "must be in [0, 1)")
+    require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be >= 0")
+
+    sch = cfg.schedule
+    one_of("schedule.name", sch.name, set(SCHEDULES))
+    require(all(0 < m < 1 for m in sch.milestones) and list(sch.milestones) == sorted(sch.milestones),
+            "schedule.milestones", list(sch.milestones), "must be increasing fractions of training in (0, 1)")
+    require(0 < sch.gamma <= 1, "schedule.gamma", sch.gamma, "must be in (0, 1]")
+    require(0 <= sch.min_factor <= 1, "schedule.min_factor", sch.min_factor, "must be in [0, 1]")
+    require(0 <= sch.warmup_epochs < cfg.epochs, "schedule.warmup_epochs", sch.warmup_epochs,
+            f"must be in [0, epochs={cfg.epochs})")
+
+    one_of("logger.name", cfg.logger.name, {"wandb", "none"})
+    one_of("logger.mode", cfg.logger.mode, {"online", "offline", "disabled"})
+
+    one_of("sparsifier.name", cfg.sparsifier.name, set(SPARSIFIERS))
+    if cfg.sparsifier.name == "dense":
+        require(cfg.sparsity == 0, "sparsity", cfg.sparsity, "must be 0 with sparsifier=dense")
+    elif cfg.sparsifier.name != "gmp":
+        require(cfg.sparsity > 0, "sparsity", cfg.sparsity,
+                "must be > 0 for a sparse method (use sparsifier=dense for dense training)")
+    for check in EXTRA_CHECKS:
+        check(cfg)
