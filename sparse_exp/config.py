@@ -118,6 +118,43 @@ class StaticSparsifierConfig(SparsifierConfig):
 
 
 @dataclass
+class DynamicSparsifierConfig(SparsifierConfig):
+    """``sparsifier=set`` / ``rigl``: fixed-density prune-and-regrow.
+
+    ``delta_t``: update interval ΔT in optimizer steps; ``drop_fraction``: fraction of each
+    layer's active weights dropped per update (RigL's alpha); ``drop_decay``: ``cosine`` (RigL
+    Eq. 1, to 0 at the stop step) or ``constant``; ``stop_fraction``: no updates after this
+    fraction of training.
+    """
+
+    delta_t: int = 100
+    drop_fraction: float = 0.3
+    drop_decay: str = "cosine"
+    stop_fraction: float = 0.75
+
+
+@dataclass
+class GradualSparsifierConfig(SparsifierConfig):
+    """``sparsifier=granet`` / ``gmp``: gradual global magnitude pruning (cubic schedule).
+
+    ``init_density``: density before pruning starts (GraNet 0.5, GMP 1.0 = dense);
+    ``prune_start_fraction`` / ``prune_end_fraction``: the pruning window as fractions of
+    training; ``delta_t``: steps between pruning (and regeneration) updates.
+    ``prune_rate`` (GraNet only): neuroregeneration drop fraction, decayed (``cosine`` to
+    ``prune_rate_min`` over the run, or ``constant``) until ``stop_fraction`` of training.
+    """
+
+    init_density: float = 0.5
+    prune_start_fraction: float = 0.0
+    prune_end_fraction: float = 0.6875
+    delta_t: int = 1000
+    prune_rate: float = 0.5
+    prune_rate_decay: str = "cosine"
+    prune_rate_min: float = 0.005
+    stop_fraction: float = 1.0
+
+
+@dataclass
 class SuperposerConfig:
     """``superposer`` group base."""
 
@@ -171,6 +208,10 @@ SCHEMAS = {
     "sparsifier": {
         "dense": DenseSparsifierConfig,
         "static": StaticSparsifierConfig,
+        "set": DynamicSparsifierConfig,
+        "rigl": DynamicSparsifierConfig,
+        "granet": GradualSparsifierConfig,
+        "gmp": GradualSparsifierConfig,
     },
     "superposer": {"none": NoSuperposerConfig},
 }

@@ -55,8 +55,9 @@ def run(cfg: DictConfig, run_path: str) -> dict:
 
     from sparse_exp.engine import Trainer, format_summary
 
+    trainer = Trainer(cfg, rd)  # may still refuse the config (e.g. schedules longer than the run)
     rd.prepare(cfg)
-    summary = Trainer(cfg, rd).fit()
+    summary = trainer.fit()
     if summary.get("status") == "completed":
         print("\n" + format_summary(summary), flush=True)
     return summary

@@ -83,5 +83,31 @@ def validate(cfg: Any) -> None:
     elif cfg.sparsifier.name != "gmp":
         require(cfg.sparsity > 0, "sparsity", cfg.sparsity,
                 "must be > 0 for a sparse method (use sparsifier=dense for dense training)")
+    validate_sparsifier(cfg)
     for check in EXTRA_CHECKS:
         check(cfg)
+
+
+def validate_sparsifier(cfg: Any) -> None:
+    """Range checks of the sparsifier-specific keys (only those the chosen method has)."""
+    sp = cfg.sparsifier
+    keys = set(sp.keys())
+    if "delta_t" in keys:
+        require(sp.delta_t >= 1, "sparsifier.delta_t", sp.delta_t, "must be an integer >= 1 (optimizer steps)")
+    if "drop_fraction" in keys:
+        require(0 <= sp.drop_fraction <= 1, "sparsifier.drop_fraction", sp.drop_fraction, "must be in [0, 1]")
+    if "drop_decay" in keys:
+        one_of("sparsifier.drop_decay", sp.drop_decay, {"cosine", "constant"})
+    if "stop_fraction" in keys:
+        require(0 < sp.stop_fraction <= 1, "sparsifier.stop_fraction", sp.stop_fraction, "must be in (0, 1]")
+    if "init_density" in keys:
+        require(0 < sp.init_density <= 1, "sparsifier.init_density", sp.init_density, "must be in (0, 1]")
+    if "prune_start_fraction" in keys:
+        require(0 <= sp.prune_start_fraction < sp.prune_end_fraction <= 1, "sparsifier.prune_end_fraction",
+                sp.prune_end_fraction,
+                f"must satisfy 0 <= prune_start_fraction ({sp.prune_start_fraction}) < prune_end_fraction <= 1")
+    if "prune_rate" in keys:
+        require(0 <= sp.prune_rate <= 1, "sparsifier.prune_rate", sp.prune_rate, "must be in [0, 1]")
+        require(0 <= sp.prune_rate_min <= sp.prune_rate, "sparsifier.prune_rate_min", sp.prune_rate_min,
+                f"must be in [0, prune_rate={sp.prune_rate}]")
+        one_of("sparsifier.prune_rate_decay", sp.prune_rate_decay, {"cosine", "constant"})

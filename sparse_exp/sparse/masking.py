@@ -88,6 +88,8 @@ class Masking:
         self._weights = [self.params[n] for n in self.names]
         self._mask_list = [self.masks[n] for n in self.names]
         self._buffer_cache: Optional[Tuple[int, List[torch.Tensor], List[torch.Tensor]]] = None
+        #: union of every mask ever set (for the ITOP rate, Liu et al. ICML 2021)
+        self.ever_active: Dict[str, torch.Tensor] = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in pairs}
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -119,6 +121,7 @@ class Masking:
             if new.shape != self.masks[name].shape:
                 raise ValueError(f"mask for {name} has shape {tuple(new.shape)}, expected {tuple(self.masks[name].shape)}")
             self.masks[name].copy_(new)
+            self.ever_active[name] |= self.masks[name].bool()
 
     def _optimizer_buffers(self, optimizer: Optional[torch.optim.Optimizer]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Per-parameter optimizer state tensors with the weight's shape, paired with masks.
@@ -177,6 +180,16 @@ class Masking:
         """Fraction of ones over all prunable weights."""
         return sum(self.counts().values()) / self.total
 
+    def itop_rate(self) -> float:
+        """In-Time Over-Parameterization rate: fraction of prunable weights ever active.
+
+        Source: Liu et al., "Do We Actually Need Dense Over-Parameterization? In-Time
+        Over-Parameterization in Sparse Training", ICML 2021, Sec. 3 (R_s). Dense training has 1.
+        """
+        if not self.enabled:
+            return 1.0
+        return sum(int(self.ever_active[n].count_nonzero()) for n in self.names) / self.total
+
     def global_sparsity(self) -> float:
         """Fraction of zeros in the masks over all prunable weights."""
         return 1.0 - self.global_density()
@@ -212,6 +225,7 @@ class Masking:
             "masks": {n: self.masks[n].detach().to("cpu", torch.bool) for n in self.names},
             "target_counts": dict(self.target_counts),
             "enabled": self.enabled,
+            "ever_active": {n: self.ever_active[n].detach().cpu() for n in self.names},
         }
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
@@ -221,6 +235,9 @@ class Masking:
         if missing:
             raise KeyError(f"checkpoint has no mask for {sorted(missing)}")
         self.set_masks_({n: masks[n] for n in self.names})
+        if "ever_active" in state:
+            for n in self.names:
+                self.ever_active[n].copy_(state["ever_active"][n])
         self.target_counts = dict(state["target_counts"])
         self.enabled = bool(state.get("enabled", True))
         self.invalidate_buffer_cache()

@@ -9,11 +9,17 @@ from __future__ import annotations
 from typing import Any, Dict, Type
 
 from sparse_exp.sparse.sparsifiers.base import SparseContext, Sparsifier
+from sparse_exp.sparse.sparsifiers.dst import RigLSparsifier, SETSparsifier
+from sparse_exp.sparse.sparsifiers.gradual import GradualMagnitudeSparsifier, GraNetSparsifier
 from sparse_exp.sparse.sparsifiers.static import DenseSparsifier, StaticSparsifier
 
 SPARSIFIERS: Dict[str, Type[Sparsifier]] = {
     "dense": DenseSparsifier,
     "static": StaticSparsifier,
+    "set": SETSparsifier,
+    "rigl": RigLSparsifier,
+    "granet": GraNetSparsifier,
+    "gmp": GradualMagnitudeSparsifier,
 }
 
 

@@ -1,0 +1,159 @@
+"""Topology operations shared by the dynamic sparsifiers and Sup-tickets exploration.
+
+* :func:`drop_and_grow` -- per layer, drop the smallest-magnitude fraction of active weights
+  and regrow as many inactive positions, at random (SET, Mocanu et al. 2018) or by largest
+  dense-gradient magnitude (RigL, Evci et al. 2020, Alg. 1; GraNet neuroregeneration, Liu et al.
+  2021, Sec. 3.2). Per-layer counts are preserved exactly; regrown weights and their optimizer
+  buffers start at zero.
+* :func:`global_magnitude_prune` -- keep exactly ``k`` largest-magnitude active weights over all
+  layers (GraNet / GMP gradual pruning, VITA-Group/GraNet ``sparselearning/core.py::pruning``).
+* :func:`cosine_fraction` -- cosine-decayed drop fraction (RigL Eq. 1; GraNet ``CosineDecay``).
+
+Like the references, these run only at update steps, so they may synchronise with the host.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, Optional
+
+import torch
+
+from sparse_exp.sparse.masking import Masking, topk_mask
+
+GROWTH_MODES = ("random", "gradient")
+
+
+def cosine_fraction(initial: float, step: int, end_step: int, minimum: float = 0.0) -> float:
+    """``minimum + (initial - minimum) * (1 + cos(pi * step / end_step)) / 2``, clamped at ``end_step``.
+
+    RigL (Evci et al. 2020, Eq. 1) uses ``minimum = 0`` and ``end_step`` = the step where updates
+    stop; GraNet's ``CosineDecay`` uses ``minimum = 0.005`` over the whole run.
+    """
+    t = min(1.0, step / max(1, end_step))
+    return minimum + (initial - minimum) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+@torch.no_grad()
+def _zero_outside(masking: Masking, name: str, keep: torch.Tensor, optimizer: Optional[torch.optim.Optimizer]) -> None:
+    """Zero the weight and its optimizer buffers where ``keep`` is False."""
+    w = masking.params[name]
+    w.mul_(keep)
+    if optimizer is not None:
+        for value in optimizer.state.get(w, {}).values():
+            if torch.is_tensor(value) and value.shape == w.shape:
+                value.mul_(keep)
+
+
+@torch.no_grad()
+def drop_and_grow(
+    masking: Masking,
+    optimizer: Optional[torch.optim.Optimizer],
+    fraction: float,
+    growth: str,
+    generator: Optional[torch.Generator] = None,
+    layers: Optional[Iterable[str]] = None,
+) -> Dict[str, int]:
+    """One prune-and-regrow update, layer by layer.
+
+    Args:
+        masking: masks to update in place.
+        optimizer: its buffers of dropped and regrown weights are zeroed.
+        fraction: fraction of each layer's active weights to drop, in [0, 1]; the number is
+            ``floor(fraction * n_active)`` (rigl ``sparse_utils`` rounding).
+        growth: ``"random"`` (uniform over positions inactive after the drop, drawn from
+            ``generator``) or ``"gradient"`` (largest ``|p.grad|`` among positions inactive
+            after the drop; needs the dense gradient in ``p.grad``).
+        generator: CPU generator for random growth (shared seed => identical masks on all ranks).
+        layers: restrict to these layers (default: every layer that is not fully dense).
+
+    Returns:
+        name -> number of connections dropped (= regrown).
+
+    Raises:
+        ValueError: unknown growth mode; RuntimeError: gradient growth without gradients.
+
+    Positions dropped in this update may be regrown, as in RigL's reference; such a weight
+    keeps its value (rigl ``SparseRigLOptimizer(reinit_when_same=False)``, the default), every
+    other regrown weight starts at zero. Layers at full density are skipped.
+    """
+    if growth not in GROWTH_MODES:
+        raise ValueError(f"growth={growth!r} is not known; allowed: {list(GROWTH_MODES)}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"drop fraction must be in [0, 1], got {fraction}")
+    changed: Dict[str, int] = {}
+    names = list(layers) if layers is not None else masking.names
+    for name in names:
+        n_active = masking.target_counts[name]
+        n = masking.params[name].numel()
+        k = int(math.floor(fraction * n_active))
+        if k == 0 or n_active >= n:
+            continue
+        w, mask = masking.params[name], masking.masks[name]
+        old = mask.bool()
+        neg_inf = torch.tensor(float("-inf"), device=w.device, dtype=torch.float32)
+        keep_scores = torch.where(old, w.detach().abs().float(), neg_inf)
+        after_drop = topk_mask(keep_scores, n_active - k)
+        if growth == "gradient":
+            if w.grad is None:
+                raise RuntimeError(f"gradient growth needs the dense gradient of {name}, but .grad is None")
+            grow_scores = w.grad.detach().abs().float()
+        else:
+            grow_scores = torch.rand(w.shape, generator=generator).to(w.device)
+        grow_scores = torch.where(after_drop, neg_inf, grow_scores)
+        grown = topk_mask(grow_scores, k)
+        new = after_drop | grown
+        _zero_outside(masking, name, old & new, optimizer)
+        masking.set_masks_({name: new})
+        changed[name] = k
+    return changed
+
+
+@torch.no_grad()
+def global_magnitude_prune(
+    masking: Masking,
+    optimizer: Optional[torch.optim.Optimizer],
+    keep: int,
+    dense_layers: Iterable[str] = (),
+) -> Dict[str, int]:
+    """Keep exactly ``keep`` active weights over all layers, the largest by magnitude.
+
+    Layers in ``dense_layers`` stay as they are and count against ``keep``. Every other layer
+    keeps at least one weight (its largest). Returns the new per-layer counts and sets
+    ``masking.target_counts`` to them.
+
+    Source: GraNet ``sparselearning/core.py::pruning`` (global top-k over |w|), with an exact
+    count instead of the reference's threshold comparison.
+    """
+    dense = set(dense_layers)
+    names = [n for n in masking.names if n not in dense]
+    budget = keep - sum(masking.target_counts[n] for n in dense)
+    if budget < len(names):
+        raise ValueError(f"cannot keep {keep} weights: the dense layers and one weight per layer need more")
+    active = sum(masking.target_counts[n] for n in names)
+    if budget > active:
+        raise ValueError(f"global_magnitude_prune only removes weights: {budget} requested, {active} active")
+    scores = []
+    for n in names:
+        w, m = masking.params[n], masking.masks[n].bool()
+        s = torch.where(m, w.detach().abs().float(), torch.tensor(-1.0, device=w.device))
+        # guarantee one survivor per layer: its largest active weight scores +inf
+        flat = s.reshape(-1).clone()
+        flat[torch.argmax(flat)] = float("inf")
+        scores.append(flat)
+    allscores = torch.cat(scores)
+    keep_mask = topk_mask(allscores, budget)
+    counts: Dict[str, int] = {}
+    offset = 0
+    new_masks = {}
+    for n in names:
+        size = masking.params[n].numel()
+        new = keep_mask[offset:offset + size].view_as(masking.params[n]) & masking.masks[n].bool()
+        offset += size
+        new_masks[n] = new
+        counts[n] = int(new.count_nonzero())
+    for n, new in new_masks.items():
+        _zero_outside(masking, n, new, optimizer)
+    masking.set_masks_(new_masks)
+    masking.target_counts.update(counts)
+    return dict(masking.target_counts)
