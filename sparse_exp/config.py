@@ -41,6 +41,11 @@ class DatasetConfig:
     subset_test: Optional[int] = None
     num_workers: int = 0
     augment: bool = True
+    # the Sup-tickets protocol per data set (paper Sec. 4.1 / reference README): cycle length in
+    # epochs and cyclic LR range; conf/superposer/sup_tickets.yaml reads them.
+    sup_cycle_epochs: float = 8.0
+    sup_lr_low: float = 0.001
+    sup_lr_high: float = 0.005
 
 
 @dataclass
@@ -169,6 +174,38 @@ class NoSuperposerConfig(SuperposerConfig):
 
 
 @dataclass
+class SupTicketsConfig(SuperposerConfig):
+    """``superposer=sup_tickets`` (Yin et al. UAI 2022, Alg. 1).
+
+    Budget: the cyclic phase is the last ``phase_fraction`` of the epochs rounded down to
+    whole cycles of ``cycle_epochs``, or ``num_tickets * cycle_epochs`` epochs when
+    ``num_tickets`` is set (Fig. 4). LR: ``lr_schedule`` ``triangle`` (Eq. 3) | ``fge`` | ``swa``
+    between ``lr_low`` and ``lr_high`` (absolute LRs). Exploration at each cycle start drops
+    ``explore_fraction`` per layer and regrows with ``explore_growth`` (``auto`` = the base
+    method's criterion). ``averaging`` ``cia`` | ``caa`` | ``cima`` (``beta``); ``reprune``
+    ``global`` | ``layerwise``; ``bn`` ``average`` | ``recompute``.
+    The per-dataset defaults of cycle length and LR range live in the ``dataset`` group.
+    """
+
+    name: str = "sup_tickets"
+    phase_fraction: float = 0.1
+    cycle_epochs: float = 8.0
+    num_tickets: Optional[int] = None
+    lr_schedule: str = "triangle"
+    lr_low: float = 0.001
+    lr_high: float = 0.005
+    explore_fraction: float = 0.5
+    explore_growth: str = "auto"
+    dst_updates_in_cycles: bool = True
+    averaging: str = "cia"
+    beta: float = 0.8
+    count_normal_phase_ticket: bool = False
+    prune_running_average: bool = False
+    reprune: str = "global"
+    bn: str = "average"
+
+
+@dataclass
 class Config:
     """Top-level config (``conf/config.yaml``).
 
@@ -213,7 +250,7 @@ SCHEMAS = {
         "granet": GradualSparsifierConfig,
         "gmp": GradualSparsifierConfig,
     },
-    "superposer": {"none": NoSuperposerConfig},
+    "superposer": {"none": NoSuperposerConfig, "sup_tickets": SupTicketsConfig},
 }
 
 

@@ -28,6 +28,7 @@ from sparse_exp.rundir import RunDir, git_info
 from sparse_exp.schedules import lr_factor_fn
 from sparse_exp.sparse.masking import Masking
 from sparse_exp.sparse.sparsifiers import SparseContext, build_sparsifier
+from sparse_exp.superpose import build_superposer
 
 log = logging.getLogger("sparse_exp")
 
@@ -107,14 +108,17 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor_fn(cfg.schedule, self.total_steps, self.steps_per_epoch))
         self.masking = Masking(self.model)
         self.ctx = SparseContext(
             model=self.model, masking=self.masking, optimizer=self.optimizer, sparsity=float(cfg.sparsity),
             distribution=cfg.distribution, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
             seed=int(cfg.seed), device=self.device, batches=self._init_batches, loss_fn=self.loss_fn)
         self.sparsifier = build_sparsifier(cfg.sparsifier, self.ctx)
+        self.superposer = build_superposer(cfg.superposer, self)
+        base = lambda n: lr_factor_fn(cfg.schedule, n, self.steps_per_epoch)  # noqa: E731
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           self.superposer.wrap_lr(base, self.total_steps))
+        self.logger = None
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
         self.elapsed = 0.0  # training seconds over all sessions of this run
@@ -136,6 +140,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "masking": self.masking.state_dict(),
             "sparsifier": self.sparsifier.state_dict(),
+            "superposer": self.superposer.state_dict(),
             "rng": rng_state(),
             "epoch": self.epoch,
             "step": self.step,
@@ -148,6 +153,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.masking.load_state_dict(state["masking"])
         self.sparsifier.load_state_dict(state["sparsifier"])
+        self.superposer.load_state_dict(state["superposer"])
         set_rng_state(state["rng"])
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
 
@@ -169,7 +175,9 @@ class Trainer:
             opt.step()
             masking.apply_(opt)
             self.step += 1
-            self.sparsifier.after_step(self.step)
+            if self.superposer.sparsifier_active(self.step):
+                self.sparsifier.after_step(self.step)
+            self.superposer.after_step(self.step)
             self.scheduler.step()
             if self.cfg.check_invariants:
                 masking.check_invariants(opt)
@@ -181,6 +189,11 @@ class Trainer:
         bar.close()
         return {"train/loss": loss_sum.item() / max(seen, 1), "train/acc": 100.0 * correct.item() / max(seen, 1),
                 "lr": opt.param_groups[0]["lr"]}
+
+    def log_metrics(self, row: Dict[str, Any]) -> None:
+        """Send ``row`` to the experiment logger at the current step (no-op before :meth:`fit`)."""
+        if self.logger is not None:
+            self.logger.log(row, step=self.step)
 
     def fit(self) -> Dict[str, Any]:
         """Train (resuming from ``checkpoint.pt`` if present) and write ``summary.json``."""
@@ -195,7 +208,8 @@ class Trainer:
             self.sparsifier.init_masks()
             rd.truncate_metrics(before_epoch=0)
         rd.write_summary({"status": "running", **ident})
-        logger = build_logger(cfg.logger, rd, OmegaConf.to_container(cfg, resolve=True), name=rd.path.name)
+        logger = self.logger = build_logger(cfg.logger, rd, OmegaConf.to_container(cfg, resolve=True),
+                                            name=rd.path.name)
         try:
             stop_at = cfg.stop_after_epochs or cfg.epochs
             while self.epoch < cfg.epochs:
@@ -217,7 +231,9 @@ class Trainer:
                     log.info("stopped after epoch %d as asked (stop_after_epochs); re-run to resume", self.epoch)
                     return {"status": "stopped", "epoch": self.epoch}
             summary = self.final_summary(ident)
-            rd.save_masks(self.masking.masks, {**ident, "sparsity/global": summary["sparsity/global"]})
+            final_masks = self.superposer.final_masks() or self.masking.masks
+            rd.save_masks(final_masks, {**ident, "sparsity/global": summary["sparsity/global"],
+                                        "model": "ultimate ticket" if cfg.superposer.name != "none" else "final"})
             rd.write_summary(summary)
             logger.summary(summary)
             return summary
@@ -239,6 +255,8 @@ class Trainer:
         out["sparsity/layers"] = {n: 1.0 - counts[n] / m.sizes[n] for n in m.names}
         out["params/prunable"] = m.total
         out["params/nonzero"] = sum(m.nonzero_weights().values())
+        out["itop_rate"] = m.itop_rate()
+        out.update(self.superposer.final_metrics(dict(out)))
         out["params/total"] = sum(p.numel() for p in self.model.parameters())
         out["params/total_nonzero"] = sum(int(p.count_nonzero()) for p in self.model.parameters())
         out["steps"] = self.step

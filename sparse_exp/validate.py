@@ -84,6 +84,7 @@ def validate(cfg: Any) -> None:
         require(cfg.sparsity > 0, "sparsity", cfg.sparsity,
                 "must be > 0 for a sparse method (use sparsifier=dense for dense training)")
     validate_sparsifier(cfg)
+    validate_superposer(cfg)
     for check in EXTRA_CHECKS:
         check(cfg)
 
@@ -111,3 +112,36 @@ def validate_sparsifier(cfg: Any) -> None:
         require(0 <= sp.prune_rate_min <= sp.prune_rate, "sparsifier.prune_rate_min", sp.prune_rate_min,
                 f"must be in [0, prune_rate={sp.prune_rate}]")
         one_of("sparsifier.prune_rate_decay", sp.prune_rate_decay, {"cosine", "constant"})
+
+
+def validate_superposer(cfg: Any) -> None:
+    """Range checks and the cyclic budget of ``superposer=sup_tickets`` (in epochs, before any data)."""
+    from sparse_exp.superpose import SUPERPOSERS
+    from sparse_exp.superpose.averaging import AVERAGING, REPRUNE
+    from sparse_exp.superpose.cyclic_lr import LR_SCHEDULES
+
+    sp = cfg.superposer
+    one_of("superposer.name", sp.name, set(SUPERPOSERS))
+    if sp.name != "sup_tickets":
+        return
+    require(0 < sp.phase_fraction < 1, "superposer.phase_fraction", sp.phase_fraction, "must be in (0, 1)")
+    require(sp.cycle_epochs > 0, "superposer.cycle_epochs", sp.cycle_epochs, "must be > 0 (epochs per cycle)")
+    if sp.num_tickets is not None:
+        require(sp.num_tickets >= 1, "superposer.num_tickets", sp.num_tickets, "must be >= 1 or null")
+        require(sp.num_tickets * sp.cycle_epochs < cfg.epochs, "superposer.num_tickets", sp.num_tickets,
+                f"num_tickets x cycle_epochs ({sp.num_tickets} x {sp.cycle_epochs}) must be shorter than "
+                f"epochs={cfg.epochs}")
+    else:
+        phase = sp.phase_fraction * cfg.epochs
+        require(sp.cycle_epochs <= phase + 1e-9, "superposer.cycle_epochs", sp.cycle_epochs,
+                f"must fit in the cyclic phase: phase_fraction x epochs = {phase:g} epochs holds no ticket")
+    require(0 < sp.lr_low <= sp.lr_high, "superposer.lr_low", sp.lr_low,
+            f"must satisfy 0 < lr_low <= lr_high ({sp.lr_high})")
+    one_of("superposer.lr_schedule", sp.lr_schedule, set(LR_SCHEDULES))
+    require(0 < sp.explore_fraction <= 1, "superposer.explore_fraction", sp.explore_fraction, "must be in (0, 1]")
+    one_of("superposer.explore_growth", sp.explore_growth, {"auto", "random", "gradient"})
+    one_of("superposer.averaging", sp.averaging, set(AVERAGING))
+    require(0 <= sp.beta < 1, "superposer.beta", sp.beta, "must be in [0, 1)")
+    one_of("superposer.reprune", sp.reprune, set(REPRUNE))
+    one_of("superposer.bn", sp.bn, {"average", "recompute"})
+    require(cfg.sparsity > 0, "sparsity", cfg.sparsity, "must be > 0 with superposer=sup_tickets")

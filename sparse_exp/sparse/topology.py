@@ -109,6 +109,35 @@ def drop_and_grow(
     return changed
 
 
+def global_topk_masks(scores: Dict[str, torch.Tensor], k: int) -> Dict[str, torch.Tensor]:
+    """Boolean masks keeping the ``k`` largest scores over all tensors, at least one per tensor.
+
+    Args:
+        scores: name -> score tensor (any shape); larger is kept first.
+        k: total number of ones, ``len(scores) <= k <= total elements``.
+
+    Each tensor's single largest score is kept unconditionally (so no layer is ever emptied,
+    which would disconnect the network); the remaining ``k - len(scores)`` ones go to the
+    globally largest scores. Source of the global top-k: GraNet ``core.py::pruning`` and the
+    Sup-tickets re-pruning (luuyin/Sup-tickets), with exact counts instead of a threshold.
+    """
+    names = list(scores)
+    if not len(names) <= k <= sum(scores[n].numel() for n in names):
+        raise ValueError(f"cannot keep {k} entries over {len(names)} tensors")
+    flat = []
+    for n in names:
+        f = scores[n].detach().reshape(-1).float().clone()
+        f[torch.argmax(f)] = float("inf")
+        flat.append(f)
+    keep = topk_mask(torch.cat(flat), k)
+    out, offset = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        out[n] = keep[offset:offset + size].view(scores[n].shape)
+        offset += size
+    return out
+
+
 @torch.no_grad()
 def global_magnitude_prune(
     masking: Masking,
@@ -122,38 +151,23 @@ def global_magnitude_prune(
     keeps at least one weight (its largest). Returns the new per-layer counts and sets
     ``masking.target_counts`` to them.
 
+    Raises:
+        ValueError: ``keep`` is larger than the active count (this only prunes) or too small.
+
     Source: GraNet ``sparselearning/core.py::pruning`` (global top-k over |w|), with an exact
     count instead of the reference's threshold comparison.
     """
     dense = set(dense_layers)
     names = [n for n in masking.names if n not in dense]
     budget = keep - sum(masking.target_counts[n] for n in dense)
-    if budget < len(names):
-        raise ValueError(f"cannot keep {keep} weights: the dense layers and one weight per layer need more")
     active = sum(masking.target_counts[n] for n in names)
     if budget > active:
         raise ValueError(f"global_magnitude_prune only removes weights: {budget} requested, {active} active")
-    scores = []
-    for n in names:
-        w, m = masking.params[n], masking.masks[n].bool()
-        s = torch.where(m, w.detach().abs().float(), torch.tensor(-1.0, device=w.device))
-        # guarantee one survivor per layer: its largest active weight scores +inf
-        flat = s.reshape(-1).clone()
-        flat[torch.argmax(flat)] = float("inf")
-        scores.append(flat)
-    allscores = torch.cat(scores)
-    keep_mask = topk_mask(allscores, budget)
-    counts: Dict[str, int] = {}
-    offset = 0
-    new_masks = {}
-    for n in names:
-        size = masking.params[n].numel()
-        new = keep_mask[offset:offset + size].view_as(masking.params[n]) & masking.masks[n].bool()
-        offset += size
-        new_masks[n] = new
-        counts[n] = int(new.count_nonzero())
+    scores = {n: torch.where(masking.masks[n].bool(), masking.params[n].detach().abs().float(),
+                             torch.tensor(-1.0, device=masking.params[n].device)) for n in names}
+    new_masks = global_topk_masks(scores, budget)
     for n, new in new_masks.items():
         _zero_outside(masking, n, new, optimizer)
     masking.set_masks_(new_masks)
-    masking.target_counts.update(counts)
+    masking.target_counts.update({n: int(new.count_nonzero()) for n, new in new_masks.items()})
     return dict(masking.target_counts)

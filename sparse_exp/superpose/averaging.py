@@ -1,0 +1,145 @@
+"""Superposing cheap tickets: CIA, CAA and CIMA averaging, then magnitude re-pruning.
+
+Source: Yin et al., UAI 2022, Sec. 3.2.2 and 3.3:
+
+* CIA (connection independent averaging): ``mean_i theta^i`` over the M tickets, kept as the
+  running mean of Eq. 4, ``avg_t = ((t - 1) avg_{t-1} + theta^t) / t`` -- one extra copy.
+* CAA (connection aware averaging): ``sum_i theta^i / N(k, j)``, ``N`` = number of tickets in
+  which the connection was active (a running sum plus a per-connection count).
+* CIMA (moving average): ``avg_t = beta avg_{t-1} + (1 - beta) theta^t``, ``avg_1 = theta^1``
+  (paper's best beta = 0.8; the reference code's "CIMA" uses 0.5).
+
+The averaging runs over the whole state dict: weights, biases, BN affine parameters and BN
+running statistics (the paper's "average" BN strategy, Sec. 5); integer buffers
+(``num_batches_tracked``) take the latest ticket's value. Entries without a mask count as
+active in every ticket, so CAA reduces to the plain mean for them.
+
+Re-pruning (after every averaging step) keeps the largest-magnitude averaged weights:
+``global`` -- one top-k over all masked tensors (reference code), ``layerwise`` -- top-k per
+layer with the individual model's per-layer counts (for static / SET / RigL these are the
+distribution's densities).
+
+By default the running average itself is never pruned, so the ultimate ticket after M tickets
+is exactly ``prune(CIA(theta^1..theta^M))`` as the paper defines it. With
+``prune_running_average=True`` the pruned average feeds the next step instead (Alg. 1, line
+10 read literally, and the reference code's in-place pruning).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional
+
+import torch
+
+from sparse_exp.sparse.masking import topk_mask
+from sparse_exp.sparse.topology import global_topk_masks
+
+AVERAGING = ("cia", "caa", "cima")
+REPRUNE = ("global", "layerwise")
+
+
+class TicketAverager:
+    """Running superposition of tickets.
+
+    Args:
+        method: ``cia`` | ``caa`` | ``cima``.
+        beta: CIMA decay in [0, 1) (weight of the previous average).
+        prune_running_average: prune the running state in place after each step (Alg. 1 literal).
+
+    State (all on the model's device): ``running`` (mean for CIA / CIMA, sum for CAA), ``active``
+    (CAA only: per-connection count of tickets in which a masked weight was active, int32),
+    ``count`` (tickets so far).
+    """
+
+    def __init__(self, method: str, beta: float = 0.8, prune_running_average: bool = False) -> None:
+        if method not in AVERAGING:
+            raise ValueError(f"superposer.averaging={method!r} is not known; allowed: {list(AVERAGING)}")
+        self.method = method
+        self.beta = beta
+        self.prune_running_average = prune_running_average
+        self.count = 0
+        self.running: Dict[str, torch.Tensor] = {}
+        self.active: Dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def add(self, state: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> None:
+        """Superpose one ticket.
+
+        Args:
+            state: the ticket's ``state_dict()`` (weights are already zero off their masks).
+            masks: name -> 0/1 mask of the ticket's masked weights (names are state keys).
+        """
+        t = self.count + 1
+        for key, value in state.items():
+            value = value.detach()
+            if not value.is_floating_point():
+                self.running[key] = value.clone()
+                continue
+            if t == 1:
+                self.running[key] = value.clone()
+            elif self.method == "cia":  # Eq. 4
+                self.running[key].mul_(t - 1).add_(value).div_(t)
+            elif self.method == "cima":
+                self.running[key].mul_(self.beta).add_(value, alpha=1.0 - self.beta)
+            else:  # caa: running sum
+                self.running[key].add_(value)
+        if self.method == "caa":
+            for key, mask in masks.items():
+                inc = mask.detach().to(torch.int32)
+                if t == 1:
+                    self.active[key] = inc.clone()
+                else:
+                    self.active[key].add_(inc)
+        self.count = t
+
+    @torch.no_grad()
+    def averaged(self) -> Dict[str, torch.Tensor]:
+        """The superposed (not yet re-pruned) state dict."""
+        if self.count == 0:
+            raise RuntimeError("no ticket has been superposed yet")
+        if self.method != "caa":
+            return {k: v.clone() for k, v in self.running.items()}
+        out = {}
+        for key, value in self.running.items():
+            if not value.is_floating_point():
+                out[key] = value.clone()
+            elif key in self.active:
+                out[key] = value / self.active[key].clamp(min=1).to(value.dtype)
+            else:
+                out[key] = value / self.count
+        return out
+
+    @torch.no_grad()
+    def prune_running_(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """Zero the running state off ``masks`` (only with ``prune_running_average``)."""
+        for key, mask in masks.items():
+            self.running[key].mul_(mask.to(self.running[key].dtype))
+
+    def state_dict(self) -> Dict[str, object]:
+        return {"count": self.count, "running": {k: v.clone() for k, v in self.running.items()},
+                "active": {k: v.clone() for k, v in self.active.items()}}
+
+    def load_state_dict(self, state: Mapping[str, object], device: Optional[torch.device] = None) -> None:
+        self.count = int(state["count"])
+        self.running = {k: v.to(device) if device else v.clone() for k, v in state["running"].items()}
+        self.active = {k: v.to(device) if device else v.clone() for k, v in state["active"].items()}
+
+
+@torch.no_grad()
+def reprune(weights: Mapping[str, torch.Tensor], counts: Mapping[str, int], scope: str) -> Dict[str, torch.Tensor]:
+    """Boolean masks keeping the largest ``|weights|``.
+
+    Args:
+        weights: name -> averaged weight tensor.
+        counts: name -> ones the layer should keep (``layerwise``); their sum is the global
+            budget (``global``), so the ultimate ticket's sparsity equals the target exactly.
+        scope: ``global`` | ``layerwise``.
+
+    Raises:
+        ValueError: unknown scope.
+    """
+    if scope == "layerwise":
+        return {n: topk_mask(weights[n].abs().float(), counts[n]) for n in weights}
+    if scope == "global":
+        return global_topk_masks({n: weights[n].abs() for n in weights}, sum(counts[n] for n in weights))
+    raise ValueError(f"superposer.reprune={scope!r} is not known; allowed: {list(REPRUNE)}")
