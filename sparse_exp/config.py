@@ -160,6 +160,14 @@ class GradualSparsifierConfig(SparsifierConfig):
 
 
 @dataclass
+class MaskFileSparsifierConfig(SparsifierConfig):
+    """``sparsifier=mask_file sparsifier.path=runs/<run>/masks.pt``: train a given mask."""
+
+    name: str = "mask_file"
+    path: str = MISSING
+
+
+@dataclass
 class SuperposerConfig:
     """``superposer`` group base."""
 
@@ -249,6 +257,7 @@ SCHEMAS = {
         "rigl": DynamicSparsifierConfig,
         "granet": GradualSparsifierConfig,
         "gmp": GradualSparsifierConfig,
+        "mask_file": MaskFileSparsifierConfig,
     },
     "superposer": {"none": NoSuperposerConfig, "sup_tickets": SupTicketsConfig},
 }
@@ -256,6 +265,9 @@ SCHEMAS = {
 
 def register_configs() -> None:
     """Store the top-level schema and every group schema in Hydra's ConfigStore (idempotent)."""
+    from sparse_exp.sparse.sparsifiers.pai import PAI_SCHEMAS
+
+    SCHEMAS["sparsifier"].update(PAI_SCHEMAS)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, options in SCHEMAS.items():

@@ -34,6 +34,7 @@ def validate(cfg: Any) -> None:
     from sparse_exp.schedules import SCHEDULES
     from sparse_exp.sparse.distributions import DISTRIBUTIONS
     from sparse_exp.sparse.sparsifiers import SPARSIFIERS
+    from sparse_exp.sparse.sparsifiers.pai import check_config as check_pai_config
 
     require(isinstance(cfg.sparsity, (int, float)) and 0.0 <= cfg.sparsity < 1.0, "sparsity", cfg.sparsity,
             "must be in [0, 1) (fraction of zeros among prunable weights)")
@@ -84,6 +85,7 @@ def validate(cfg: Any) -> None:
         require(cfg.sparsity > 0, "sparsity", cfg.sparsity,
                 "must be > 0 for a sparse method (use sparsifier=dense for dense training)")
     validate_sparsifier(cfg)
+    check_pai_config(cfg)
     validate_superposer(cfg)
     for check in EXTRA_CHECKS:
         check(cfg)
@@ -91,8 +93,13 @@ def validate(cfg: Any) -> None:
 
 def validate_sparsifier(cfg: Any) -> None:
     """Range checks of the sparsifier-specific keys (only those the chosen method has)."""
+    from omegaconf import OmegaConf
+
     sp = cfg.sparsifier
     keys = set(sp.keys())
+    for key in keys:
+        require(not OmegaConf.is_missing(sp, key), f"sparsifier.{key}", "???",
+                f"is required for sparsifier={sp.name}")
     if "delta_t" in keys:
         require(sp.delta_t >= 1, "sparsifier.delta_t", sp.delta_t, "must be an integer >= 1 (optimizer steps)")
     if "drop_fraction" in keys:

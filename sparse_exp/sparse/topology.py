@@ -116,18 +116,24 @@ def global_topk_masks(scores: Dict[str, torch.Tensor], k: int) -> Dict[str, torc
         scores: name -> score tensor (any shape); larger is kept first.
         k: total number of ones, ``len(scores) <= k <= total elements``.
 
-    Each tensor's single largest score is kept unconditionally (so no layer is ever emptied,
-    which would disconnect the network); the remaining ``k - len(scores)`` ones go to the
-    globally largest scores. Source of the global top-k: GraNet ``core.py::pruning`` and the
-    Sup-tickets re-pruning (luuyin/Sup-tickets), with exact counts instead of a threshold.
+    Each tensor's single largest score is promoted to ``+inf`` (so no layer is ever emptied,
+    which would disconnect the network); if the plain top-k already holds a weight of that
+    tensor nothing changes, otherwise the globally lowest of the plain top-k makes room, so the
+    total stays exactly ``k``. NaN scores rank below everything. Scores are compared in float64.
+    Source of the global top-k: GraNet ``core.py::pruning`` and the Sup-tickets re-pruning
+    (luuyin/Sup-tickets), with exact counts instead of a threshold.
+
+    Raises:
+        ValueError: ``k`` outside ``[len(scores), total elements]``.
     """
     names = list(scores)
     if not len(names) <= k <= sum(scores[n].numel() for n in names):
-        raise ValueError(f"cannot keep {k} entries over {len(names)} tensors")
+        raise ValueError(f"cannot keep {k} entries over {len(names)} tensors (at least one per tensor)")
     flat = []
     for n in names:
-        f = scores[n].detach().reshape(-1).float().clone()
-        f[torch.argmax(f)] = float("inf")
+        f = scores[n].detach().reshape(-1).to(torch.float64)
+        f = torch.where(torch.isnan(f), torch.full_like(f, -math.inf), f)
+        f[torch.argmax(f)] = math.inf
         flat.append(f)
     keep = topk_mask(torch.cat(flat), k)
     out, offset = {}, 0

@@ -11,6 +11,9 @@ from typing import Any, Dict, Type
 from sparse_exp.sparse.sparsifiers.base import SparseContext, Sparsifier
 from sparse_exp.sparse.sparsifiers.dst import RigLSparsifier, SETSparsifier
 from sparse_exp.sparse.sparsifiers.gradual import GradualMagnitudeSparsifier, GraNetSparsifier
+from sparse_exp.sparse.sparsifiers.mask_file import MaskFileSparsifier
+from sparse_exp.sparse.sparsifiers.pai import (GraspSparsifier, RandomPruningSparsifier, SnipSparsifier,
+                                               SynflowSparsifier)
 from sparse_exp.sparse.sparsifiers.static import DenseSparsifier, StaticSparsifier
 
 SPARSIFIERS: Dict[str, Type[Sparsifier]] = {
@@ -20,6 +23,11 @@ SPARSIFIERS: Dict[str, Type[Sparsifier]] = {
     "rigl": RigLSparsifier,
     "granet": GraNetSparsifier,
     "gmp": GradualMagnitudeSparsifier,
+    "mask_file": MaskFileSparsifier,
+    "snip": SnipSparsifier,
+    "grasp": GraspSparsifier,
+    "synflow": SynflowSparsifier,
+    "random": RandomPruningSparsifier,
 }
 
 

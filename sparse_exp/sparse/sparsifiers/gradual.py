@@ -100,3 +100,4 @@ class GraNetSparsifier(GradualMagnitudeSparsifier):
 
     name = "granet"
     regenerate = True
+    growth = "gradient"
