@@ -160,6 +160,20 @@ class GradualSparsifierConfig(SparsifierConfig):
 
 
 @dataclass
+class LotteryTicketConfig(SparsifierConfig):
+    """``sparsifier=lth``: IMP with rewinding (Frankle & Carbin 2019; Frankle et al. 2020).
+
+    ``rounds`` pruning rounds of ``round_epochs`` epochs each, pruning to density
+    ``(1 - sparsity) ** (r / rounds)`` after round r; ``rewind_epoch`` 0 rewinds to init.
+    """
+
+    name: str = "lth"
+    rounds: int = 5
+    round_epochs: int = 10
+    rewind_epoch: int = 0
+
+
+@dataclass
 class MaskFileSparsifierConfig(SparsifierConfig):
     """``sparsifier=mask_file sparsifier.path=runs/<run>/masks.pt``: train a given mask."""
 
@@ -258,6 +272,7 @@ SCHEMAS = {
         "granet": GradualSparsifierConfig,
         "gmp": GradualSparsifierConfig,
         "mask_file": MaskFileSparsifierConfig,
+        "lth": LotteryTicketConfig,
     },
     "superposer": {"none": NoSuperposerConfig, "sup_tickets": SupTicketsConfig},
 }

@@ -115,15 +115,32 @@ class Trainer:
             seed=int(cfg.seed), device=self.device, batches=self._init_batches, loss_fn=self.loss_fn)
         self.sparsifier = build_sparsifier(cfg.sparsifier, self.ctx)
         self.superposer = build_superposer(cfg.superposer, self)
-        base = lambda n: lr_factor_fn(cfg.schedule, n, self.steps_per_epoch)  # noqa: E731
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           self.superposer.wrap_lr(base, self.total_steps))
+        # LTH's IMP rounds run before the ticket's own `epochs`; each round restarts the schedule
+        self.pretrain_epochs = int(self.sparsifier.pretrain_epochs)
+        self.pre_steps = self.pretrain_epochs * self.steps_per_epoch
+        self.total_epochs = self.pretrain_epochs + cfg.epochs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor_fn())
         self.logger = None
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
         self.elapsed = 0.0  # training seconds over all sessions of this run
 
     # ------------------------------------------------------------------ pieces
+    def _lr_factor_fn(self):
+        """LR multiplier per step: [IMP rounds, each a full base schedule] + main phase."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+
+        def base(n):
+            return lr_factor_fn(cfg.schedule, n, spe)
+
+        main = self.superposer.wrap_lr(base, self.total_steps)
+        if not self.pre_steps:
+            return main
+        round_steps = self.pre_steps // self.sparsifier.cfg.rounds
+        round_fn = base(round_steps)
+        pre = self.pre_steps
+        return lambda step: round_fn(step % round_steps) if step < pre else main(step - pre)
+
     def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y)
 
@@ -166,7 +183,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         bar = tqdm(self.data.train.iterate(self.epoch), total=self.steps_per_epoch, leave=False,
-                   disable=not self.cfg.progress, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}")
+                   disable=not self.cfg.progress, desc=f"epoch {self.epoch + 1}/{self.total_epochs}")
         for i, (x, y) in enumerate(bar):
             logits = model(x)
             loss = self.loss_fn(logits, y)
@@ -175,9 +192,11 @@ class Trainer:
             opt.step()
             masking.apply_(opt)
             self.step += 1
-            if self.superposer.sparsifier_active(self.step):
-                self.sparsifier.after_step(self.step)
-            self.superposer.after_step(self.step)
+            local = self.step - self.pre_steps  # step within the main phase (after IMP rounds)
+            if local >= 1:
+                if self.superposer.sparsifier_active(local):
+                    self.sparsifier.after_step(local)
+                self.superposer.after_step(local)
             self.scheduler.step()
             if self.cfg.check_invariants:
                 masking.check_invariants(opt)
@@ -211,22 +230,25 @@ class Trainer:
         logger = self.logger = build_logger(cfg.logger, rd, OmegaConf.to_container(cfg, resolve=True),
                                             name=rd.path.name)
         try:
-            stop_at = cfg.stop_after_epochs or cfg.epochs
-            while self.epoch < cfg.epochs:
+            stop_at = cfg.stop_after_epochs or self.total_epochs
+            while self.epoch < self.total_epochs:
                 t0 = time.perf_counter()
+                phase = "main" if self.epoch >= self.pretrain_epochs else f"round{self.sparsifier.round + 1}"
                 row = self.train_epoch()
                 self.epoch += 1
+                self.sparsifier.on_epoch_end(self.epoch)
                 self.elapsed += time.perf_counter() - t0
                 row.update(evaluate(self.model, self.data.val, self.num_classes, prefix="val"))
-                row.update({"epoch": self.epoch, "step": self.step, "sparsity": self.masking.global_sparsity(),
+                row.update({"epoch": self.epoch, "step": self.step, "phase": phase,
+                            "sparsity": self.masking.global_sparsity(), "itop_rate": self.masking.itop_rate(),
                             "time/epoch_s": time.perf_counter() - t0})
                 rd.append_metrics(row)
                 rd.save_checkpoint(self.state_dict())
                 logger.log(row, step=self.step)
                 log.info("epoch %d/%d  loss %.4f  train %.2f%%  val %.2f%%  lr %.4g  sparsity %.4f  (%.1fs)",
-                         self.epoch, cfg.epochs, row["train/loss"], row["train/acc"], row.get("val/acc", math.nan),
+                         self.epoch, self.total_epochs, row["train/loss"], row["train/acc"], row.get("val/acc", math.nan),
                          row["lr"], row["sparsity"], row["time/epoch_s"])
-                if self.epoch >= stop_at and self.epoch < cfg.epochs:
+                if self.epoch >= stop_at and self.epoch < self.total_epochs:
                     rd.write_summary({"status": "stopped", **ident, "epoch": self.epoch})
                     log.info("stopped after epoch %d as asked (stop_after_epochs); re-run to resume", self.epoch)
                     return {"status": "stopped", "epoch": self.epoch}

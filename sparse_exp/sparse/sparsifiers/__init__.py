@@ -11,6 +11,7 @@ from typing import Any, Dict, Type
 from sparse_exp.sparse.sparsifiers.base import SparseContext, Sparsifier
 from sparse_exp.sparse.sparsifiers.dst import RigLSparsifier, SETSparsifier
 from sparse_exp.sparse.sparsifiers.gradual import GradualMagnitudeSparsifier, GraNetSparsifier
+from sparse_exp.sparse.sparsifiers.lth import LotteryTicketSparsifier
 from sparse_exp.sparse.sparsifiers.mask_file import MaskFileSparsifier
 from sparse_exp.sparse.sparsifiers.pai import (GraspSparsifier, RandomPruningSparsifier, SnipSparsifier,
                                                SynflowSparsifier)
@@ -24,6 +25,7 @@ SPARSIFIERS: Dict[str, Type[Sparsifier]] = {
     "granet": GraNetSparsifier,
     "gmp": GradualMagnitudeSparsifier,
     "mask_file": MaskFileSparsifier,
+    "lth": LotteryTicketSparsifier,
     "snip": SnipSparsifier,
     "grasp": GraspSparsifier,
     "synflow": SynflowSparsifier,

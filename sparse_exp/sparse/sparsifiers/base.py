@@ -79,6 +79,8 @@ class Sparsifier:
     name: str = "base"
     #: True if masks change during training (DST, gradual pruning); used by FLOP accounting.
     dynamic: bool = False
+    #: epochs the engine runs before the ``epochs`` of the final training (LTH's IMP rounds).
+    pretrain_epochs: int = 0
 
     def __init__(self, cfg: Any, ctx: SparseContext) -> None:
         self.cfg = cfg
@@ -91,6 +93,10 @@ class Sparsifier:
 
     def after_step(self, step: int) -> bool:
         """Called after ``optimizer.step()`` and mask application; ``step`` counts from 1."""
+        return False
+
+    def on_epoch_end(self, epoch: int) -> bool:
+        """Called after each epoch (``epoch`` = completed epochs); True if masks changed."""
         return False
 
     def state_dict(self) -> Dict[str, Any]:
