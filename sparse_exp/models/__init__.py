@@ -1,0 +1,89 @@
+"""Model zoo: every architecture the experiments use, by config name (``model.name``).
+
+Every constructor has the signature ``fn(in_channels, num_classes, image_size) -> nn.Module``
+(keyword-callable) and returns a module mapping a float batch ``(N, in_channels, H, W)`` with
+``H = W = image_size`` to logits ``(N, num_classes)`` (no softmax; use cross-entropy).
+
+Conventions the sparse core (:mod:`sparse_exp.sparse.masking`) relies on:
+
+* weight layers are only ``nn.Conv2d`` / ``nn.Linear`` (their ``.weight`` is what gets
+  pruned); normalisation is ``nn.BatchNorm2d`` (plus ``nn.BatchNorm1d`` in the VGG classifier);
+* modules are registered in forward order, so the first Conv2d/Linear in ``model.modules()``
+  is the input layer and the last one the classifier;
+* activations are ``nn.ReLU`` modules (not ``F.relu``), one per use, so they can be swapped.
+
+=====================  =======================================================================
+name                   architecture (source)
+=====================  =======================================================================
+``lenet5``             LeNet-5 (LeCun et al. 1998), :mod:`.lenet`
+``lenet_300_100``      LeNet-300-100 MLP (LeCun et al. 1998; Han et al. 2015), :mod:`.lenet`
+``vgg16``              CIFAR VGG-16 with BN, "VGG-D" (Simonyan & Zisserman 2015;
+                       TimDettmers/sparse_learning), :mod:`.vgg`
+``resnet18``           CIFAR ResNet-18 (He et al. 2016; kuangliu/pytorch-cifar, GraNet),
+                       :mod:`.resnet_cifar`
+``resnet32``           CIFAR ResNet-32 (He et al. 2016 Sec. 4.2; open_lth ``cifar_resnet_32``),
+                       :mod:`.resnet_cifar`
+``resnet50``           CIFAR ResNet-50 (He et al. 2016; kuangliu/pytorch-cifar, GraNet,
+                       Sup-tickets), :mod:`.resnet_cifar`
+``wrn28_10``           WRN-28-10 (Zagoruyko & Komodakis 2016; xternalz/WideResNet-pytorch),
+                       :mod:`.wrn`
+``mobilenet_v2``       CIFAR MobileNetV2 (Sandler et al. 2018; kuangliu/pytorch-cifar),
+                       :mod:`.mobilenet_v2`
+``resnet50_imagenet``  ImageNet ResNet-50 (He et al. 2016; torchvision), :mod:`.imagenet`
+=====================  =======================================================================
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Callable, Dict
+
+from torch import nn
+
+from sparse_exp.models.imagenet import resnet50_imagenet
+from sparse_exp.models.lenet import lenet5, lenet_300_100
+from sparse_exp.models.mobilenet_v2 import mobilenet_v2
+from sparse_exp.models.resnet_cifar import resnet18, resnet32, resnet50
+from sparse_exp.models.vgg import vgg16
+from sparse_exp.models.wrn import wrn28_10
+
+#: config name -> constructor ``fn(in_channels, num_classes, image_size) -> nn.Module``
+MODELS: Dict[str, Callable[..., nn.Module]] = {
+    "lenet5": lenet5,
+    "lenet_300_100": lenet_300_100,
+    "vgg16": vgg16,
+    "resnet18": resnet18,
+    "resnet32": resnet32,
+    "resnet50": resnet50,
+    "wrn28_10": wrn28_10,
+    "mobilenet_v2": mobilenet_v2,
+    "resnet50_imagenet": resnet50_imagenet,
+}
+
+__all__ = ["MODELS", "build_model"] + sorted(MODELS)
+
+
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """Build the model registered as ``name`` in :data:`MODELS` (randomly initialised, on CPU).
+
+    Args:
+        name: a key of :data:`MODELS` (the config's ``model.name``).
+        in_channels: channels ``C`` of the input batch ``(N, C, H, W)``.
+        num_classes: number of output logits.
+        image_size: input height = width ``H = W``.
+
+    Returns:
+        A module mapping ``(N, in_channels, image_size, image_size)`` to logits
+        ``(N, num_classes)``.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`MODELS` (the message lists the allowed names), or
+            a size is not a positive integer.
+    """
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r} is not a known model; allowed: {sorted(MODELS)}")
+    sizes = {"in_channels": in_channels, "num_classes": num_classes, "image_size": image_size}
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{key}={value!r} must be an integer >= 1")
+    return MODELS[name](**{key: int(value) for key, value in sizes.items()})
