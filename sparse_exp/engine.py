@@ -26,6 +26,7 @@ from sparse_exp.metrics import evaluate
 from sparse_exp.models import build_model
 from sparse_exp.rundir import RunDir, git_info
 from sparse_exp.schedules import lr_factor_fn
+from sparse_exp.sparse.flops import TrainingFlops, layer_forward_flops
 from sparse_exp.sparse.masking import Masking
 from sparse_exp.sparse.sparsifiers import SparseContext, build_sparsifier
 from sparse_exp.superpose import build_superposer
@@ -109,6 +110,9 @@ class Trainer:
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.masking = Masking(self.model)
+        # FLOP accounting (RigL Sec. 4.1 / App. H): per-layer dense forward FLOPs, once
+        self.layer_flops = layer_forward_flops(self.model, (spec.in_channels, spec.image_size, spec.image_size))
+        self.flops = TrainingFlops(sum(self.layer_flops.values()))
         self.ctx = SparseContext(
             model=self.model, masking=self.masking, optimizer=self.optimizer, sparsity=float(cfg.sparsity),
             distribution=cfg.distribution, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
@@ -150,8 +154,15 @@ class Trainer:
                 return
             yield batch
 
+    def sparse_forward_flops(self, counts: Optional[Dict[str, int]] = None) -> float:
+        """Forward FLOPs per sample at the per-layer densities ``counts / n`` (Python numbers, no sync)."""
+        counts = counts if counts is not None else self.masking.target_counts
+        sizes = self.masking.sizes
+        return sum(self.layer_flops[n] * counts[n] / sizes[n] for n in self.masking.names)
+
     def state_dict(self) -> Dict[str, Any]:
         return {
+            "flops": self.flops.state_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -166,6 +177,7 @@ class Trainer:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        self.flops.load_state_dict(state["flops"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.masking.load_state_dict(state["masking"])
@@ -182,6 +194,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
+        f_sparse = self.sparse_forward_flops()
         bar = tqdm(self.data.train.iterate(self.epoch), total=self.steps_per_epoch, leave=False,
                    disable=not self.cfg.progress, desc=f"epoch {self.epoch + 1}/{self.total_epochs}")
         for i, (x, y) in enumerate(bar):
@@ -193,10 +206,18 @@ class Trainer:
             masking.apply_(opt)
             self.step += 1
             local = self.step - self.pre_steps  # step within the main phase (after IMP rounds)
+            changed = False
             if local >= 1:
                 if self.superposer.sparsifier_active(local):
-                    self.sparsifier.after_step(local)
+                    changed = self.sparsifier.after_step(local)
                 self.superposer.after_step(local)
+            # training FLOPs (RigL App. H): 3 f_S per step, 2 f_S + f_D at dense-gradient updates
+            if changed and getattr(self.sparsifier, "growth", None) == "gradient":
+                self.flops.add_dense_gradient_steps(1, f_sparse)
+            else:
+                self.flops.add_steps(1, f_sparse)
+            if changed:
+                f_sparse = self.sparse_forward_flops()
             self.scheduler.step()
             if self.cfg.check_invariants:
                 masking.check_invariants(opt)
@@ -241,6 +262,7 @@ class Trainer:
                 row.update(evaluate(self.model, self.data.val, self.num_classes, prefix="val"))
                 row.update({"epoch": self.epoch, "step": self.step, "phase": phase,
                             "sparsity": self.masking.global_sparsity(), "itop_rate": self.masking.itop_rate(),
+                            "flops/train": self.flops.ratio(),
                             "time/epoch_s": time.perf_counter() - t0})
                 rd.append_metrics(row)
                 rd.save_checkpoint(self.state_dict())
@@ -279,6 +301,12 @@ class Trainer:
         out["params/nonzero"] = sum(m.nonzero_weights().values())
         out["itop_rate"] = m.itop_rate()
         out.update(self.superposer.final_metrics(dict(out)))
+        # inference FLOPs of the model that is reported (the ultimate ticket under Sup-tickets)
+        final = self.superposer.final_masks()
+        counts = {n: int(final[n].count_nonzero()) for n in m.names} if final is not None else m.target_counts
+        out["flops/test"] = self.sparse_forward_flops(counts) / self.flops.f_dense
+        out["flops/train"] = self.flops.ratio()
+        out["flops/dense_forward"] = self.flops.f_dense
         out["params/total"] = sum(p.numel() for p in self.model.parameters())
         out["params/total_nonzero"] = sum(int(p.count_nonzero()) for p in self.model.parameters())
         out["steps"] = self.step
@@ -289,15 +317,31 @@ class Trainer:
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
-    """The short table printed at the end of a run."""
+    """The short table printed at the end of a run (ultimate ticket, last model and each ticket
+    side by side when Sup-tickets ran)."""
+    lines = []
+    if "tickets/count" in summary:
+        n = summary["tickets/count"]
+        idx = sorted({int(k.split("/")[1]) for k in summary if k.startswith("tickets/") and k.split("/")[1].isdigit()})
+        rows = [("ultimate ticket", summary["test/acc"], summary["test/nll"], summary["test/ece"])]
+        rows.append(("last individual model", summary["last/test/acc"], summary["last/test/nll"],
+                     summary["last/test/ece"]))
+        rows += [(f"cheap ticket {i}", summary[f"tickets/{i}/test/acc"], summary[f"tickets/{i}/test/nll"],
+                  summary[f"tickets/{i}/test/ece"]) for i in idx]
+        lines.append(f"  {'model':<24} {'test acc %':>10} {'NLL':>8} {'ECE':>8}")
+        lines += [f"  {name:<24} {acc:>10.2f} {nll:>8.4f} {ece:>8.4f}" for name, acc, nll, ece in rows]
+        lines.append(f"  ({n} tickets superposed; diversity: disagreement "
+                     f"{summary['diversity/disagreement']:.4f}, KL {summary['diversity/kl']:.4f})")
+        lines.append("")
     rows = [
         ("test accuracy", f"{summary['test/acc']:.2f} %"),
         ("test NLL", f"{summary['test/nll']:.4f}"),
         ("test ECE (15 bins)", f"{summary['test/ece']:.4f}"),
         ("sparsity (prunable)", f"{summary['sparsity/global']:.4f}"),
         ("non-zero weights", f"{summary['params/nonzero']:,} of {summary['params/prunable']:,} prunable"),
+        ("ITOP rate", f"{summary['itop_rate']:.4f}"),
         ("training time", f"{summary['time/train_s']:.1f} s"),
         ("run directory", summary["run_dir"]),
     ]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    return "\n".join(lines + [f"  {k:<{width}}  {v}" for k, v in rows])

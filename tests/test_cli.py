@@ -1,0 +1,87 @@
+"""The entrypoint as a user runs it: bad configs refused cleanly, finished runs never overwritten."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY, needs_data
+
+
+def run_cli(args, runs_dir, extra_env=None):
+    env = {**os.environ, "SPARSE_EXP_RUNS": str(runs_dir), "WANDB_MODE": "disabled", **(extra_env or {})}
+    return subprocess.run([sys.executable, "-m", "sparse_exp.train", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("sparsity=1.5", "sparsity"),
+    ("sparsity=-0.1", "sparsity"),
+    ("epochs=0", "epochs"),
+    ("optimizer.lr=-1", "optimizer.lr"),
+    ("dataset.root=/nonexistent/fmnist", "/nonexistent/fmnist"),
+    ("superposer=sup_tickets superposer.cycle_epochs=50", "superposer.cycle_epochs"),
+    ("superposer=sup_tickets superposer.lr_low=0.01 superposer.lr_high=0.001", "superposer.lr_low"),
+    ("superposer=sup_tickets superposer.phase_fraction=1.5", "superposer.phase_fraction"),
+    ("superposer=sup_tickets superposer.num_tickets=0", "superposer.num_tickets"),
+    ("sparsifier=dense", "sparsity"),
+])
+def test_bad_value_is_refused_with_one_clear_line(tmp_path, override, key):
+    existing = tmp_path / "runs" / override.replace("/", "_").replace(" ", ",")
+    res = run_cli(override.split() + ["logger=none"], tmp_path / "runs")
+    assert res.returncode == 2, res.stderr
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and key in err[0], res.stderr
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not any((tmp_path / "runs").rglob("*.yaml")), "nothing may be written for a refused config"
+    assert not existing.exists() or not any(existing.iterdir())
+
+
+def test_unknown_model_lists_the_allowed_names(tmp_path):
+    res = run_cli(["model=resnet9000"], tmp_path / "runs")
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    assert "resnet9000" in res.stderr and "lenet5" in res.stderr
+
+
+def test_unknown_key_is_refused(tmp_path):
+    res = run_cli(["optimizer.lrr=0.1"], tmp_path / "runs")
+    assert res.returncode != 0 and "Traceback" not in res.stderr and "lrr" in res.stderr
+
+
+def test_missing_data_root_says_how_to_get_it(tmp_path):
+    res = run_cli(["logger=none"], tmp_path / "runs", {"SPARSE_EXP_DATA": str(tmp_path / "nodata")})
+    assert res.returncode == 2
+    assert "dataset-fashion-mnist" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bad_value_writes_nothing_into_an_existing_run_dir(tmp_path):
+    runs = tmp_path / "runs"
+    run_dir = runs / "epochs=0,logger=none"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text('{"status": "completed", "test/acc": 1.0}')
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    res = run_cli(["epochs=0", "logger=none"], runs)
+    assert res.returncode == 2
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+@needs_data
+def test_finished_run_is_not_overwritten(tmp_path):
+    runs = tmp_path / "runs"
+    args = TINY + ["epochs=1", "model=lenet_300_100"]
+    first = run_cli(args, runs)
+    assert first.returncode == 0, first.stderr[-2000:]
+    (run_dir,) = [p.parent for p in runs.rglob("summary.json")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert (run_dir / "config.yaml").exists() and (run_dir / "git.json").exists()
+    assert (run_dir / "masks.pt").exists() and (run_dir / "checkpoint.pt").exists()
+    stamps = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
+    second = run_cli(args, runs)
+    assert second.returncode == 0
+    assert "already completed" in second.stdout + second.stderr
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()} == stamps
