@@ -36,6 +36,10 @@ log = logging.getLogger("sparse_exp")
 #: epoch id used to draw batches for pruning-at-init scores (never a training epoch)
 INIT_BATCHES_EPOCH = 1_000_000
 
+class Preempted(Exception):
+    """Training stopped on request (SLURM preemption / time limit); a checkpoint was written."""
+
+
 IDENTITY_KEYS = ("model", "dataset", "sparsifier", "superposer", "distribution")
 
 
@@ -128,6 +132,11 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # completed optimizer steps
         self.elapsed = 0.0  # training seconds over all sessions of this run
+        self.batch_in_epoch = 0  # batches done in the current epoch (non-zero only in a preemption checkpoint)
+        self._acc = (0.0, 0, 0)  # loss sum, correct, seen of the current epoch (for mid-epoch resume)
+        self._resume_rng: Optional[Dict[str, Any]] = None
+        #: polled after every step; ``requested`` -> checkpoint and raise :class:`Preempted`
+        self.preemption: Any = None
 
     # ------------------------------------------------------------------ pieces
     def _lr_factor_fn(self):
@@ -173,6 +182,8 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "elapsed": self.elapsed,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_accumulators": self._acc,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -185,19 +196,36 @@ class Trainer:
         self.superposer.load_state_dict(state["superposer"])
         set_rng_state(state["rng"])
         self.epoch, self.step, self.elapsed = state["epoch"], state["step"], state["elapsed"]
+        self.batch_in_epoch = state.get("batch_in_epoch", 0)
+        self._acc = tuple(state.get("epoch_accumulators", (0.0, 0, 0)))
+        self._resume_rng = state["rng"] if self.batch_in_epoch else None
 
     # ------------------------------------------------------------------ training
     def train_epoch(self) -> Dict[str, float]:
-        """One pass over the training split; returns mean loss, accuracy (%) and final LR."""
+        """One pass over the training split; returns mean loss, accuracy (%) and final LR.
+
+        Resumes mid-epoch after a preemption checkpoint: the first ``batch_in_epoch`` batches
+        are skipped and the RNG state of the checkpoint is restored after skipping them, so the
+        rest of the epoch is what the uninterrupted run would have done.
+
+        Raises:
+            Preempted: a preemption was requested (``self.preemption.requested``); a mid-epoch
+            checkpoint has been written.
+        """
         model, opt, masking = self.model, self.optimizer, self.masking
         model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        start = self.batch_in_epoch
+        loss_sum = torch.full((), self._acc[0], device=self.device)
+        correct = torch.full((), self._acc[1], device=self.device, dtype=torch.long)
+        seen = self._acc[2]
         f_sparse = self.sparse_forward_flops()
         bar = tqdm(self.data.train.iterate(self.epoch), total=self.steps_per_epoch, leave=False,
                    disable=not self.cfg.progress, desc=f"epoch {self.epoch + 1}/{self.total_epochs}")
         for i, (x, y) in enumerate(bar):
+            if i < start:
+                if i + 1 == start and self._resume_rng is not None:
+                    set_rng_state(self._resume_rng)  # undo what skipping the batches drew
+                continue
             logits = model(x)
             loss = self.loss_fn(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -226,7 +254,13 @@ class Trainer:
             seen += y.shape[0]
             if self.cfg.progress and (i + 1) % self.cfg.log_every == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
+            if self.preemption is not None and self.preemption.requested:
+                self.batch_in_epoch, self._acc = i + 1, (loss_sum.item(), int(correct.item()), seen)
+                self.run_dir.save_checkpoint(self.state_dict())
+                bar.close()
+                raise Preempted(f"preempted at epoch {self.epoch} batch {i + 1} (step {self.step})")
         bar.close()
+        self.batch_in_epoch, self._acc, self._resume_rng = 0, (0.0, 0, 0), None
         return {"train/loss": loss_sum.item() / max(seen, 1), "train/acc": 100.0 * correct.item() / max(seen, 1),
                 "lr": opt.param_groups[0]["lr"]}
 
@@ -242,8 +276,9 @@ class Trainer:
         if rd.has_checkpoint():
             self.load_state_dict(rd.load_checkpoint(map_location=self.device))
             self.masking.invalidate_buffer_cache()
-            rd.truncate_metrics(before_epoch=self.epoch + 1)
-            log.info("resumed from %s at epoch %d (step %d)", rd.checkpoint_path, self.epoch, self.step)
+            rd.truncate_metrics(before_epoch=self.epoch + 1)  # rows after the checkpoint are redone
+            log.info("resumed from %s at epoch %d batch %d (step %d)", rd.checkpoint_path, self.epoch,
+                     self.batch_in_epoch, self.step)
         else:
             self.sparsifier.init_masks()
             rd.truncate_metrics(before_epoch=0)
@@ -281,6 +316,11 @@ class Trainer:
             rd.write_summary(summary)
             logger.summary(summary)
             return summary
+        except Preempted:
+            rd.write_summary({"status": "stopped", **ident, "epoch": self.epoch, "step": self.step,
+                              "reason": "preempted"})
+            log.info("preempted: checkpoint written at step %d; the requeued job resumes from it", self.step)
+            raise
         except BaseException as exc:
             if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 rd.write_summary({"status": "failed", **ident, "error": f"{type(exc).__name__}: {exc}"})
