@@ -1,6 +1,5 @@
 """A run interrupted after epoch k and resumed ends exactly like the uninterrupted run (CPU, bitwise)."""
 
-import json
 
 import pytest
 import torch

@@ -55,7 +55,6 @@ from torch import nn
 
 from sparse_exp.config import SparsifierConfig
 from sparse_exp.errors import ConfigError
-from sparse_exp.sparse.masking import topk_mask
 from sparse_exp.sparse.topology import global_topk_masks
 from sparse_exp.sparse.sparsifiers.base import Sparsifier
 
