@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -28,9 +31,16 @@ TINY = [
 
 
 def compose_cfg(overrides=(), tiny=True):
-    """The config ``python -m sparse_exp.train <overrides>`` would run (without the hydra node)."""
+    """The config ``python -m sparse_exp.train <overrides>`` would run (without the hydra node).
+
+    With ``tiny``, small Fashion-MNIST subsets, and ``superposer=none`` unless the overrides pick one
+    (the default experiment's Sup-tickets phase needs more epochs than most tests run).
+    """
+    overrides = list(overrides)
+    if tiny and not any(o.startswith("superposer=") for o in overrides):
+        overrides.insert(0, "superposer=none")
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=(TINY if tiny else []) + list(overrides))
+        return compose("config", overrides=(TINY if tiny else []) + overrides)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,3 +54,45 @@ def _require_data():
 needs_data = pytest.mark.skipif(not FMNIST.exists() and not os.environ.get("SPARSE_EXP_DATA")
                                 and os.environ.get("CI") != "true",
                                 reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+
+
+def write_fake_cifar10(root: Path, per_batch: int = 16, n_test: int = 24) -> dict:
+    """Write a random CIFAR-10 in torchvision's pickle layout under ``root/cifar-10-batches-py``.
+
+    Returns the training images (HWC uint8) and labels, for comparison with loader outputs.
+    """
+    d = Path(root) / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    out = {"train_x": [], "train_y": []}
+    for i in range(1, 6):
+        x = rng.integers(0, 256, size=(per_batch, 3 * 32 * 32), dtype=np.uint8)
+        y = rng.integers(0, 10, size=per_batch).tolist()
+        with open(d / f"data_batch_{i}", "wb") as f:
+            pickle.dump({"data": x, "labels": y}, f)
+        out["train_x"].append(x)
+        out["train_y"] += y
+    x = rng.integers(0, 256, size=(n_test, 3 * 32 * 32), dtype=np.uint8)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump({"data": x, "labels": rng.integers(0, 10, size=n_test).tolist()}, f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    out["train_x"] = np.concatenate(out["train_x"]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # HWC
+    return out
+
+
+def bypass_cifar_md5(monkeypatch) -> None:
+    """torchvision checks the md5 of every CIFAR file through ``torchvision.datasets.cifar.check_integrity``;
+    fake files only need to exist."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+
+
+@pytest.fixture
+def fake_cifar_root(tmp_path, monkeypatch):
+    """A random CIFAR-10-shaped data set (5 x 32 train, 64 test images) with md5 checks bypassed."""
+    root = tmp_path / "cifar"
+    write_fake_cifar10(root, per_batch=32, n_test=64)
+    bypass_cifar_md5(monkeypatch)
+    return root

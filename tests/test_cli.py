@@ -71,7 +71,7 @@ def test_bad_value_writes_nothing_into_an_existing_run_dir(tmp_path):
 @needs_data
 def test_finished_run_is_not_overwritten(tmp_path):
     runs = tmp_path / "runs"
-    args = TINY + ["epochs=1", "model=lenet_300_100"]
+    args = TINY + ["epochs=1", "model=lenet_300_100", "superposer=none"]
     first = run_cli(args, runs)
     assert first.returncode == 0, first.stderr[-2000:]
     (run_dir,) = [p.parent for p in runs.rglob("summary.json")]

@@ -8,7 +8,6 @@ write tiny fake data sets into tmp_path. Nothing here touches the network.
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +18,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 import sparse_exp.data as data
+from conftest import bypass_cifar_md5, write_fake_cifar10
 from sparse_exp.data import DATASETS, DataError, build_data, check_data_available, resolve_root
 from sparse_exp.data import fashion_mnist as fm
 from sparse_exp.data import vision
@@ -232,24 +232,7 @@ PER_BATCH = 16  # 5 x 16 = 80 training images, 24 test images
 
 
 def _write_fake_cifar10(root: Path) -> dict:
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    out = {"train_x": [], "train_y": []}
-    for i in range(1, 6):
-        x = rng.integers(0, 256, size=(PER_BATCH, 3 * 32 * 32), dtype=np.uint8)
-        y = rng.integers(0, 10, size=PER_BATCH).tolist()
-        with open(d / f"data_batch_{i}", "wb") as f:
-            pickle.dump({"data": x, "labels": y}, f)
-        out["train_x"].append(x)
-        out["train_y"] += y
-    x = rng.integers(0, 256, size=(24, 3 * 32 * 32), dtype=np.uint8)
-    with open(d / "test_batch", "wb") as f:
-        pickle.dump({"data": x, "labels": rng.integers(0, 10, size=24).tolist()}, f)
-    with open(d / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
-    out["train_x"] = np.concatenate(out["train_x"]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # HWC
-    return out
+    return write_fake_cifar10(root, per_batch=PER_BATCH)
 
 
 @pytest.fixture
@@ -261,9 +244,7 @@ def fake_cifar(tmp_path, monkeypatch):
     ``torchvision.datasets.cifar``; patching that one name to a plain existence test bypasses both.
     """
     raw = _write_fake_cifar10(tmp_path)
-    import torchvision.datasets.cifar as tv_cifar
-
-    monkeypatch.setattr(tv_cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
+    bypass_cifar_md5(monkeypatch)
     return tmp_path, raw
 
 
