@@ -8,6 +8,7 @@ reused with ``resume="allow"``, so a resumed or requeued run is one W&B run, not
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any, Dict, Optional
 
 
@@ -31,7 +32,7 @@ class WandbLogger(NullLogger):
         import wandb
 
         id_path = run_dir.wandb_id_path
-        run_id = id_path.read_text().strip() if id_path.exists() else wandb.util.generate_id()
+        run_id = id_path.read_text().strip() if id_path.exists() else uuid.uuid4().hex[:12]
         id_path.write_text(run_id + "\n")
         mode = os.environ.get("WANDB_MODE", cfg.mode)
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=mode, id=run_id, resume="allow",

@@ -1,0 +1,275 @@
+"""Progress of a grid: how many runs are completed / running / stopped / failed / not started.
+
+    python -m sparse_exp.status runs/table1                   # the run directories found there
+    python -m sparse_exp.status runs/table1 --sweep table1    # ... against the grid of conf/sweep/table1.yaml
+    python -m sparse_exp.status --sweep smoke seed=0          # sweep dir from the config; narrowed grid
+    python -m sparse_exp.status runs/table1 --json            # machine-readable
+
+The state of a run is the ``status`` of its ``summary.json`` (see :mod:`sparse_exp.rundir`):
+``completed``; ``running`` (also what a run killed with SIGKILL leaves behind -- the listing shows
+how long ago it last wrote anything); ``stopped`` (preempted, time limit or ``stop_after_epochs``:
+re-launching resumes it); ``failed`` (the error is listed; a checkpoint, if any, is resumed on
+re-launch). ``not started``: expected by the sweep but no ``summary.json`` yet (no directory, or
+the job has not reached training). Without ``--sweep`` only existing directories are counted.
+
+``--sweep NAME [overrides]`` expands the grid exactly as ``python -m sparse_exp.train +sweep=NAME
+[overrides] -m`` would (Hydra's BasicSweeper on ``hydra.sweeper.params`` + the overrides) without
+running anything, and names each run directory the way Hydra does (``hydra.sweep.subdir``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+#: the config directory of ``python -m sparse_exp.train``
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+STATES = ("completed", "running", "stopped", "failed", "not started")
+RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "checkpoint.pt")
+
+
+# ---------------------------------------------------------------------------- expanding a sweep
+@dataclass
+class SweepJob:
+    """One run of a grid: its overrides (as Hydra passes them to the job) and run directory name."""
+
+    overrides: List[str]
+    subdir: str
+
+
+@dataclass
+class SweepPlan:
+    """The expanded grid of ``conf/sweep/<name>.yaml`` (+ extra overrides)."""
+
+    name: str
+    sweep_dir: str
+    params: Dict[str, str]
+    jobs: List[SweepJob] = field(default_factory=list)
+
+
+def sweep_names(config_dir: Path = CONF_DIR) -> List[str]:
+    """The sweeps ``+sweep=NAME`` can select: ``conf/sweep/*.yaml``."""
+    return sorted(p.stem for p in (Path(config_dir) / "sweep").glob("*.yaml"))
+
+
+def expand_sweep(name: str, overrides: Sequence[str] = (), config_dir: Path = CONF_DIR) -> SweepPlan:
+    """The job list ``python -m sparse_exp.train +sweep=<name> <overrides> -m`` would launch.
+
+    Composes the config once, splits ``hydra.sweeper.params`` + the overrides with Hydra's own
+    :meth:`BasicSweeper.split_arguments` (a later override of a key replaces the sweep's list, as
+    on the command line), and names each job's directory with Hydra's ``get_overrides_dirname``
+    and the config's ``hydra.sweep.subdir``. Overrides of ``hydra.*`` apply to the composition only.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import open_dict, read_write
+
+    import sparse_exp.train  # noqa: F401  (registers the schemas and the run_name resolver)
+
+    parser = OverridesParser.create()
+    cli = [f"+sweep={name}", *overrides]
+    parsed_cli = parser.parse_overrides(cli)
+    is_hydra = [o.key_or_group.startswith(("hydra.", "hydra/")) or o.key_or_group == "hydra" for o in parsed_cli]
+    fixed = [o.input_line for o in parsed_cli if not o.is_sweep_override()]
+    task_args = [o.input_line for o, h in zip(parsed_cli, is_hydra) if not h]
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+        cfg = compose("config", overrides=fixed, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    params = {str(k): str(v) for k, v in (cfg.hydra.sweeper.get("params") or {}).items()}
+    arguments = [f"{k}={v}" for k, v in params.items()] + task_args
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
+    od = cfg.hydra.job.config.override_dirname
+    plan = SweepPlan(name=name, sweep_dir=str(cfg.hydra.sweep.dir), params=params)
+    for batch in batches:
+        for job in batch:
+            dirname = get_overrides_dirname(parser.parse_overrides(list(job)), list(od.exclude_keys),
+                                            od.item_sep, od.kv_sep)
+            with read_write(cfg.hydra), open_dict(cfg.hydra):
+                cfg.hydra.job.override_dirname = dirname
+            plan.jobs.append(SweepJob(overrides=list(job), subdir=str(cfg.hydra.sweep.subdir)))
+    return plan
+
+
+# ---------------------------------------------------------------------------- reading run directories
+@dataclass
+class RunState:
+    """What a run directory says about its run."""
+
+    name: str  # path relative to the sweep directory
+    status: str  # one of STATES
+    epoch: Optional[int] = None  # last epoch in metrics.jsonl
+    epochs: Optional[int] = None  # planned epochs (from summary.json)
+    checkpoint: bool = False
+    updated: Optional[float] = None  # newest mtime of the run's files (epoch seconds)
+    error: Optional[str] = None
+    reason: Optional[str] = None
+    exists: bool = True
+
+
+def _last_epoch(metrics: Path) -> Optional[int]:
+    if not metrics.exists():
+        return None
+    last = None
+    with open(metrics, "rb") as f:
+        for line in f:
+            if line.strip():
+                last = line
+    if last is None:
+        return None
+    try:
+        return int(json.loads(last).get("epoch"))
+    except (ValueError, TypeError):
+        return None
+
+
+def read_run(path: Path, name: str) -> RunState:
+    """The state of the run directory ``path`` (``not started`` when it is missing or has no summary)."""
+    if not path.is_dir():
+        return RunState(name=name, status="not started", exists=False)
+    files = [path / f for f in RUN_FILES if (path / f).exists()]
+    st = RunState(name=name, status="not started", checkpoint=(path / "checkpoint.pt").exists(),
+                  epoch=_last_epoch(path / "metrics.jsonl"),
+                  updated=max((f.stat().st_mtime for f in files), default=None))
+    summary_path = path / "summary.json"
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):  # being replaced right now (writes are atomic) or corrupt
+            summary = {"status": "running"}
+        status = summary.get("status", "running")
+        st.status = status if status in STATES else "running"
+        st.epochs = summary.get("epochs")
+        st.error = summary.get("error")
+        st.reason = summary.get("reason")
+        if st.status == "completed" and st.epochs is not None:
+            st.epoch = st.epoch if st.epoch is not None else st.epochs
+    return st
+
+
+def find_run_dirs(root: Path) -> List[Path]:
+    """Run directories below ``root``: those holding a run file, or empty ones (created by Hydra,
+    training not reached yet). Hidden directories (``.submitit``) are skipped; a run directory's
+    own subdirectories are not searched."""
+    out: List[Path] = []
+
+    def walk(d: Path) -> None:
+        try:
+            children = sorted(d.iterdir())
+        except OSError:
+            return
+        if d != root and (any((d / f).exists() for f in RUN_FILES) or not children):
+            out.append(d)
+            return
+        for c in children:
+            if c.is_dir() and not c.name.startswith("."):
+                walk(c)
+
+    walk(root)
+    return out
+
+
+def collect(sweep_dir: Path, plan: Optional[SweepPlan] = None) -> Dict[str, Any]:
+    """States of the runs in ``sweep_dir`` (all expected by ``plan`` when given) and their counts."""
+    sweep_dir = Path(sweep_dir)
+    found = {str(p.relative_to(sweep_dir)): p for p in find_run_dirs(sweep_dir)} if sweep_dir.is_dir() else {}
+    runs: List[RunState] = []
+    extra: List[str] = []
+    if plan is not None:
+        expected = [j.subdir for j in plan.jobs]
+        runs = [read_run(sweep_dir / name, name) for name in expected]
+        extra = sorted(set(found) - set(expected))
+    else:
+        runs = [read_run(p, name) for name, p in sorted(found.items())]
+    counts = {s: sum(r.status == s for r in runs) for s in STATES}
+    return {"sweep_dir": str(sweep_dir), "sweep": plan.name if plan else None, "total": len(runs),
+            "counts": counts, "runs": runs, "extra": extra}
+
+
+# ---------------------------------------------------------------------------- report
+def _ago(t: Optional[float]) -> str:
+    if t is None:
+        return ""
+    s = max(0.0, time.time() - t)
+    if s < 120:
+        return f"{s:.0f} s ago"
+    if s < 7200:
+        return f"{s / 60:.0f} min ago"
+    return f"{s / 3600:.1f} h ago"
+
+
+def format_report(res: Dict[str, Any], show_all: bool = False) -> str:
+    head = f"{res['sweep_dir']}: {res['total']} runs"
+    head += f" expected by sweep {res['sweep']}" if res["sweep"] else " found"
+    lines = [head]
+    lines += [f"  {s:<12} {res['counts'][s]:>5}" for s in STATES]
+    listed = [r for r in res["runs"] if show_all or r.status != "completed"]
+    if listed:
+        lines.append("all runs:" if show_all else "not completed:")
+        for r in listed:
+            info = []
+            if r.epoch is not None or r.epochs is not None:
+                info.append(f"epoch {r.epoch if r.epoch is not None else 0}/{r.epochs if r.epochs is not None else '?'}")
+            if r.status != "not started" and r.checkpoint:
+                info.append("checkpoint")
+            if r.status == "not started":
+                info.append("directory exists, no summary.json yet" if r.exists else "no directory")
+            if r.updated is not None and r.status != "completed":
+                info.append(f"updated {_ago(r.updated)}")
+            if r.reason:
+                info.append(str(r.reason))
+            if r.error:
+                info.append(f"error: {r.error}")
+            lines.append(f"  {r.status:<12} {r.name}" + (f"  ({', '.join(info)})" if info else ""))
+    if res["extra"]:
+        lines.append(f"other run directories (not in this grid): {len(res['extra'])}")
+        lines += [f"  {name}" for name in res["extra"]]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sparse_exp.status",
+                                 description="Count and list the runs of a grid by state.")
+    ap.add_argument("sweep_dir", nargs="?", help="the grid's directory (default with --sweep: its hydra.sweep.dir)")
+    ap.add_argument("overrides", nargs="*", help="overrides given to the sweep (as on the train command line)")
+    ap.add_argument("--sweep", metavar="NAME", help=f"expected runs from conf/sweep/NAME.yaml ({', '.join(sweep_names())})")
+    ap.add_argument("--all", action="store_true", help="list completed runs too")
+    ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    args = ap.parse_intermixed_args(argv)
+    overrides = list(args.overrides)
+    if args.sweep_dir is not None and "=" in args.sweep_dir and not Path(args.sweep_dir).exists():
+        overrides.insert(0, args.sweep_dir)  # `--sweep smoke seed=0`: an override, not a directory
+        args.sweep_dir = None
+    if overrides and not args.sweep:
+        ap.error("overrides need --sweep NAME")
+    plan = None
+    if args.sweep:
+        if args.sweep not in sweep_names():
+            ap.error(f"--sweep {args.sweep!r}: no conf/sweep/{args.sweep}.yaml; known: {', '.join(sweep_names())}")
+        plan = expand_sweep(args.sweep, overrides)
+    if args.sweep_dir is None:
+        if plan is None:
+            ap.error("give SWEEP_DIR, or --sweep NAME to use the sweep's directory")
+        args.sweep_dir = plan.sweep_dir
+    if plan is None and not Path(args.sweep_dir).is_dir():
+        ap.error(f"{args.sweep_dir} is not a directory")
+    res = collect(Path(args.sweep_dir), plan)
+    if args.json:
+        out = dict(res, runs=[asdict(r) for r in res["runs"]])
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_report(res, show_all=args.all))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
