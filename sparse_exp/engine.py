@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from sparse_exp.data import build_data
+from sparse_exp.distributed import ShardedLoader, any_rank, init_distributed
 from sparse_exp.loggers import build_logger
 from sparse_exp.metrics import evaluate
 from sparse_exp.models import build_model
@@ -101,16 +102,28 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = resolve_device(cfg.device)
+        self.dist = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        run_dir.writable = run_dir.writable and self.dist.is_main
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         seed_everything(cfg.seed)
         self.data = build_data(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size,
                                eval_batch_size=cfg.eval_batch_size, device=self.device)
         spec = self.data.spec
+        # DDP: each rank trains on its rows of every global batch; evaluation, pruning-at-init
+        # scores and BN re-estimation use the full data on every rank (identical results)
+        self.train_loader = ShardedLoader(self.data.train, self.dist) if self.dist.enabled else self.data.train
         self.num_classes = spec.num_classes
         self.model = build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
                                  image_size=spec.image_size).to(self.device)
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
+        self.train_model = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.masking = Masking(self.model)
@@ -212,15 +225,15 @@ class Trainer:
             Preempted: a preemption was requested (``self.preemption.requested``); a mid-epoch
             checkpoint has been written.
         """
-        model, opt, masking = self.model, self.optimizer, self.masking
+        model, opt, masking = self.train_model, self.optimizer, self.masking
         model.train()
         start = self.batch_in_epoch
         loss_sum = torch.full((), self._acc[0], device=self.device)
         correct = torch.full((), self._acc[1], device=self.device, dtype=torch.long)
         seen = self._acc[2]
         f_sparse = self.sparse_forward_flops()
-        bar = tqdm(self.data.train.iterate(self.epoch), total=self.steps_per_epoch, leave=False,
-                   disable=not self.cfg.progress, desc=f"epoch {self.epoch + 1}/{self.total_epochs}")
+        bar = tqdm(self.train_loader.iterate(self.epoch), total=self.steps_per_epoch, leave=False,
+                   disable=not self.cfg.progress or not self.dist.is_main, desc=f"epoch {self.epoch + 1}/{self.total_epochs}")
         for i, (x, y) in enumerate(bar):
             if i < start:
                 if i + 1 == start and self._resume_rng is not None:
@@ -254,7 +267,7 @@ class Trainer:
             seen += y.shape[0]
             if self.cfg.progress and (i + 1) % self.cfg.log_every == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
-            if self.preemption is not None and self.preemption.requested:
+            if self.preemption is not None and self._preempt_now(i):
                 self.batch_in_epoch, self._acc = i + 1, (loss_sum.item(), int(correct.item()), seen)
                 self.run_dir.save_checkpoint(self.state_dict())
                 bar.close()
@@ -263,6 +276,15 @@ class Trainer:
         self.batch_in_epoch, self._acc, self._resume_rng = 0, (0.0, 0, 0), None
         return {"train/loss": loss_sum.item() / max(seen, 1), "train/acc": 100.0 * correct.item() / max(seen, 1),
                 "lr": opt.param_groups[0]["lr"]}
+
+    def _preempt_now(self, i: int) -> bool:
+        """Whether to stop after batch ``i``: every step for one process; with DDP, all ranks agree
+        every ``log_every`` steps (one all-reduce) so that they stop at the same step."""
+        if not self.dist.enabled:
+            return self.preemption.requested
+        if (i + 1) % self.cfg.log_every:
+            return False
+        return any_rank(self.preemption.requested, self.dist, self.device)
 
     def log_metrics(self, row: Dict[str, Any]) -> None:
         """Send ``row`` to the experiment logger at the current step (no-op before :meth:`fit`)."""
@@ -283,8 +305,8 @@ class Trainer:
             self.sparsifier.init_masks()
             rd.truncate_metrics(before_epoch=0)
         rd.write_summary({"status": "running", **ident})
-        logger = self.logger = build_logger(cfg.logger, rd, OmegaConf.to_container(cfg, resolve=True),
-                                            name=rd.path.name)
+        logger = self.logger = build_logger(cfg.logger if self.dist.is_main else OmegaConf.create({"name": "none"}),
+                                            rd, OmegaConf.to_container(cfg, resolve=True), name=rd.path.name)
         try:
             stop_at = cfg.stop_after_epochs or self.total_epochs
             while self.epoch < self.total_epochs:

@@ -51,6 +51,6 @@ class WandbLogger(NullLogger):
 
 def build_logger(cfg: Any, run_dir, config: Dict[str, Any], name: str):
     """The logger for ``cfg.name`` (``wandb`` or ``none``)."""
-    if cfg.name == "none" or os.environ.get("WANDB_MODE", cfg.mode) == "disabled":
+    if cfg.name == "none" or os.environ.get("WANDB_MODE", cfg.get("mode", "offline")) == "disabled":
         return NullLogger()
     return WandbLogger(cfg, run_dir, config, name)

@@ -53,10 +53,15 @@ def _atomic_write_bytes(path: Path, write) -> None:
 
 
 class RunDir:
-    """Reads and writes one run directory (``path``)."""
+    """Reads and writes one run directory (``path``).
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    ``writable=False`` (every DDP rank but 0) turns every write into a no-op, so only one
+    process writes files.
+    """
+
+    def __init__(self, path: str | os.PathLike, writable: bool = True) -> None:
         self.path = Path(path)
+        self.writable = writable
 
     config_path = property(lambda self: self.path / "config.yaml")
     summary_path = property(lambda self: self.path / "summary.json")
@@ -82,6 +87,8 @@ class RunDir:
     # -------------------------------------------------------------- writing
     def prepare(self, cfg: Any) -> None:
         """Create the directory and write the resolved config and git SHA."""
+        if not self.writable:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         text = OmegaConf.to_yaml(cfg, resolve=True)
         _atomic_write_bytes(self.config_path, lambda f: f.write(text.encode()))
@@ -89,15 +96,21 @@ class RunDir:
         _atomic_write_bytes(self.path / "git.json", lambda f: f.write(info.encode()))
 
     def write_summary(self, summary: Dict[str, Any]) -> None:
+        if not self.writable:
+            return
         text = json.dumps(summary, indent=2, sort_keys=True, default=float)
         _atomic_write_bytes(self.summary_path, lambda f: f.write(text.encode()))
 
     def append_metrics(self, row: Dict[str, Any]) -> None:
+        if not self.writable:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
 
     def truncate_metrics(self, before_epoch: int) -> None:
         """Keep only metric rows of epochs ``< before_epoch`` (rows of an interrupted epoch go)."""
+        if not self.writable:
+            return
         if not self.metrics_path.exists():
             return
         rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
@@ -112,6 +125,8 @@ class RunDir:
 
     def save_checkpoint(self, state: Dict[str, Any]) -> None:
         """``torch.save`` to a temp file in the run directory, then rename over the old one."""
+        if not self.writable:
+            return
         _atomic_write_bytes(self.checkpoint_path, lambda f: torch.save(state, f))
 
     def load_checkpoint(self, map_location: Any = "cpu") -> Dict[str, Any]:
@@ -119,6 +134,8 @@ class RunDir:
 
     def save_masks(self, masks: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
         """Final masks in the documented format (see module docstring); ``mask_file`` reads it."""
+        if not self.writable:
+            return
         payload = {"format": MASKS_FORMAT, "masks": {k: v.detach().to("cpu", torch.bool) for k, v in masks.items()},
                    "meta": meta}
         _atomic_write_bytes(self.masks_path, lambda f: torch.save(payload, f))
