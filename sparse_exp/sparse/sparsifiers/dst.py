@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from sparse_exp.sparse.masking import masks_from_counts
-from sparse_exp.sparse.sparsifiers.base import Sparsifier
+from sparse_exp.sparse.sparsifiers.static import StaticSparsifier
 from sparse_exp.sparse.topology import cosine_fraction, drop_and_grow
 
 
-class DynamicSparsifier(Sparsifier):
-    """Fixed-density prune-and-regrow every ``cfg.delta_t`` steps (base of SET and RigL)."""
+class DynamicSparsifier(StaticSparsifier):
+    """Fixed-density prune-and-regrow every ``cfg.delta_t`` steps (base of SET and RigL); the
+    initial mask is :class:`StaticSparsifier`'s random exact-count mask."""
 
     dynamic = True
     growth = "random"
@@ -37,13 +37,6 @@ class DynamicSparsifier(Sparsifier):
         super().__init__(cfg, ctx)
         self.stop_step = int(cfg.stop_fraction * ctx.total_steps)
         self.updates = 0
-
-    def init_masks(self) -> None:
-        m = self.ctx.masking
-        counts = self.ctx.target_counts()
-        m.set_masks_(masks_from_counts(m.shapes, counts, self.generator))
-        m.target_counts = counts
-        m.apply_(self.ctx.optimizer)
 
     def drop_fraction_at(self, step: int) -> float:
         """Drop fraction at ``step``: ``cosine`` (RigL Eq. 1) or ``constant``."""
