@@ -42,3 +42,13 @@ bench: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# make tables RUNS=runs OUT=results  (or SOURCE=wandb PROJECT=entity/project)
+RUNS ?= runs
+OUT ?= results
+SOURCE ?= local
+PROJECT ?=
+
+.PHONY: tables
+tables: install
+	$(PY) -m analysis --source $(SOURCE) --runs $(RUNS) --out $(OUT) $(if $(PROJECT),--project $(PROJECT)) --compare-paper

@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import time
+from datetime import datetime, timezone
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
@@ -318,7 +319,7 @@ class Trainer:
                 self.elapsed += time.perf_counter() - t0
                 row.update(evaluate(self.model, self.data.val, self.num_classes, prefix="val"))
                 row.update({"epoch": self.epoch, "step": self.step, "phase": phase,
-                            "sparsity": self.masking.global_sparsity(), "itop_rate": self.masking.itop_rate(),
+                            "sparsity/global": self.masking.global_sparsity(), "itop_rate": self.masking.itop_rate(),
                             "flops/train": self.flops.ratio(),
                             "time/epoch_s": time.perf_counter() - t0})
                 rd.append_metrics(row)
@@ -326,7 +327,7 @@ class Trainer:
                 logger.log(row, step=self.step)
                 log.info("epoch %d/%d  loss %.4f  train %.2f%%  val %.2f%%  lr %.4g  sparsity %.4f  (%.1fs)",
                          self.epoch, self.total_epochs, row["train/loss"], row["train/acc"], row.get("val/acc", math.nan),
-                         row["lr"], row["sparsity"], row["time/epoch_s"])
+                         row["lr"], row["sparsity/global"], row["time/epoch_s"])
                 if self.epoch >= stop_at and self.epoch < self.total_epochs:
                     rd.write_summary({"status": "stopped", **ident, "epoch": self.epoch})
                     log.info("stopped after epoch %d as asked (stop_after_epochs); re-run to resume", self.epoch)
@@ -372,6 +373,7 @@ class Trainer:
         out["params/total"] = sum(p.numel() for p in self.model.parameters())
         out["params/total_nonzero"] = sum(int(p.count_nonzero()) for p in self.model.parameters())
         out["steps"] = self.step
+        out["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         out["time/train_s"] = self.elapsed
         out["run_dir"] = str(self.run_dir.path)
         out["git"] = git_info()["sha"]

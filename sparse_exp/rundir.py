@@ -14,6 +14,7 @@ Layout (one directory per run, named from its overrides, see ``conf/config.yaml`
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import tempfile
@@ -50,6 +51,17 @@ def _atomic_write_bytes(path: Path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _strict_json(value: Any) -> Any:
+    """Replace non-finite floats by ``None`` recursively (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 class RunDir:
@@ -96,16 +108,17 @@ class RunDir:
         _atomic_write_bytes(self.path / "git.json", lambda f: f.write(info.encode()))
 
     def write_summary(self, summary: Dict[str, Any]) -> None:
+        """Write ``summary.json`` atomically; NaN / inf become ``null`` (strict JSON)."""
         if not self.writable:
             return
-        text = json.dumps(summary, indent=2, sort_keys=True, default=float)
+        text = json.dumps(_strict_json(summary), indent=2, sort_keys=True, default=float, allow_nan=False)
         _atomic_write_bytes(self.summary_path, lambda f: f.write(text.encode()))
 
     def append_metrics(self, row: Dict[str, Any]) -> None:
         if not self.writable:
             return
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.write(json.dumps(_strict_json(row), sort_keys=True, allow_nan=False) + "\n")
 
     def truncate_metrics(self, before_epoch: int) -> None:
         """Keep only metric rows of epochs ``< before_epoch`` (rows of an interrupted epoch go)."""

@@ -21,6 +21,9 @@ import yaml
 
 from conftest import ROOT, compose_cfg, needs_data
 
+if str(ROOT) not in sys.path:  # `analysis` lives at the repository root (plain `pytest` runs too)
+    sys.path.insert(0, str(ROOT))
+
 COMMON = ["epochs=2", "optimizer=adam", "optimizer.lr=0.003", "sparsifier=rigl", "sparsifier.delta_t=4"]
 #: two methods (rows of Table 1); seeds 0 and 1 each
 GRID = {"rigl": [], "rigl_sup": ["superposer=sup_tickets", "superposer.phase_fraction=0.5", "superposer.cycle_epochs=1"]}
@@ -296,3 +299,99 @@ def test_dedupe_keeps_latest_completed():
     assert "'stopped'" in reasons["c"] and "'no summary'" in reasons["d"]
     assert recs[0]["run_id"] == recs[1]["run_id"] != recs[2]["run_id"]
     assert recs[0]["cell_id"] == recs[2]["cell_id"]  # seeds share a cell
+
+
+def test_paper_numbers_transcription_and_keys():
+    """The published numbers are consistent where the paper repeats them, and every one of them
+    has a cell of the same key in our tables (so --compare-paper can match it)."""
+    from analysis.paper_numbers import compare, load_paper_numbers
+    from analysis.tables import build_tables, cells_frame
+
+    p = load_paper_numbers()
+    assert set(p["table"]) == {1, 2, 3, 4, 5, 6, 7}
+    key = ["table", "method", "dataset", "model", "sparsity", "metric"]
+    assert not p.duplicated(key).any()
+
+    def val(table, method, ds, model, s, metric="test/acc"):
+        r = p[(p["table"] == table) & (p["method"] == method) & (p["dataset"] == ds) & (p["model"] == model)
+              & (p["sparsity"] == s) & (p["metric"] == metric)]
+        assert len(r) == 1, (table, method, ds, model, s)
+        return float(r["mean"].iloc[0]), float(r["std"].iloc[0])
+
+    assert val(1, "rigl+sup", "cifar100", "vgg16", 0.95) == (71.31, 0.21)
+    assert val(2, "set", "cifar100", "resnet50", 0.8) == (78.45, 0.50)
+    assert val(3, "rigl", "imagenet", "resnet50_imagenet", 0.9, "flops/train")[0] == 0.25
+    for model, t in (("vgg16", 1), ("resnet50", 2)):
+        for s in (0.95, 0.9, 0.8):  # Table 5 C=8 = Table 7 "ours" = the main table's RigL+Sup-tickets
+            assert val(5, "rigl+sup/C=8", "cifar100", model, s) == val(t, "rigl+sup", "cifar100", model, s) \
+                == val(7, "rigl+sup/lr=triangle", "cifar100", model, s)
+            for ds in ("cifar10", "cifar100"):  # Table 4 = the main tables' GraNet+Sup-tickets and dense
+                assert val(4, "granet+sup", ds, model, s) == val(t, "granet+sup", ds, model, s)
+        for ds in ("cifar10", "cifar100"):
+            assert val(4, "dense", ds, model, 0.0) == val(t, "dense", ds, model, 0.0)
+
+    cells = cells_frame(build_tables(pd.DataFrame()))
+    ours = set(map(tuple, cells[cells["paper_cell"]][key].astype(str).values))
+    theirs = set(map(tuple, p[key].astype(str).values))
+    assert theirs <= ours, sorted(theirs - ours)[:5]
+    # ours next to theirs, with the difference
+    fake = cells[cells["paper_cell"]].copy()
+    hit = (fake["table"] == 1) & (fake["method"] == "rigl") & (fake["dataset"] == "cifar10") & (fake["sparsity"] == 0.9)
+    fake.loc[hit, ["n", "mean", "std"]] = [3, 93.0, 0.1]
+    cmp = compare(fake)
+    row = cmp[(cmp["table"] == 1) & (cmp["method"] == "rigl") & (cmp["dataset"] == "cifar10") & (cmp["sparsity"] == 0.9)]
+    assert row["n"].item() == 3 and row["diff"].item() == pytest.approx(93.0 - 93.48)
+    assert (cmp["n"] > 0).sum() == 1
+
+
+def test_sweeps_fill_their_tables():
+    """Every run of the paper's sweeps (conf/sweep/*.yaml, seed 0) lands in its table's cells, the
+    cells hold one config variant each, and each sweep fills its table's paper cells completely."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from analysis.collect import dedupe, make_record, to_frame
+    from analysis.figures import AVERAGING, _avg_filters
+    from analysis.tables import build_tables, method_filters, select
+    from conftest import CONF
+    from sparse_exp.status import expand_sweep
+
+    tables = {f"table{n}": n for n in range(1, 8)}
+    names = list(tables) + ["fig3", "fig4", "smoke"]
+    plans = {n: expand_sweep(n, ["seed=0"]) for n in names}
+    metrics = {"status": "completed", "test/acc": 50.0, "test/ece": 0.05, "test/nll": 1.0, "flops/train": 0.5,
+               "flops/test": 0.4, "diversity/disagreement": 0.01, "diversity/kl": 0.02, "tickets/count": 3,
+               "tickets/mean/test/acc": 49.0}
+    records = []
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        for n, plan in plans.items():
+            for i, job in enumerate(plan.jobs):
+                cfg = OmegaConf.to_container(compose("config", overrides=job.overrides), resolve=True)
+                records.append(make_record(cfg, metrics, source="local", path=f"{n}/{job.subdir}", name=job.subdir,
+                                           time=float(len(records))))
+    coll = dedupe(to_frame(records))
+    assert set(coll.excluded["reason"].str.slice(0, 20)) <= {"superseded duplicate"}  # same run in two sweeps
+    results = {r.spec.number: r for r in build_tables(coll.runs)}
+    run_ids = pd.DataFrame(records).groupby(pd.DataFrame(records)["path"].str.split("/").str[0])["run_id"]
+    placed_ids = {}
+    for n, res in results.items():
+        assert res.complete, (n, [c.spec.where + " " + c.spec.method for c in res.required(True) if not c.values])
+        assert all(not c.note for c in res.values()), [(c.spec.method, c.spec.where, c.note) for c in res.values() if c.note]
+        paths = {p for c in res.required(True) for p in c.paths}
+        placed_ids[n] = set(coll.runs.loc[coll.runs["path"].isin(paths), "run_id"])
+    for name, n in tables.items():
+        assert set(run_ids.get_group(name)) <= placed_ids[n], name
+    # the smoke grid lands in Table 1's layout (Fashion-MNIST columns)
+    smoke = [c for c in results[1].required(False) if c.values]
+    assert {(c.spec.method, c.spec.dataset, c.spec.sparsity) for c in smoke} == {
+        ("set", "fashion_mnist", 0.9), ("rigl", "fashion_mnist", 0.9)}
+    # Figure 3: every averaging rule at every sparsity; Figure 4: 2 / 4 / 7 tickets
+    for avg, beta, label in AVERAGING:
+        got = select(coll.runs, _avg_filters(avg, beta))
+        got = got[(got["dataset"] == "cifar100") & (got["model"] == "vgg16")]
+        assert sorted(got["sparsity"]) == [0.8, 0.9, 0.95], label
+    fig4 = select(coll.runs, method_filters("rigl+sup/any_tickets"))
+    fig4 = fig4[fig4["model"] == "wrn28_10"]
+    assert sorted(set(fig4["cfg.superposer.num_tickets"].dropna().astype(int))) == [2, 4, 7]

@@ -1,0 +1,17 @@
+"""Rebuild the Sup-tickets paper's Tables 1-7 and Figures 2-5 from logged runs.
+
+    python -m analysis --runs runs --out results [--compare-paper]
+    python -m analysis --source wandb --project ENTITY/PROJECT --out results
+    make tables RUNS=runs OUT=results
+
+* :mod:`analysis.collect` -- runs (local run directories or a W&B project) -> one DataFrame;
+  only completed runs count, one per run identity (the latest completed copy).
+* :mod:`analysis.tables` -- Tables 1-7 in the paper's layout (mean ± std over seeds), Markdown
+  and LaTeX; the module docstring documents how runs map to rows and columns.
+* :mod:`analysis.paper_numbers` -- the published numbers (``paper_numbers.csv``) next to ours.
+* :mod:`analysis.figures` -- Figures 2-5 as PNG and PDF, reproducible byte for byte.
+"""
+
+from analysis.collect import Collection, collect, collect_local, collect_wandb
+
+__all__ = ["Collection", "collect", "collect_local", "collect_wandb"]

@@ -1,0 +1,71 @@
+"""``python -m analysis``: collect runs, write Tables 1-7, Figures 2-5 and the status report.
+
+    python -m analysis --runs runs [more_runs ...] --out results [--compare-paper]
+    python -m analysis --source wandb --project ENTITY/PROJECT --out results \\
+        [--filters '{"config.dataset.name": "cifar100"}']
+
+Writes into ``--out``: ``table1.md`` ... ``table7.md`` and ``.tex``, ``figure2.png`` ...
+``figure5.pdf``, ``runs.csv`` (every counted run), ``excluded.csv`` (incomplete, failed and
+superseded runs, with the reason), ``cells.csv`` (every table cell: mean, std, n, runs),
+``status.md`` (what it prints), and with ``--compare-paper`` ``compare_paper.md`` / ``.csv``.
+Exit status 0, or 1 with ``--strict`` when a table is incomplete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from analysis.collect import collect
+from analysis.tables import BUILDERS, write_tables
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", nargs="+", default=["runs"], help="run directories, searched recursively (local source)")
+    p.add_argument("--out", default="results", help="output directory (default: results)")
+    p.add_argument("--source", choices=["local", "wandb"], default="local")
+    p.add_argument("--project", default=None, help="W&B ENTITY/PROJECT (with --source wandb)")
+    p.add_argument("--filters", default=None, help="W&B run filters as JSON (MongoDB syntax)")
+    p.add_argument("--tables", default=",".join(map(str, BUILDERS)), help="which tables (default: 1,2,3,4,5,6,7)")
+    p.add_argument("--compare-paper", action="store_true", help="print ours next to the published numbers")
+    p.add_argument("--no-figures", action="store_true", help="skip Figures 2-5")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a table is incomplete")
+    args = p.parse_args(argv)
+    if args.source == "wandb" and not args.project:
+        p.error("--source wandb needs --project ENTITY/PROJECT")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    filters = json.loads(args.filters) if args.filters else None
+    try:
+        coll = collect(args.source, runs=args.runs, project=args.project, filters=filters)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    numbers = [int(x) for x in args.tables.split(",") if x.strip()]
+    results = write_tables(coll, args.out, numbers)
+    print((open(f"{args.out}/status.md").read()).rstrip("\n"))
+    if args.compare_paper:
+        from analysis.paper_numbers import summary_lines, write_comparison
+        from analysis.tables import cells_frame
+
+        cmp = write_comparison(cells_frame(results), args.out)
+        print()
+        print("\n".join(summary_lines(cmp)))
+        print(f"(all {len(cmp)} published cells: {args.out}/compare_paper.md)")
+    if not args.no_figures:
+        from analysis.figures import write_figures
+
+        paths = write_figures(coll.runs, args.out)
+        print(f"\nFigures: {', '.join(p.name for p in paths)}")
+    print(f"Tables: {', '.join(f'table{n}.md/.tex' for n in numbers)} in {args.out}/")
+    return 1 if args.strict and not all(r.complete for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Figures 2-5 of the Sup-tickets paper as PNG and PDF, byte-for-byte reproducible.
+
+* Figure 2: the learning rate over the iterations of a CIFAR run (250 epochs, VGG-16 protocol of
+  ``conf/``), computed by the code itself: the base schedule ``sparse_exp.schedules.lr_factor_fn``
+  wrapped by ``SupTickets.wrap_lr`` (budget from ``make_budget``, cyclic LR from ``cyclic_lr``),
+  for each ``superposer.lr_schedule`` (FGE -- the paper's top panel --, Sup-tickets' triangle --
+  the bottom panel --, and SWA of Table 7); green circles mark where cheap tickets are taken.
+* Figure 3: test accuracy of the ultimate ticket for CIA, CAA and CIMA (per beta) over sparsity
+  (RigL+Sup-tickets; one panel per data set and model present).
+* Figure 4: ultimate-ticket accuracy (left) and mean accuracy of the individual cheap tickets
+  (right) over the number of tickets (``tickets/count``).
+* Figure 5: ECE and NLL of RigL vs. RigL+Sup-tickets per data set, model and sparsity.
+
+Points are mean ± std over seeds of the counted runs (same selection rules as the tables). With
+no matching runs a panel says so; the files are still written. Reproducibility: matplotlib's
+defaults (no user rc file), no timestamps or software versions in the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List, Optional, Tuple
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.tables import ds_label, method_filters, model_label, pct, select  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG_META = {"Software": None}
+PDF_META = {"Creator": None, "Producer": None, "CreationDate": None}
+RC = {"svg.hashsalt": "sparse_exp", "svg.fonttype": "none", "pdf.fonttype": 42, "font.size": 9,
+      "axes.titlesize": 9, "legend.fontsize": 7, "figure.dpi": 100, "savefig.dpi": 150}
+FIGURE_FILES = [f"figure{n}.{ext}" for n in (2, 3, 4, 5) for ext in ("png", "pdf")]
+
+
+def save(fig: Any, out: Path, name: str) -> List[Path]:
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], metadata=PNG_META)
+    fig.savefig(paths[1], metadata=PDF_META)
+    plt.close(fig)
+    return paths
+
+
+def _empty(ax: Any, text: str = "no matching runs") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def point(sub: pd.DataFrame, metric: str) -> Tuple[float, float, int]:
+    """Mean, std (ddof=1) and count over seeds; several config variants -> the one with most seeds."""
+    if sub.empty or metric not in sub.columns:
+        return np.nan, np.nan, 0
+    if sub["cell_id"].nunique() > 1:
+        groups = sorted(sub.groupby("cell_id"), key=lambda kv: (len(kv[1]), kv[1]["time"].max(), kv[0]))
+        sub = groups[-1][1]
+    v = pd.to_numeric(sub[metric], errors="coerce").astype(float).values
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return np.nan, np.nan, 0
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+
+def _groups(df: pd.DataFrame) -> List[Tuple[str, str]]:
+    return sorted({(str(d), str(m)) for d, m in zip(df["dataset"], df["model"])}) if not df.empty else []
+
+
+# ---------------------------------------------------------------------------- Figure 2
+def protocol_config(schedule: str, dataset: str = "cifar100", model: str = "vgg16") -> Any:
+    """The resolved config of a Sup-tickets run with ``schedule`` (the repository's ``conf/``)."""
+    from hydra import compose, initialize_config_dir
+
+    import sparse_exp.train  # noqa: F401  (registers the config schemas)
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"dataset={dataset}", f"model={model}", "sparsifier=rigl",
+                                            "superposer=sup_tickets", f"superposer.lr_schedule={schedule}",
+                                            "epochs=250", "logger=none"])
+
+
+def lr_curve(cfg: Any, num_train: int = 50_000) -> Dict[str, Any]:
+    """Per-iteration LR of ``cfg`` as the engine computes it, and the ticket iterations."""
+    import math
+
+    from sparse_exp.schedules import lr_factor_fn
+    from sparse_exp.superpose.cyclic_lr import collect_fraction, make_budget
+    from sparse_exp.superpose.sup_tickets import SupTickets
+
+    from omegaconf import OmegaConf
+
+    spe = math.ceil((num_train - cfg.dataset.val_size) / cfg.batch_size)
+    total = cfg.epochs * spe
+    # plain namespaces: the schedule functions read these per step (OmegaConf access is slow)
+    sup = SimpleNamespace(**OmegaConf.to_container(cfg.superposer, resolve=True))
+    schedule = SimpleNamespace(**OmegaConf.to_container(cfg.schedule, resolve=True))
+    budget = make_budget(cfg.epochs, spe, sup.cycle_epochs, sup.phase_fraction, sup.num_tickets)
+    view = SimpleNamespace(budget=budget, cfg=sup, base_lr=cfg.optimizer.lr)
+    factor = SupTickets.wrap_lr(view, lambda n: lr_factor_fn(schedule, n, spe), total)
+    base_lr = float(cfg.optimizer.lr)
+    lr = np.array([base_lr * factor(k) for k in range(total)])
+    tickets = budget.ticket_steps(collect_fraction(sup.lr_schedule))
+    return {"iteration": np.arange(1, total + 1), "lr": lr, "tickets": tickets, "budget": budget,
+            "steps_per_epoch": spe}
+
+
+def figure2(out: Path) -> List[Path]:
+    names = {"fge": "FGE [Garipov et al., 2018]", "triangle": "Sup-tickets (triangle, Eq. 3)",
+             "swa": "SWA [Izmailov et al., 2018]"}
+    fig, axes = plt.subplots(3, 2, figsize=(9, 6.6), gridspec_kw={"width_ratios": [1, 1.6]})
+    for row, schedule in enumerate(("fge", "triangle", "swa")):
+        cfg = protocol_config(schedule)
+        c = lr_curve(cfg)
+        it, lr, b = c["iteration"], c["lr"], c["budget"]
+        full, zoom = axes[row]
+        full.plot(it, lr, lw=1, color="C0")
+        full.set_yscale("log")
+        full.axvspan(b.start_step, b.total_steps, color="0.9", lw=0)
+        full.set_title(f"{names[schedule]}: whole run")
+        lo = max(0, b.start_step - b.cycle_steps)
+        zoom.plot(it[lo:], lr[lo:], lw=1, color="C0")
+        tk = np.array(c["tickets"])
+        zoom.plot(tk, lr[tk - 1], "o", ms=6, mfc="none", mec="green", mew=1.5, label="cheap ticket")
+        zoom.set_title(f"{names[schedule]}: cyclic phase, {len(tk)} cycles × {cfg.superposer.cycle_epochs:g} epochs")
+        zoom.legend(loc="upper left", frameon=False)
+        for ax in (full, zoom):
+            ax.set_ylabel("learning rate")
+        if row == 2:
+            full.set_xlabel("iteration")
+            zoom.set_xlabel("iteration")
+    fig.suptitle(f"Figure 2: LR schedules (CIFAR-100, {cfg.epochs} epochs, {c['steps_per_epoch']} iterations/epoch, "
+                 f"base LR {cfg.optimizer.lr:g})")
+    fig.tight_layout()
+    return save(fig, out, "figure2")
+
+
+# ---------------------------------------------------------------------------- Figure 3
+AVERAGING = [("cia", None, "CIA"), ("caa", None, "CAA")] + [("cima", b, f"CIMA β={b:g}")
+                                                           for b in (0.9, 0.8, 0.5, 0.2, 0.1)]
+
+
+def _avg_filters(avg: str, beta: Optional[float]) -> Dict[str, Any]:
+    return method_filters(f"rigl+sup/avg={avg}" + (f":{beta}" if beta is not None else ""))
+
+
+def figure3(runs: pd.DataFrame, out: Path) -> List[Path]:
+    sel = {lab: select(runs, _avg_filters(a, b)) if not runs.empty else runs for a, b, lab in AVERAGING}
+    groups = sorted(set().union(*[_groups(d) for d in sel.values()]))
+    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4.2 * max(1, len(groups)), 3.4), squeeze=False)
+    if not groups:
+        _empty(axes[0][0], "no RigL+Sup-tickets runs")
+    for ax, (ds, model) in zip(axes[0], groups):
+        levels = sorted({float(s) for d in sel.values() for s in d.loc[(d["dataset"] == ds) & (d["model"] == model),
+                                                                        "sparsity"]}, reverse=True)
+        x = np.arange(len(levels))
+        for k, (_, _, lab) in enumerate(AVERAGING):
+            d = sel[lab]
+            d = d[(d["dataset"] == ds) & (d["model"] == model)]
+            pts = [point(d[np.isclose(d["sparsity"].astype(float), s)], "test/acc") for s in levels]
+            m = np.array([p[0] for p in pts])
+            if np.isfinite(m).any():
+                ax.errorbar(x, m, yerr=[p[1] for p in pts], marker="os^v<>d"[k % 7], ms=4, capsize=2, lw=1,
+                            label=lab, color=f"C{k}")
+        ax.set_xticks(x, [pct(s) for s in levels])
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("test accuracy (%) of the ultimate ticket")
+        ax.set_title(f"RigL+Sup-tickets, {model_label(model)} on {ds_label(ds)}")
+        ax.legend(frameon=False)
+    fig.suptitle("Figure 3: averaging methods")
+    fig.tight_layout()
+    return save(fig, out, "figure3")
+
+
+# ---------------------------------------------------------------------------- Figure 4
+def figure4(runs: pd.DataFrame, out: Path) -> List[Path]:
+    d = select(runs, method_filters("rigl+sup/any_tickets")) if not runs.empty else runs
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    titles = (("test/acc", "ultimate ticket"), ("tickets/mean/test/acc", "mean of the individual cheap tickets"))
+    if d.empty or "tickets/count" not in d.columns:
+        for ax in axes:
+            _empty(ax, "no RigL+Sup-tickets runs")
+    else:
+        lines = sorted({(str(a), str(b), float(s)) for a, b, s in zip(d["dataset"], d["model"], d["sparsity"])})
+        ticks = sorted({int(c) for c in pd.to_numeric(d["tickets/count"], errors="coerce").dropna()})
+        for ax, (metric, title) in zip(axes, titles):
+            for k, (ds, model, s) in enumerate(lines):
+                sub = d[(d["dataset"] == ds) & (d["model"] == model) & np.isclose(d["sparsity"].astype(float), s)]
+                counts = sorted({int(c) for c in pd.to_numeric(sub["tickets/count"], errors="coerce").dropna()})
+                pts = [point(sub[sub["tickets/count"] == c], metric) for c in counts]
+                ax.errorbar(counts, [p[0] for p in pts], yerr=[p[1] for p in pts], marker="o", ms=4, capsize=2,
+                            lw=1, color=f"C{k}", label=f"{model_label(model)}, {ds_label(ds)}, {pct(s)}")
+            ax.set_xlabel("number of cheap tickets")
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(title)
+            ax.set_xticks(ticks)
+            ax.legend(frameon=False)
+    fig.suptitle("Figure 4: impact of the cheap-ticket count (RigL+Sup-tickets)")
+    fig.tight_layout()
+    return save(fig, out, "figure4")
+
+
+# ---------------------------------------------------------------------------- Figure 5
+def figure5(runs: pd.DataFrame, out: Path) -> List[Path]:
+    base = select(runs, method_filters("rigl")) if not runs.empty else runs
+    sup = select(runs, method_filters("rigl+sup")) if not runs.empty else runs
+    both = pd.concat([base, sup])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    if both.empty:
+        for ax in axes:
+            _empty(ax, "no RigL / RigL+Sup-tickets runs")
+    else:
+        keys = sorted({(str(a), str(b), float(s)) for a, b, s in zip(both["dataset"], both["model"], both["sparsity"])},
+                      key=lambda k: (k[0], k[1], -k[2]))
+        x = np.arange(len(keys))
+        for ax, (metric, name) in zip(axes, (("test/ece", "ECE"), ("test/nll", "NLL"))):
+            for k, (d, lab) in enumerate(((base, "RigL"), (sup, "RigL+Sup-tickets"))):
+                pts = [point(d[(d["dataset"] == a) & (d["model"] == b) & np.isclose(d["sparsity"].astype(float), s)],
+                             metric) for a, b, s in keys]
+                ax.bar(x + (k - 0.5) * 0.38, [0 if not np.isfinite(p[0]) else p[0] for p in pts], 0.38,
+                       yerr=[p[1] if np.isfinite(p[1]) else 0 for p in pts], capsize=2, label=lab, color=f"C{k}")
+            ax.set_xticks(x, [f"{model_label(b)}\n{ds_label(a)}\n{pct(s)}" for a, b, s in keys])
+            ax.set_ylabel(f"test {name} (lower is better)")
+            ax.set_title(name)
+            ax.legend(frameon=False)
+    fig.suptitle("Figure 5: RigL vs. RigL+Sup-tickets, uncertainty estimation")
+    fig.tight_layout()
+    return save(fig, out, "figure5")
+
+
+def write_figures(runs: pd.DataFrame, out: str | Path) -> List[Path]:
+    """All four figures into ``out`` (``figureN.png`` and ``figureN.pdf``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        matplotlib.rcParams.update(RC)
+        paths = figure2(out)
+        for fn in (figure3, figure4, figure5):
+            paths += fn(runs, out)
+    return paths
