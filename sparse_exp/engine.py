@@ -26,6 +26,7 @@ from sparse_exp.distributed import ShardedLoader, any_rank, init_distributed
 from sparse_exp.loggers import build_logger
 from sparse_exp.metrics import evaluate
 from sparse_exp.models import build_model
+from sparse_exp.preemption import PreemptionGuard
 from sparse_exp.rundir import RunDir, git_info
 from sparse_exp.schedules import lr_factor_fn
 from sparse_exp.sparse.flops import TrainingFlops, layer_forward_flops
@@ -306,6 +307,9 @@ class Trainer:
             self.sparsifier.init_masks()
             rd.truncate_metrics(before_epoch=0)
         rd.write_summary({"status": "running", **ident})
+        own_guard = self.preemption is None
+        if own_guard:  # SLURM USR2 / TERM -> checkpoint at the next step, then submitit requeues
+            self.preemption = PreemptionGuard()
         logger = self.logger = build_logger(cfg.logger if self.dist.is_main else OmegaConf.create({"name": "none"}),
                                             rd, OmegaConf.to_container(cfg, resolve=True), name=rd.path.name)
         try:
@@ -343,12 +347,17 @@ class Trainer:
             rd.write_summary({"status": "stopped", **ident, "epoch": self.epoch, "step": self.step,
                               "reason": "preempted"})
             log.info("preempted: checkpoint written at step %d; the requeued job resumes from it", self.step)
+            if own_guard:
+                self.preemption.finish()  # hands the signal to submitit: requeue and exit
             raise
         except BaseException as exc:
             if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 rd.write_summary({"status": "failed", **ident, "error": f"{type(exc).__name__}: {exc}"})
             raise
         finally:
+            if own_guard:
+                self.preemption.uninstall()
+                self.preemption = None
             logger.finish()
 
     def final_summary(self, ident: Dict[str, Any]) -> Dict[str, Any]:

@@ -87,3 +87,37 @@ def test_preemption_mid_epoch_resumes_bitwise(tmp_path):
     summary = run(compose_cfg(overrides), part.path)
     assert summary["status"] == "completed"
     assert_same_run(full, part)
+
+
+@needs_data
+def test_sigusr2_checkpoints_promptly_and_the_rerun_resumes(tmp_path):
+    """The real signal path without SLURM: USR2 -> checkpoint at the next step -> exit 128 + 12."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT, TINY
+
+    env = {**os.environ, "SPARSE_EXP_RUNS": str(tmp_path / "runs"), "WANDB_MODE": "disabled"}
+    epochs = 40
+    args = [sys.executable, "-m", "sparse_exp.train", *TINY, "superposer=none", f"epochs={epochs}",
+            "model=lenet_300_100"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "runs").glob("*/checkpoint.pt")):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.05)
+    (run_dir,) = [p.parent for p in (tmp_path / "runs").glob("*/checkpoint.pt")]
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGUSR2, out
+    rd = RunDir(run_dir)
+    assert rd.summary()["status"] == "stopped" and rd.summary()["reason"] == "preempted"
+    stopped_at = rd.load_checkpoint()["step"]
+    assert stopped_at < epochs * 16, "stopped long before the end"
+    res = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "resumed from" in res.stdout + res.stderr
+    assert rd.summary()["status"] == "completed" and rd.summary()["steps"] == epochs * 16
