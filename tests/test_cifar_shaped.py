@@ -15,6 +15,8 @@ from sparse_exp.superpose.sup_tickets import BN_PASS_EPOCH
 from sparse_exp.train import run
 from test_sparsifier_contract import FAST
 
+pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
+
 
 def cifar_overrides(root, *extra):
     # 160 - 32 validation = 128 training images = 8 steps of 16 per epoch

@@ -12,6 +12,8 @@ import torch.multiprocessing as mp
 
 from conftest import needs_data
 
+pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
+
 TESTS = Path(__file__).resolve().parent
 
 

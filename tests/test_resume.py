@@ -8,6 +8,8 @@ from conftest import compose_cfg, needs_data
 from sparse_exp.rundir import RunDir
 from sparse_exp.train import run
 
+pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
+
 VOLATILE = ("time/epoch_s",)
 
 

@@ -10,6 +10,8 @@ from conftest import compose_cfg, needs_data
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS
 from sparse_exp.train import run
 
+pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
+
 #: make schedules fit in a 2-epoch run of 16 steps per epoch
 FAST = {
     "set": ["sparsifier.delta_t=4"],

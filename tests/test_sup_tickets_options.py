@@ -8,6 +8,8 @@ from conftest import compose_cfg, needs_data
 from sparse_exp.engine import Trainer
 from sparse_exp.rundir import RunDir
 
+pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
+
 BASE = ["sparsifier=rigl", "sparsifier.delta_t=4", "sparsity=0.9", "epochs=4", "superposer=sup_tickets",
         "superposer.phase_fraction=0.5", "superposer.cycle_epochs=1"]
 

@@ -1,0 +1,440 @@
+"""Launching, preemption and requeue against a real SLURM started on this machine.
+
+* PreemptionGuard unit tests: signals sent to this very process, submitit's real handler (no SLURM).
+* Launchers without SLURM: ``hydra/launcher=submitit_local``; SIGTERM on a plain run checkpoints,
+  and the re-run resumes to the uninterrupted result.
+* With SLURM (``scripts/slurm_local.sh start``, session fixture): the smoke grid through
+  ``hydra/launcher=slurm`` completes; re-launching it trains nothing; a job sent
+  ``scancel --signal=USR2`` after its first checkpoint is requeued, resumes from the checkpoint
+  and ends exactly like the uninterrupted run.
+
+The SLURM tests skip only where SLURM cannot be started here: not Linux, not root, or (outside CI)
+no SLURM and no apt-get to install it. In CI (CI=true) as root they must run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, needs_data
+from sparse_exp.preemption import PreemptionGuard, requeue_signal
+from sparse_exp.status import collect, expand_sweep
+
+SCRIPT = ROOT / "scripts" / "slurm_local.sh"
+CI = os.environ.get("CI") == "true"
+VOLATILE = ("time/epoch_s",)
+SUMMARY_KEYS = ("test/", "val/", "last/", "tickets/", "sparsity/", "diversity/", "itop", "flops/", "params/", "steps")
+
+#: one run whose epochs take seconds on a CPU (128 steps each), so a signal lands mid-run
+PREEMPT_RUN = ["+sweep=smoke", "seed=0", "sparsifier=rigl", "epochs=5", "dataset.subset_train=8192", "device=cpu"]
+STEPS_PER_EPOCH = 8192 // 64
+
+
+# ================================================================ PreemptionGuard (no SLURM)
+@pytest.fixture
+def restore_signals():
+    saved = {s: signal.getsignal(s) for s in (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR1, signal.SIGCONT)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+def _send(guard, sig):
+    os.kill(os.getpid(), sig)
+    for _ in range(400):  # the Python-level handler runs at the next bytecode boundary
+        if sig in guard.received:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"{sig!r} was not delivered")
+
+
+def test_guard_defers_the_previous_handler_until_finish(restore_signals):
+    calls = []
+
+    def submitit_like(signum, frame):  # what submitit's checkpoint_and_try_requeue ends with
+        calls.append(signum)
+        sys.exit(-1)
+
+    signal.signal(signal.SIGUSR2, submitit_like)
+    guard = PreemptionGuard()
+    assert guard.active and not guard.requested
+    _send(guard, signal.SIGUSR2)
+    assert guard.requested and calls == [], "the previous handler must wait for the checkpoint"
+    assert "SIGUSR2" in guard.reason
+    with pytest.raises(SystemExit) as exc:
+        guard.finish()
+    assert exc.value.code == -1 and calls == [signal.SIGUSR2] and guard.finishing
+
+
+def test_guard_exits_like_the_signal_when_nothing_ends_the_process(restore_signals):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    guard = PreemptionGuard()
+    _send(guard, signal.SIGTERM)  # would kill the process without the guard
+    with pytest.raises(SystemExit) as exc:
+        guard.finish()
+    assert exc.value.code == 128 + signal.SIGTERM
+
+    logged = []
+    signal.signal(signal.SIGTERM, lambda s, f: logged.append(s))  # like submitit's `bypass`
+    guard = PreemptionGuard()
+    _send(guard, signal.SIGTERM)
+    with pytest.raises(SystemExit) as exc:
+        guard.finish()
+    assert exc.value.code == 128 + signal.SIGTERM and logged == [signal.SIGTERM]
+
+
+def test_guard_prefers_the_requeue_signal_and_respects_ignored_signals(restore_signals):
+    order = []
+    signal.signal(signal.SIGTERM, lambda s, f: order.append("term"))
+    signal.signal(signal.SIGUSR2, lambda s, f: order.append("usr2"))
+    guard = PreemptionGuard()
+    _send(guard, signal.SIGTERM)
+    _send(guard, signal.SIGUSR2)
+    assert guard.signum == requeue_signal() == signal.SIGUSR2
+    with pytest.raises(SystemExit):
+        guard.finish()
+    assert order == ["usr2"]
+    guard.uninstall()
+
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    guard = PreemptionGuard(signals=[signal.SIGUSR1])
+    os.kill(os.getpid(), signal.SIGUSR1)
+    time.sleep(0.05)
+    assert not guard.requested and signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN
+
+
+def test_guard_without_signal_is_a_no_op_and_uninstalls(restore_signals):
+    def previous(s, f):
+        pass
+
+    signal.signal(signal.SIGUSR2, previous)
+    with PreemptionGuard() as guard:
+        assert signal.getsignal(signal.SIGUSR2) == guard._handle
+        guard.finish()  # returns: nothing was requested
+        assert not guard.finishing
+    assert signal.getsignal(signal.SIGUSR2) is previous
+
+
+def test_guard_outside_the_main_thread_stays_inactive(restore_signals):
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("g", PreemptionGuard()))
+    t.start()
+    t.join()
+    assert not out["g"].active
+
+
+class _Job:
+    """Stands for hydra-submitit-launcher's launcher: callable, with a ``checkpoint`` method."""
+
+    def __call__(self):
+        return "done"
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+@pytest.mark.parametrize("timeout_min,max_num_timeout,requeued", [(60, 3, True), (5, 0, False)],
+                         ids=["requeue", "timed-out-too-often"])
+def test_guard_hands_over_to_submitits_real_handler(restore_signals, tmp_path, monkeypatch,
+                                                    timeout_min, max_num_timeout, requeued):
+    """submitit's own `_handle_signals` installs its handlers; the guard goes on top. The requeue
+    (checkpoint pickle + `scontrol requeue`, mocked) happens only at `finish()`. With a limit of
+    <= 10 min every signal is a time-out, so `max_num_timeout=0` means no requeue but an error."""
+    from submitit.core.job_environment import JobEnvironment
+    from submitit.core.utils import DelayedSubmission, JobPaths, UncompletedJobError
+
+    calls = []
+
+    class FakeEnv(JobEnvironment):
+        _env = {k: f"FAKE_{k.upper()}" for k in ("job_id", "num_tasks", "num_nodes", "node", "global_rank",
+                                                 "local_rank")}
+
+        def _requeue(self, countdown):
+            calls.append(countdown)
+
+    monkeypatch.setenv("FAKE_JOB_ID", "42")
+    paths = JobPaths(tmp_path, job_id="42", task_id=0)
+    delayed = DelayedSubmission(_Job())
+    delayed.set_timeout(timeout_min, max_num_timeout)
+    FakeEnv()._handle_signals(paths, delayed)
+    guard = PreemptionGuard()
+    _send(guard, signal.SIGUSR2)
+    assert calls == [] and not paths.submitted_pickle.exists()
+    if requeued:
+        with pytest.raises(SystemExit):
+            guard.finish()
+        assert calls == [max_num_timeout], "requeued, not counted as a time-out"
+        again = DelayedSubmission.load(paths.submitted_pickle)
+        assert isinstance(again.function, _Job), "the same job is resubmitted"
+    else:
+        with pytest.raises(UncompletedJobError, match="timed-out too many times"):
+            guard.finish()
+        assert calls == []
+
+
+# ================================================================ helpers for real runs
+def _env(runs, extra=None):
+    # One intra-op thread: the same numerics in every process (the thread count changes results),
+    # and no OpenMP spin-waiting when the 2 cores are shared (10x slower epochs otherwise).
+    # sbatch exports this environment to the jobs.
+    return {**os.environ, "SPARSE_EXP_RUNS": str(runs), "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(extra or {})}
+
+
+def _train_cmd(*overrides):
+    # `-m` first: Hydra's argparse rejects overrides on both sides of `-m`
+    return [sys.executable, "-m", "sparse_exp.train", "-m", *overrides]
+
+
+def _run_dir(runs, overrides):
+    plan = expand_sweep(overrides[0].split("=", 1)[1], overrides[1:])
+    assert len(plan.jobs) == 1
+    return Path(runs) / overrides[0].split("=", 1)[1] / plan.jobs[0].subdir
+
+
+def _metrics(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def _assert_same_result(a, b):
+    assert _metrics(a) == _metrics(b)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert sa["status"] == sb["status"] == "completed"
+    keys = [k for k in sa if k.startswith(SUMMARY_KEYS)]
+    assert keys and {k: sa[k] for k in keys} == {k: sb.get(k) for k in keys}
+
+
+def _wait_for(path, proc, timeout, what, logs=lambda: ""):
+    t0 = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"{what}: the process ended (rc {proc.returncode}) before {path.name} appeared\n{logs()}")
+        if time.time() - t0 > timeout:
+            pytest.fail(f"{what}: no {path} after {timeout} s\n{logs()}")
+        time.sleep(0.1)
+
+
+def _engine_integrated():
+    src = "".join((ROOT / "sparse_exp" / f).read_text() for f in ("engine.py", "train.py"))
+    return "PreemptionGuard" in src
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """PREEMPT_RUN uninterrupted, with Hydra's basic launcher (no SLURM)."""
+    runs = tmp_path_factory.mktemp("reference")
+    res = subprocess.run(_train_cmd(*PREEMPT_RUN), cwd=ROOT, env=_env(runs), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return _run_dir(runs, PREEMPT_RUN)
+
+
+# ================================================================ launchers without SLURM
+@needs_data
+def test_submitit_local_launcher(tmp_path):
+    res = subprocess.run(_train_cmd("+sweep=smoke", "seed=0", "sparsifier=set", "device=cpu",
+                                    "hydra/launcher=submitit_local"),
+                         cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_dir = _run_dir(tmp_path, ["+sweep=smoke", "seed=0", "sparsifier=set", "device=cpu"])
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+    assert any((tmp_path / "smoke" / ".submitit").rglob("*_result.pkl"))
+
+
+@needs_data
+def test_sigterm_checkpoints_and_the_rerun_resumes(tmp_path, reference_run):
+    """`kill` on a plain run: checkpoint at the next step, exit 143, summary `stopped`; the same
+    command again resumes and ends exactly like the uninterrupted run."""
+    assert _engine_integrated(), "the engine does not use sparse_exp.preemption.PreemptionGuard yet"
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(_train_cmd(*PREEMPT_RUN), cwd=ROOT, env=_env(tmp_path), stdout=out,
+                                stderr=subprocess.STDOUT)
+        run_dir = _run_dir(tmp_path, PREEMPT_RUN)
+        try:
+            _wait_for(run_dir / "checkpoint.pt", proc, 300, "plain run", log.read_text)
+            done = len(_metrics(run_dir))
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert rc == 128 + signal.SIGTERM, text[-3000:]
+    assert "PreemptionGuard: SIGTERM" in text, text[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped", summary
+    assert len(_metrics(run_dir)) < 5 or done == 5
+    res = subprocess.run(_train_cmd(*PREEMPT_RUN), cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "resumed from" in res.stdout + res.stderr
+    assert [r["epoch"] for r in _metrics(run_dir)] == [1, 2, 3, 4, 5]
+    _assert_same_result(run_dir, reference_run)
+
+
+# ================================================================ a real SLURM on this machine
+def _slurm_startable():
+    """None if SLURM can be started here, else why not."""
+    if not sys.platform.startswith("linux"):
+        return f"a local SLURM needs Linux (this is {sys.platform})"
+    if os.geteuid() != 0:
+        return "starting a local SLURM needs root (scripts/slurm_local.sh start runs slurmctld/slurmd as root)"
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        return "slurm-wlm is not installed and there is no apt-get to install it"
+    return None
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """Start the single-node SLURM (installing it if needed); yields the environment for jobs.
+    Stops it afterwards only if it was not running before."""
+    why = _slurm_startable()
+    if why:
+        if CI and os.geteuid() == 0 and sys.platform.startswith("linux"):
+            pytest.fail(f"CI as root must run the SLURM tests, but: {why}")
+        pytest.skip(why)
+    was_running = subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True).returncode == 0
+    t0 = time.time()
+    res = subprocess.run(["bash", str(SCRIPT), "start"], capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        pytest.fail(f"scripts/slurm_local.sh start failed (rc {res.returncode}):\n{res.stdout}\n{res.stderr}")
+    print(f"\nlocal SLURM up in {time.time() - t0:.0f} s", file=sys.stderr)
+    out = subprocess.run(["bash", str(SCRIPT), "env"], capture_output=True, text=True, check=True).stdout
+    env = dict(line[len("export "):].split("=", 1) for line in out.splitlines() if line.startswith("export "))
+    assert "SLURM_CONF" in env
+    yield env
+    if not was_running:
+        subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=300)
+
+
+def _submitit_logs(sweep_dir, only=None):
+    parts = []
+    for f in sorted((Path(sweep_dir) / ".submitit").glob("*/*_log.*")):
+        if only is None or f.parent.name in only:
+            parts.append(f"----- {f.parent.name}/{f.name}\n{f.read_text(errors='replace')}")
+    return "\n".join(parts)
+
+
+def _launch_slurm(overrides, runs, slurm_env, name, timeout):
+    env = _env(runs, slurm_env)
+    cmd = _train_cmd(*overrides, "hydra/launcher=slurm", f"hydra.launcher.name={name}")
+    try:
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        subprocess.run(["scancel", "--name", name], env=env)
+        sweep = Path(runs) / overrides[0].split("=", 1)[1]
+        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s\n{exc.stdout!s:.3000}\n{_submitit_logs(sweep)[-6000:]}")
+
+
+@pytest.fixture(scope="module")
+def smoke_grid(slurm, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("slurm_smoke")
+    t0 = time.time()
+    res = _launch_slurm(["+sweep=smoke", "device=cpu"], runs, slurm, "sx_smoke", timeout=600)
+    return runs, res, time.time() - t0
+
+
+@needs_data
+def test_smoke_grid_completes_through_slurm(smoke_grid):
+    runs, res, elapsed = smoke_grid
+    sweep_dir = runs / "smoke"
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + _submitit_logs(sweep_dir)[-5000:]
+    plan = expand_sweep("smoke", ["device=cpu"])
+    assert len(plan.jobs) >= 4
+    for job in plan.jobs:
+        summary = json.loads((sweep_dir / job.subdir / "summary.json").read_text())
+        assert summary["status"] == "completed", (job.subdir, summary)
+        assert [r["epoch"] for r in _metrics(sweep_dir / job.subdir)] == [1, 2]
+    script = next((sweep_dir / ".submitit").glob("*/*_submission.sh")).read_text()
+    assert f"#SBATCH --array=0-{len(plan.jobs) - 1}" in script, "one SLURM job array for the grid"
+    assert "#SBATCH --signal=USR2@" in script
+    assert collect(sweep_dir, plan)["counts"]["completed"] == len(plan.jobs)
+    print(f"\nsmoke grid through SLURM: {elapsed:.0f} s", file=sys.stderr)
+
+
+@needs_data
+def test_relaunching_a_finished_grid_trains_nothing(smoke_grid, slurm):
+    runs, res, _ = smoke_grid
+    sweep_dir = runs / "smoke"
+    if res.returncode != 0:
+        pytest.fail("the smoke grid did not complete (test_smoke_grid_completes_through_slurm)")
+    run_dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    stamps = {f: f.stat().st_mtime_ns for d in run_dirs for f in d.iterdir()}
+    before = {p.name for p in (sweep_dir / ".submitit").iterdir()}
+    res = _launch_slurm(["+sweep=smoke", "device=cpu"], runs, slurm, "sx_smoke", timeout=600)
+    new = {p.name for p in (sweep_dir / ".submitit").iterdir()} - before
+    logs = _submitit_logs(sweep_dir, only=new)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + logs[-5000:]
+    assert new, "the grid was submitted again"
+    assert {f: f.stat().st_mtime_ns for d in run_dirs for f in d.iterdir()} == stamps, "a finished run was touched"
+    assert logs.count("run already completed") == len(run_dirs), logs[-5000:]
+    assert not re.search(r"^epoch \d+/", logs, re.M), "training ran again"
+
+
+@needs_data
+def test_preempted_job_is_requeued_and_resumes(slurm, tmp_path, reference_run):
+    """`scancel --signal=USR2` after the first checkpoint: the run checkpoints at the next step,
+    submitit requeues the job, the requeued job resumes in the same directory (epochs continue)
+    and ends with exactly the metrics of the uninterrupted run."""
+    assert _engine_integrated(), ("the engine does not use sparse_exp.preemption.PreemptionGuard yet: "
+                                  "see the module docstring for the contract")
+    name = "sx_preempt"
+    env = _env(tmp_path, slurm)
+    sweep_dir = tmp_path / "smoke"
+    run_dir = _run_dir(tmp_path, PREEMPT_RUN)
+    launcher_log = tmp_path / "launcher.log"
+    with open(launcher_log, "w") as out:
+        proc = subprocess.Popen(_train_cmd(*PREEMPT_RUN, "hydra/launcher=slurm", f"hydra.launcher.name={name}"),
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            def logs():
+                return launcher_log.read_text()[-3000:] + _submitit_logs(sweep_dir)[-5000:]
+
+            _wait_for(run_dir / "checkpoint.pt", proc, 300, "SLURM job", logs)
+            job_id = ""
+            for _ in range(100):
+                job_id = subprocess.run(["squeue", "-h", "--name", name, "-o", "%i"], env=env, capture_output=True,
+                                        text=True).stdout.strip()
+                if job_id:
+                    break
+                time.sleep(0.1)
+            assert job_id and "\n" not in job_id, f"squeue: {job_id!r}\n{logs()}"
+            done = len(_metrics(run_dir))
+            assert done < 5, "the run finished before it could be signalled: make its epochs longer"
+            subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
+            rc = proc.wait(timeout=420)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the preempted job did not finish in time\n{logs()}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                subprocess.run(["scancel", "--name", name], env=env)
+    text = logs()
+    assert rc == 0, text
+    job_log = _submitit_logs(sweep_dir)
+    # requeued: submitit's handler ran after our checkpoint, and SLURM counts a restart
+    assert "PreemptionGuard: SIGUSR2" in job_log, text
+    assert "Requeued job" in job_log, text
+    show = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
+    assert re.search(r"Restarts=1\b", show), show
+    # resumed from the preemption checkpoint, not from scratch nor from the last epoch end
+    m = re.search(r"resumed from \S*checkpoint\.pt at epoch (\d+).*?\(step (\d+)\)", job_log)
+    assert m, text
+    assert int(m.group(2)) > done * STEPS_PER_EPOCH, (m.group(0), done)
+    assert [r["epoch"] for r in _metrics(run_dir)] == [1, 2, 3, 4, 5], "the epoch counter continued"
+    _assert_same_result(run_dir, reference_run)

@@ -1,0 +1,216 @@
+"""The paper's grids (conf/sweep/*.yaml): each composes, expands into exactly the paper's job list,
+names every run directory after every key that varies, and follows the paper's protocol.
+
+Nothing is trained here except the ``smoke`` grid (a real ``-m`` run with Hydra's basic launcher,
+which checks that the directories Hydra creates are the ones :func:`expand_sweep` predicts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf, open_dict
+
+from conftest import CONF, ROOT, needs_data
+from sparse_exp.status import collect, expand_sweep, sweep_names
+from sparse_exp.superpose.cyclic_lr import make_budget
+from sparse_exp.validate import validate
+
+#: runs per grid, as in the paper (methods x sparsities x data sets x models x seeds)
+EXPECTED_JOBS = {
+    "smoke": 4,  # 2 sparsifiers x 2 seeds
+    "table1": 2 * 3 * 6 * 3,  # data sets x sparsities x (SET/RigL/GraNet +- Sup-tickets) x seeds = 108
+    "table2": 2 * 3 * 10 * 3,  # ... x (SNIP/ERK/SET/RigL/GraNet +- Sup-tickets) x seeds = 180
+    "table3": 4 * 2 * 3,  # (RigL/GraNet +- Sup-tickets) x 80/90 % x seeds = 24
+    "table4": 4 * 3 * 2 * 3,  # (dense + GraNet/Sup-tickets x 3 sparsities) x models x data sets x seeds = 72
+    "table5": 4 * 2 * 3 * 3,  # cycle lengths x models x sparsities x seeds = 72
+    "table6": 2 * 3,  # SET/RigL + Sup-tickets x seeds = 6
+    "table7": 3 * 2 * 3 * 3,  # LR schedules x models x sparsities x seeds = 54
+    "fig3": 7 * 3 * 3,  # CIA, CAA, CIMA x 5 betas x sparsities x seeds = 63
+    "fig4": 3 * 3 * 3,  # ticket counts x sparsities x seeds = 27
+}
+PAPER = [n for n in EXPECTED_JOBS if n != "smoke"]
+CIFAR = {"cifar10", "cifar100"}
+
+
+def test_every_sweep_is_known_and_documented():
+    assert set(sweep_names()) == set(EXPECTED_JOBS), "a sweep was added or removed: update EXPECTED_JOBS"
+    readme = (ROOT / "sweeps" / "README.md").read_text()
+    for name in EXPECTED_JOBS:
+        assert f"+sweep={name}" in readme, f"sweeps/README.md does not list {name}"
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return {name: expand_sweep(name) for name in EXPECTED_JOBS}
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_JOBS))
+def test_sweep_expands_to_the_papers_grid(plans, name):
+    plan = plans[name]
+    text = (CONF / "sweep" / f"{name}.yaml").read_text()
+    assert text.startswith("# @package _global_")
+    assert f"python -m sparse_exp.train +sweep={name} -m" in text, "the header names the command"
+    assert len(plan.jobs) == EXPECTED_JOBS[name]
+    # one directory per run: never two runs in one directory
+    subdirs = [j.subdir for j in plan.jobs]
+    assert len(set(subdirs)) == len(subdirs)
+    assert plan.sweep_dir.endswith(f"/{name}") or plan.sweep_dir == name
+    # every key that varies in the grid is in every run's directory name, seed included
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        hcfg = compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+    excluded = set(hcfg.hydra.job.config.override_dirname.exclude_keys)
+    varying = [k for k, v in plan.params.items() if "," in v]
+    assert "seed" in varying
+    for key in varying:
+        assert key.lstrip("+~") not in excluded, f"grid key {key} is excluded from the run directory name"
+    for job in plan.jobs:
+        for o in job.overrides:
+            key = o.split("=", 1)[0]
+            if key in varying:
+                assert o.replace("/", "_") in job.subdir.split(","), (o, job.subdir)
+    if name != "smoke":
+        assert plan.params["seed"] == "0,1,2", "3 seeds, as in the paper"
+
+
+def _compose_job(overrides):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_JOBS))
+def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
+    """Compose and validate every distinct cell (seeds only change ``seed``: one seed per cell)."""
+    plan = plans[name]
+    first_seed = plan.jobs[0].overrides[[o.split("=")[0] for o in plan.jobs[0].overrides].index("seed")]
+    cells = [j for j in plan.jobs if first_seed in j.overrides]
+    assert len(cells) * len(plan.params["seed"].split(",")) == len(plan.jobs)
+    seen = {}
+    tickets = defaultdict(set)
+    for job in cells:
+        cfg = _compose_job(job.overrides)
+        assert cfg.hydra.sweep.subdir == job.subdir, "expand_sweep names directories as Hydra does"
+        with open_dict(cfg):
+            del cfg["hydra"]
+        validate(cfg)  # the checks `python -m sparse_exp.train` runs before loading data
+        key = OmegaConf.to_yaml(cfg, resolve=True)
+        assert key not in seen, f"{job.overrides} and {seen.get(key)} are the same experiment"
+        seen[key] = job.overrides
+        ds = cfg.dataset.name
+        if name == "smoke":
+            assert (cfg.epochs, ds, cfg.logger.name) == (2, "fashion_mnist", "none")
+            continue
+        if ds in CIFAR:
+            assert cfg.epochs == 250 and list(cfg.schedule.milestones) == [0.5, 0.75]
+        else:
+            assert ds == "imagenet" and cfg.epochs == 100
+            assert list(cfg.schedule.milestones) == [0.3, 0.6, 0.85]
+        assert cfg.schedule.name == "step" and cfg.optimizer.name == "sgd" and cfg.optimizer.lr == 0.1
+        assert cfg.optimizer.momentum == 0.9 and cfg.schedule.gamma == 0.1
+        assert cfg.distribution.name == "erk"
+        if cfg.superposer.name == "sup_tickets":
+            sp = cfg.superposer
+            budget = make_budget(cfg.epochs, 100, sp.cycle_epochs, sp.phase_fraction, sp.num_tickets)
+            tickets[(ds, sp.cycle_epochs)].add(budget.num_tickets)
+            if ds in CIFAR:
+                assert (sp.lr_low, sp.lr_high) == (0.001, 0.005)
+            else:
+                assert (sp.lr_low, sp.lr_high, sp.cycle_epochs) == (0.0001, 0.0005, 2)
+    # cheap-ticket counts of the paper
+    if name in ("table1", "table2", "table4", "table6", "table7", "fig3"):
+        assert set(tickets) <= {("cifar10", 8), ("cifar100", 8)} and all(t == {3} for t in tickets.values())
+    if name == "table3":
+        assert tickets == {("imagenet", 2): {4}}, "4 cheap tickets in the last 8 epochs"
+    if name == "table5":
+        assert {c: t for (_, c), t in tickets.items()} == {2: {12}, 4: {6}, 8: {3}, 12: {2}}
+    if name == "fig4":
+        assert tickets == {("cifar100", 8): {2, 4, 7}}
+
+
+def test_grid_contents(plans):
+    """Spot checks of what each table compares (beyond the counts)."""
+    def values(name, key):
+        out = set()
+        for j in plans[name].jobs:
+            for o in j.overrides:
+                if o.split("=", 1)[0] == key:
+                    out.add(o.split("=", 1)[1])
+        return out
+
+    assert values("table1", "sparsifier") == {"set", "rigl", "granet"}
+    assert values("table2", "sparsifier") == {"snip", "static", "set", "rigl", "granet"}
+    for t in ("table1", "table2"):
+        assert values(t, "superposer") == {"none", "sup_tickets"}
+        assert values(t, "sparsity") == {"0.95", "0.9", "0.8"}
+        assert values(t, "dataset") == {"cifar10", "cifar100"}
+    assert values("table3", "sparsity") == {"0.8", "0.9"}
+    assert values("table4", "model") == {"vgg16", "resnet50", "wrn28_10"}
+    assert values("table5", "superposer.cycle_epochs") == {"2", "4", "8", "12"}
+    assert values("table7", "superposer.lr_schedule") == {"triangle", "fge", "swa"}
+    assert values("fig4", "superposer.num_tickets") == {"2", "4", "7"}
+    cfg = _compose_job(["+sweep=fig3", "+sweep/fig3_averaging=cima_b20"])
+    assert (cfg.superposer.averaging, cfg.superposer.beta) == ("cima", 0.2)
+    cfg = _compose_job(["+sweep=table4", "+sweep/table4_method=dense"])
+    assert (cfg.sparsifier.name, cfg.sparsity, cfg.superposer.name) == ("dense", 0, "none")
+
+
+def test_command_line_narrows_a_grid():
+    plan = expand_sweep("table1", ["seed=0", "dataset=cifar100"])
+    assert len(plan.jobs) == 108 // 6
+    assert all("seed=0" in j.subdir.split(",") and "dataset=cifar100" in j.subdir.split(",") for j in plan.jobs)
+
+
+@needs_data
+def test_hydra_multirun_creates_exactly_the_predicted_directories(tmp_path, monkeypatch):
+    """Sweeper params do reach ``hydra.job.override_dirname``: a real ``-m`` run of the smoke grid
+    creates the 4 predicted run directories, all completed; a second launch trains nothing."""
+    env = {**os.environ, "SPARSE_EXP_RUNS": str(tmp_path), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sparse_exp.train", "-m", "+sweep=smoke", "device=cpu"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    monkeypatch.setenv("SPARSE_EXP_RUNS", str(tmp_path))
+    plan = expand_sweep("smoke", ["device=cpu"])
+    sweep_dir = tmp_path / "smoke"
+    assert plan.sweep_dir == str(sweep_dir)
+    made = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert made == sorted(j.subdir for j in plan.jobs)
+    for name in made:
+        assert json.loads((sweep_dir / name / "summary.json").read_text())["status"] == "completed"
+    res_status = collect(sweep_dir, plan)
+    assert res_status["counts"]["completed"] == 4 and res_status["extra"] == []
+
+    stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*") if p.is_file() and ".submitit" not in p.parts
+              and p.name != "multirun.yaml"}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert len(re.findall("already completed", res.stdout + res.stderr)) == 4
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a completed run was touched"
+
+
+def test_status_cli_reports_not_started(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sparse_exp.status", str(tmp_path), "--sweep", "table3", "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["total"] == 24 and res["counts"]["not started"] == 24
+    # a run directory in each state
+    names = [r["name"] for r in res["runs"]]
+    for name, status in zip(names, ["completed", "running", "stopped", "failed"]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"status": status, "epochs": 100}))
+    (tmp_path / "stray-run").mkdir()
+    (tmp_path / "stray-run" / "config.yaml").write_text("seed: 0\n")
+    out = subprocess.run([sys.executable, "-m", "sparse_exp.status", str(tmp_path), "--sweep", "table3"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for state, n in [("completed", 1), ("running", 1), ("stopped", 1), ("failed", 1), ("not started", 20)]:
+        assert re.search(rf"^  {state}\s+{n}$", text, re.M), text
+    assert "stray-run" in text and names[1] in text and names[0] not in text.split("not completed:")[1]
