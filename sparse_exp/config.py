@@ -19,9 +19,11 @@ from omegaconf import MISSING
 
 @dataclass
 class ModelConfig:
-    """``model`` group: architecture name from :data:`sparse_exp.models.MODELS`."""
+    """``model`` group: architecture name from :data:`sparse_exp.models.MODELS`; ``init``:
+    ``default`` | ``kaiming_normal`` (:func:`sparse_exp.models.reinitialize_`)."""
 
     name: str = MISSING
+    init: str = "default"
 
 
 @dataclass

@@ -25,7 +25,7 @@ from sparse_exp.data import build_data
 from sparse_exp.distributed import ShardedLoader, any_rank, init_distributed
 from sparse_exp.loggers import build_logger
 from sparse_exp.metrics import evaluate
-from sparse_exp.models import build_model
+from sparse_exp.models import build_model, reinitialize_
 from sparse_exp.preemption import PreemptionGuard
 from sparse_exp.rundir import RunDir, git_info
 from sparse_exp.schedules import lr_factor_fn
@@ -119,8 +119,9 @@ class Trainer:
         # scores and BN re-estimation use the full data on every rank (identical results)
         self.train_loader = ShardedLoader(self.data.train, self.dist) if self.dist.enabled else self.data.train
         self.num_classes = spec.num_classes
-        self.model = build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                                 image_size=spec.image_size).to(self.device)
+        self.model = reinitialize_(build_model(cfg.model.name, in_channels=spec.in_channels,
+                                               num_classes=spec.num_classes, image_size=spec.image_size),
+                                   cfg.model.init).to(self.device)
         self.optimizer = build_optimizer(cfg.optimizer, self.model)
         self.train_model = self.model
         if self.dist.enabled:

@@ -30,7 +30,7 @@ def one_of(key: str, value: Any, allowed) -> None:
 def validate(cfg: Any) -> None:
     """Check every value of a composed config; raise :class:`ConfigError` on the first bad one."""
     from sparse_exp.data import DATASETS
-    from sparse_exp.models import MODELS
+    from sparse_exp.models import INITS, MODELS
     from sparse_exp.schedules import SCHEDULES
     from sparse_exp.sparse.distributions import DISTRIBUTIONS
     from sparse_exp.sparse.sparsifiers import SPARSIFIERS
@@ -48,6 +48,7 @@ def validate(cfg: Any) -> None:
     one_of("device", cfg.device.split(":")[0], {"auto", "cpu", "cuda", "mps"})
 
     one_of("model.name", cfg.model.name, set(MODELS))
+    one_of("model.init", cfg.model.init, set(INITS))
     one_of("dataset.name", cfg.dataset.name, set(DATASETS))
     require(cfg.dataset.val_size >= 0, "dataset.val_size", cfg.dataset.val_size, "must be >= 0")
     for key in ("subset_train", "subset_test"):
