@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from datetime import datetime, timezone
@@ -104,6 +105,8 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = resolve_device(cfg.device)
+        if os.environ.get("SLURM_CPUS_PER_TASK"):  # use the CPUs SLURM gave us, not the node's count
+            torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
         self.dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)

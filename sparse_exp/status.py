@@ -208,7 +208,7 @@ def _ago(t: Optional[float]) -> str:
 
 
 def format_report(res: Dict[str, Any], show_all: bool = False) -> str:
-    head = f"{res['sweep_dir']}: {res['total']} runs"
+    head = f"{res['sweep_dir']}: {res['total']} run{'' if res['total'] == 1 else 's'}"
     head += f" expected by sweep {res['sweep']}" if res["sweep"] else " found"
     lines = [head]
     lines += [f"  {s:<12} {res['counts'][s]:>5}" for s in STATES]

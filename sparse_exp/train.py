@@ -72,5 +72,16 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def _multirun_flag_first(argv: list) -> list:
+    """Hydra accepts ``-m`` only before or after all overrides; users type it anywhere
+    (``python -m sparse_exp.train +sweep=smoke -m hydra/launcher=slurm``), so move it first."""
+    args = list(argv[1:])
+    flags = [a for a in args if a in ("-m", "--multirun")]
+    if flags:
+        args = [flags[0]] + [a for a in args if a not in ("-m", "--multirun")]
+    return [argv[0]] + args
+
+
 if __name__ == "__main__":
+    sys.argv = _multirun_flag_first(sys.argv)
     main()

@@ -84,3 +84,11 @@ def test_finished_run_is_not_overwritten(tmp_path):
     assert second.returncode == 0
     assert "already completed" in second.stdout + second.stderr
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()} == stamps
+
+
+def test_multirun_flag_anywhere():
+    from sparse_exp.train import _multirun_flag_first
+
+    assert _multirun_flag_first(["train.py", "+sweep=smoke", "-m", "hydra/launcher=slurm"]) == \
+        ["train.py", "-m", "+sweep=smoke", "hydra/launcher=slurm"]
+    assert _multirun_flag_first(["train.py", "sparsity=0.9"]) == ["train.py", "sparsity=0.9"]
