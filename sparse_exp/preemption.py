@@ -201,25 +201,6 @@ class PreemptionGuard:
             previous(int(sig), None)  # submitit: requeue + sys.exit(-1), or raise UncompletedJobError
         raise SystemExit(128 + int(sig))
 
-    def any_rank_requested(self) -> bool:
-        """``requested`` OR-ed over all ranks of ``torch.distributed`` (a collective: every rank must
-        call it at the same step). Plain ``requested`` without an initialised process group.
-
-        Signals reach the ranks of a job at slightly different times; DDP ranks must agree on the
-        step at which they checkpoint and stop, or the next collective hangs.
-        """
-        try:
-            import torch
-            import torch.distributed as dist
-        except ImportError:  # pragma: no cover
-            return self.requested
-        if not (dist.is_available() and dist.is_initialized()):
-            return self.requested
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        flag = torch.tensor([1 if self.requested else 0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
 
 def _describe(handler: Handler) -> str:
     if handler is signal.SIG_DFL or handler is None:
