@@ -55,12 +55,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (CPU and CUDA) with ``seed``."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def rng_state() -> Dict[str, Any]:
+    """The global RNG states (Python, NumPy, torch CPU, every CUDA device), for checkpoints."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -68,6 +70,7 @@ def rng_state() -> Dict[str, Any]:
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only where CUDA is available)."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -174,6 +177,7 @@ class Trainer:
         return lambda step: round_fn(step % round_steps) if step < pre else main(step - pre)
 
     def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of logits ``(N, C)`` against labels ``(N,)``, in nats."""
         return F.cross_entropy(logits, y)
 
     def _init_batches(self, n: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

@@ -90,10 +90,12 @@ class RunDir:
         return json.loads(self.summary_path.read_text())
 
     def is_completed(self) -> bool:
+        """Whether ``summary.json`` exists and says ``status: completed``."""
         s = self.summary()
         return bool(s) and s.get("status") == "completed"
 
     def has_checkpoint(self) -> bool:
+        """Whether ``checkpoint.pt`` exists (the run resumes from it)."""
         return self.checkpoint_path.exists()
 
     # -------------------------------------------------------------- writing
@@ -115,6 +117,7 @@ class RunDir:
         _atomic_write_bytes(self.summary_path, lambda f: f.write(text.encode()))
 
     def append_metrics(self, row: Dict[str, Any]) -> None:
+        """Append one JSON line (one epoch) to ``metrics.jsonl``; NaN becomes ``null``."""
         if not self.writable:
             return
         with open(self.metrics_path, "a") as f:
@@ -143,6 +146,7 @@ class RunDir:
         _atomic_write_bytes(self.checkpoint_path, lambda f: torch.save(state, f))
 
     def load_checkpoint(self, map_location: Any = "cpu") -> Dict[str, Any]:
+        """The state written by :meth:`save_checkpoint`, tensors mapped to ``map_location``."""
         return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
 
     def save_masks(self, masks: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:

@@ -65,6 +65,7 @@ def run(cfg: DictConfig, run_path: str) -> dict:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    """Hydra entrypoint: :func:`run` into Hydra's run directory; user errors -> one line, exit 2."""
     try:
         run(cfg, HydraConfig.get().runtime.output_dir)
     except UserError as exc:

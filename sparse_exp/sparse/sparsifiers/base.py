@@ -86,6 +86,8 @@ class Sparsifier:
         self.cfg = cfg
         self.ctx = ctx
         self.generator = torch.Generator().manual_seed(int(ctx.seed) * 7919 + 17)
+        #: number of mask updates so far (DST / gradual pruning)
+        self.updates = 0
 
     def init_masks(self) -> None:
         """Choose the initial masks, set ``masking.target_counts`` and apply them."""
@@ -100,7 +102,8 @@ class Sparsifier:
         return False
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "updates": self.updates}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+        self.updates = state.get("updates", 0)

@@ -20,7 +20,7 @@ at zero.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from sparse_exp.sparse.sparsifiers.static import StaticSparsifier
 from sparse_exp.sparse.topology import cosine_fraction, drop_and_grow
@@ -36,7 +36,6 @@ class DynamicSparsifier(StaticSparsifier):
     def __init__(self, cfg: Any, ctx) -> None:
         super().__init__(cfg, ctx)
         self.stop_step = int(cfg.stop_fraction * ctx.total_steps)
-        self.updates = 0
 
     def drop_fraction_at(self, step: int) -> float:
         """Drop fraction at ``step``: ``cosine`` (RigL Eq. 1) or ``constant``."""
@@ -45,6 +44,7 @@ class DynamicSparsifier(StaticSparsifier):
         return cosine_fraction(self.cfg.drop_fraction, step, self.stop_step)
 
     def is_update_step(self, step: int) -> bool:
+        """Every ``delta_t`` steps, up to ``stop_fraction`` of training (``step`` counts from 1)."""
         return step % self.cfg.delta_t == 0 and step <= self.stop_step
 
     def after_step(self, step: int) -> bool:
@@ -56,12 +56,6 @@ class DynamicSparsifier(StaticSparsifier):
         self.updates += 1
         return True
 
-    def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.updates = state["updates"]
 
 
 class SETSparsifier(DynamicSparsifier):

@@ -22,7 +22,7 @@ here all counts are exact.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 from sparse_exp.sparse.masking import masks_from_counts
 from sparse_exp.sparse.sparsifiers.base import Sparsifier
@@ -47,7 +47,6 @@ class GradualMagnitudeSparsifier(Sparsifier):
 
             raise ConfigError("sparsifier.delta_t", dt, f"must be at most prune_end_fraction x total steps "
                               f"({int(cfg.prune_end_fraction * ctx.total_steps)}), or the target sparsity is never reached")
-        self.updates = 0
 
     def density_at(self, step: int) -> float:
         """Scheduled global density after the update at ``step`` (cubic, Zhu & Gupta Eq. 1)."""
@@ -87,12 +86,6 @@ class GradualMagnitudeSparsifier(Sparsifier):
         self.updates += int(changed)
         return changed
 
-    def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.updates = state["updates"]
 
 
 class GraNetSparsifier(GradualMagnitudeSparsifier):
