@@ -19,5 +19,11 @@ def test_wandb_offline_run_id_is_reused_on_resume(tmp_path, monkeypatch):
     summary = run(compose_cfg(overrides), rd.path)
     assert summary["status"] == "completed"
     assert rd.wandb_id_path.read_text().strip() == first_id
-    offline = [p for p in (rd.path / "wandb").iterdir() if p.name.startswith("offline-run-")]
-    assert offline and all(p.name.endswith(first_id) for p in offline), os.listdir(rd.path / "wandb")
+    # One offline segment per process (first run + resume). W&B names a segment
+    # offline-run-<time>-<id>, adding "-1" when two start in the same second, so the
+    # run id is read from the segment's run-<id>.wandb file, not from its name.
+    offline = sorted(p for p in (rd.path / "wandb").iterdir() if p.name.startswith("offline-run-"))
+    assert len(offline) == 2, os.listdir(rd.path / "wandb")
+    for segment in offline:
+        ids = {f.name for f in segment.glob("run-*.wandb")}
+        assert ids == {f"run-{first_id}.wandb"}, (segment.name, ids)
