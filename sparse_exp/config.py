@@ -287,6 +287,9 @@ def register_configs() -> None:
     SCHEMAS["sparsifier"].update(PAI_SCHEMAS)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
+    from hydra_plugins.sparse_exp_sweeper.sparse_exp_sweeper import register_sweeper
+
+    register_sweeper()
     for group, options in SCHEMAS.items():
         for name, node in options.items():
             cs.store(group=f"schema/{group}", name=name, node=node)

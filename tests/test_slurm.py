@@ -4,7 +4,7 @@
 * Launchers without SLURM: ``hydra/launcher=submitit_local``; SIGTERM on a plain run checkpoints,
   and the re-run resumes to the uninterrupted result.
 * With SLURM (``scripts/slurm_local.sh start``, session fixture): the smoke grid through
-  ``hydra/launcher=slurm`` completes; re-launching it trains nothing; a job sent
+  ``hydra/launcher=slurm`` completes; re-launching it submits nothing (and, forced, trains nothing); a job sent
   ``scancel --signal=USR2`` after its first checkpoint is requeued, resumes from the checkpoint
   and ends exactly like the uninterrupted run.
 
@@ -376,11 +376,18 @@ def test_relaunching_a_finished_grid_trains_nothing(smoke_grid, slurm):
     run_dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
     stamps = {f: f.stat().st_mtime_ns for d in run_dirs for f in d.iterdir()}
     before = {p.name for p in (sweep_dir / ".submitit").iterdir()}
-    res = _launch_slurm(["+sweep=smoke", "device=cpu"], runs, slurm, "sx_smoke", timeout=600)
+    # the sweeper skips completed cells: nothing is submitted
+    res = _launch_slurm(["+sweep=smoke", "device=cpu"], runs, slurm, "sx_smoke", timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"{len(run_dirs)} already completed (not launched), 0 to launch" in res.stdout + res.stderr
+    assert {p.name for p in (sweep_dir / ".submitit").iterdir()} == before, "a job was submitted"
+    # forced through SLURM anyway, every job finds its run completed and exits
+    res = _launch_slurm(["+sweep=smoke", "device=cpu", "hydra.sweeper.skip_completed=false"], runs, slurm,
+                        "sx_smoke", timeout=600)
     new = {p.name for p in (sweep_dir / ".submitit").iterdir()} - before
     logs = _submitit_logs(sweep_dir, only=new)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + logs[-5000:]
-    assert new, "the grid was submitted again"
+    assert new, "the grid was not submitted with hydra.sweeper.skip_completed=false"
     assert {f: f.stat().st_mtime_ns for d in run_dirs for f in d.iterdir()} == stamps, "a finished run was touched"
     assert logs.count("run already completed") == len(run_dirs), logs[-5000:]
     assert not re.search(r"^epoch \d+/", logs, re.M), "training ran again"

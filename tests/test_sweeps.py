@@ -169,12 +169,20 @@ def test_command_line_narrows_a_grid():
 
 @needs_data
 def test_hydra_multirun_creates_exactly_the_predicted_directories(tmp_path, monkeypatch):
-    """Sweeper params do reach ``hydra.job.override_dirname``: a real ``-m`` run of the smoke grid
-    creates the 4 predicted run directories, all completed; a second launch trains nothing."""
+    """Sweeper params do reach ``hydra.job.override_dirname``: real ``-m`` runs of the smoke grid
+    create the 4 predicted run directories, all completed. Launching half the grid first, then the
+    whole grid, launches only the missing half; a third launch launches nothing and touches nothing."""
     env = {**os.environ, "SPARSE_EXP_RUNS": str(tmp_path), "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "sparse_exp.train", "-m", "+sweep=smoke", "device=cpu"]
+    res = subprocess.run(cmd + ["seed=0"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "grid of 2 runs checked" in res.stdout + res.stderr
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "grid of 4 runs checked" in out and "2 already completed (not launched), 2 to launch" in out, out[-3000:]
+    assert re.findall(r"#\d+ : (.*)", out) == ["sparsifier=set seed=1 +sweep=smoke device=cpu",
+                                                "sparsifier=rigl seed=1 +sweep=smoke device=cpu"], out[-3000:]
     monkeypatch.setenv("SPARSE_EXP_RUNS", str(tmp_path))
     plan = expand_sweep("smoke", ["device=cpu"])
     sweep_dir = tmp_path / "smoke"
@@ -186,12 +194,34 @@ def test_hydra_multirun_creates_exactly_the_predicted_directories(tmp_path, monk
     res_status = collect(sweep_dir, plan)
     assert res_status["counts"]["completed"] == 4 and res_status["extra"] == []
 
-    stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*") if p.is_file() and ".submitit" not in p.parts
-              and p.name != "multirun.yaml"}
+    stamps = {p: p.stat().st_mtime_ns for p in sweep_dir.rglob("*") if p.is_file() and ".submitit" not in p.parts}
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert len(re.findall("already completed", res.stdout + res.stderr)) == 4
+    out = res.stdout + res.stderr
+    assert "4 already completed (not launched), 0 to launch" in out, out[-3000:]
+    assert "Launching" not in out and "run already completed" not in out, "a job was launched"
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "a completed run was touched"
+
+
+def test_invalid_cells_stop_the_grid_before_anything_is_launched(tmp_path):
+    """One bad cell anywhere in a grid: every bad cell is named (overrides + key + allowed values),
+    exit code 2, no job launched, no directory created."""
+    env = {**os.environ, "SPARSE_EXP_RUNS": str(tmp_path / "runs"), "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "sparse_exp.train", "-m", "+sweep=smoke", "device=cpu",
+           "sparsifier=set,rigl,nosuch", "sparsity=0.9,1.5", "seed=0"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
+    err = res.stderr
+    assert "error: 4 of 6 runs in the grid are invalid; nothing was launched" in err, err
+    bad = re.findall(r"^  \[(.*?)\] (.*)$", err, re.M)
+    assert len(bad) == 4, err
+    for cell, message in bad:
+        if "sparsifier=nosuch" in cell:
+            assert "Could not find 'sparsifier/nosuch'" in message and "rigl" in message, message
+        else:
+            assert "sparsity=1.5" in cell and message.startswith("sparsity=1.5 is not allowed: must be in [0, 1)")
+    assert "Traceback" not in err and "Launching" not in res.stdout
+    assert not (tmp_path / "runs").exists(), "a directory was created for a refused grid"
 
 
 def test_status_cli_reports_not_started(tmp_path):
