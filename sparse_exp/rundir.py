@@ -9,20 +9,27 @@ Layout (one directory per run, named from its overrides, see ``conf/config.yaml`
     checkpoint.pt      latest state, written atomically at the end of every epoch
     masks.pt           final masks: {"format": "sparse_exp.masks/v1", "masks": {name: bool tensor}}
     wandb_id.txt       the W&B run id, reused on resume
+    .lock              held (``flock``) by the process training into the directory; says its pid and host
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import socket
 import subprocess
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from omegaconf import OmegaConf
+
+from sparse_exp.errors import UserError
 
 MASKS_FORMAT = "sparse_exp.masks/v1"
 
@@ -97,6 +104,47 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         """Whether ``checkpoint.pt`` exists (the run resumes from it)."""
         return self.checkpoint_path.exists()
+
+    # -------------------------------------------------------------- one writer at a time
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold an exclusive, non-blocking ``flock`` on ``<run>/.lock`` for the duration of the block.
+
+        Two processes training into one directory would interleave checkpoints and metrics (two SLURM
+        launches of one grid, or a local re-run while a job still runs). The second one is refused.
+        The lock is released when the process ends, however it ends (also on SIGKILL), so a
+        preempted or requeued job never blocks its successor. On NFS, Linux maps ``flock`` onto
+        NFS byte-range locks, which work across nodes. A no-op when the directory is not writable
+        (DDP ranks other than 0).
+
+        Raises:
+            UserError: another process holds the lock (its pid, host and start time are named).
+        """
+        if not self.writable:
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        f = open(self.path / ".lock", "a+")
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown process"
+                raise UserError(f"run directory {self.path} is in use by another process ({holder}); two jobs "
+                                "must not train into one directory. Wait for it to finish, or stop it and "
+                                "re-run this command to resume from its checkpoint") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        finally:
+            f.close()
 
     # -------------------------------------------------------------- writing
     def prepare(self, cfg: Any) -> None:

@@ -38,7 +38,8 @@ def run(cfg: DictConfig, run_path: str) -> dict:
     """Validate ``cfg``, then train into ``run_path``; returns the summary.
 
     Raises:
-        UserError: invalid config, missing data (nothing is written in that case).
+        UserError: invalid config, missing data (nothing is written in that case), or another
+            process is training into ``run_path`` (see :meth:`RunDir.exclusive`).
     """
     from sparse_exp.data import check_data_available
     from sparse_exp.rundir import RunDir
@@ -56,8 +57,11 @@ def run(cfg: DictConfig, run_path: str) -> dict:
     from sparse_exp.engine import Trainer, format_summary
 
     trainer = Trainer(cfg, rd)  # may still refuse the config (e.g. schedules longer than the run)
-    rd.prepare(cfg)
-    summary = trainer.fit()
+    with rd.exclusive():  # refuses a second process training into the same directory
+        if rd.is_completed():  # finished while this process was starting
+            return rd.summary()
+        rd.prepare(cfg)
+        summary = trainer.fit()
     if summary.get("status") == "completed":
         print("\n" + format_summary(summary), flush=True)
     return summary

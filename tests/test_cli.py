@@ -92,3 +92,39 @@ def test_multirun_flag_anywhere():
     assert _multirun_flag_first(["train.py", "+sweep=smoke", "-m", "hydra/launcher=slurm"]) == \
         ["train.py", "-m", "+sweep=smoke", "hydra/launcher=slurm"]
     assert _multirun_flag_first(["train.py", "sparsity=0.9"]) == ["train.py", "sparsity=0.9"]
+
+
+HOLD_LOCK = """
+import sys, time
+from sparse_exp.rundir import RunDir
+with RunDir(sys.argv[1]).exclusive():
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+@needs_data
+def test_second_process_is_refused_while_a_run_trains(tmp_path):
+    """Two processes never train into one directory: while one holds the run (here a process that
+    took the lock and hangs), the same command exits 2 naming the holder's pid and touches nothing;
+    once the holder is killed (SIGKILL: no clean-up code runs), the command trains normally."""
+    runs = tmp_path / "runs"
+    args = TINY + ["epochs=1", "model=lenet_300_100", "superposer=none"]
+    run_dir = runs / ",".join(sorted(a for a in args if not a.startswith(("logger", "progress", "device",
+                                                                             "eval_batch_size", "dataset.num"))))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+        res = run_cli(args, runs)
+        assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
+        assert f"run directory {run_dir} is in use by another process (pid {holder.pid} on" in res.stderr
+        assert "Traceback" not in res.stderr
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    res = run_cli(args, runs)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
