@@ -48,6 +48,9 @@ class DatasetConfig:
     sup_cycle_epochs: float = 8.0
     sup_lr_low: float = 0.001
     sup_lr_high: float = 0.005
+    # the data set's recipe: epochs of linear LR warm-up; conf/schedule/*.yaml read it as
+    # schedule.warmup_epochs (the paper's CIFAR / ImageNet protocols have none)
+    lr_warmup_epochs: int = 0
 
 
 @dataclass

@@ -105,8 +105,9 @@ def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
         seen[key] = job.overrides
         ds = cfg.dataset.name
         if name == "smoke":
-            assert (cfg.epochs, ds, cfg.logger.name) == (2, "fashion_mnist", "none")
+            assert (cfg.epochs, ds, cfg.logger.name, cfg.schedule.warmup_epochs) == (2, "fashion_mnist", "none", 1)
             continue
+        assert cfg.schedule.warmup_epochs == 0, "the paper's protocols have no LR warm-up"
         if ds in CIFAR:
             assert cfg.epochs == 250 and list(cfg.schedule.milestones) == [0.5, 0.75]
         else:
