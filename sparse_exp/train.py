@@ -12,6 +12,7 @@ before anything is loaded or written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -56,9 +57,19 @@ def run(cfg: DictConfig, run_path: str) -> dict:
 
     from sparse_exp.engine import Trainer, format_summary
 
+    from sparse_exp.distributed import any_rank
+
     trainer = Trainer(cfg, rd)  # may still refuse the config (e.g. schedules longer than the run)
-    with rd.exclusive():  # refuses a second process training into the same directory
-        if rd.is_completed():  # finished while this process was starting
+    with contextlib.ExitStack() as stack:
+        busy = None
+        try:  # refuses a second process training into the same directory (rank 0 holds the lock)
+            stack.enter_context(rd.exclusive())
+        except UserError as exc:
+            busy = exc
+        # DDP: every rank takes the same decision, so no rank waits in a collective for one that left
+        if any_rank(busy is not None, trainer.dist, trainer.device):
+            raise busy or UserError(f"run directory {rd.path} is in use by another process (refused on rank 0)")
+        if any_rank(rd.is_completed(), trainer.dist, trainer.device):  # finished while this one started
             return rd.summary()
         rd.prepare(cfg)
         summary = trainer.fit()

@@ -66,3 +66,46 @@ def test_ranks_stay_identical(tmp_path, overrides):
     # only rank 0 wrote: one metrics line per epoch, not two
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == int(overrides[2].split("=")[1])
+
+
+def locked_worker(rank, world, port, run_dir, out_dir):
+    sys.path.insert(0, str(TESTS))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from conftest import compose_cfg
+    from sparse_exp.errors import UserError
+    from sparse_exp.train import run
+
+    try:
+        run(compose_cfg(["epochs=1"]), run_dir)
+        outcome = "trained"
+    except UserError as exc:
+        outcome = str(exc)
+    Path(out_dir, f"rank{rank}.txt").write_text(outcome)
+    torch.distributed.destroy_process_group()
+
+
+@needs_data
+def test_every_rank_is_refused_when_another_process_holds_the_run(tmp_path):
+    """A torchrun job whose run directory is locked by another process: rank 0 is refused and so is
+    every other rank (they agree with one all-reduce), instead of waiting for rank 0 forever."""
+    from sparse_exp.rundir import RunDir
+
+    run_dir = tmp_path / "run"
+    with RunDir(run_dir).exclusive():
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=locked_worker, args=(r, 2, port, str(run_dir), str(tmp_path)))
+                 for port in [free_port()] for r in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=180)
+        alive = [p for p in procs if p.is_alive()]
+        for p in alive:
+            p.kill()
+        assert not alive, "a rank hung"
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert outcomes[0].startswith(f"run directory {run_dir} is in use by another process (pid {os.getpid()} on")
+    assert outcomes[1] == f"run directory {run_dir} is in use by another process (refused on rank 0)"
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"], "nothing but the lock file was written"
