@@ -43,6 +43,21 @@ def compose_cfg(overrides=(), tiny=True):
         return compose("config", overrides=(TINY if tiny else []) + overrides)
 
 
+def cli_run_dir(runs_dir, overrides) -> Path:
+    """The directory ``python -m sparse_exp.train <overrides>`` trains into under ``runs_dir``, named
+    by Hydra's own ``get_overrides_dirname`` with the config's exclude list (as ``hydra.run.dir``)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = list(overrides)
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    od = cfg.hydra.job.config.override_dirname
+    name = get_overrides_dirname(OverridesParser.create().parse_overrides(overrides), list(od.exclude_keys),
+                                 od.item_sep, od.kv_sep)
+    return Path(runs_dir) / sparse_exp.train._run_name(name)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _require_data():
     """Real data is required; CI installs it (make install). Skip only outside CI, saying why."""

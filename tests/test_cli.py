@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, needs_data
+from conftest import ROOT, TINY, cli_run_dir, needs_data
 
 
 def run_cli(args, runs_dir, extra_env=None):
@@ -59,7 +59,8 @@ def test_missing_data_root_says_how_to_get_it(tmp_path):
 
 def test_bad_value_writes_nothing_into_an_existing_run_dir(tmp_path):
     runs = tmp_path / "runs"
-    run_dir = runs / "epochs=0,logger=none"
+    run_dir = cli_run_dir(runs, ["epochs=0", "logger=none"])
+    assert run_dir.name == "epochs=0", "logger is left out of run directory names"
     run_dir.mkdir(parents=True)
     (run_dir / "summary.json").write_text('{"status": "completed", "test/acc": 1.0}')
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
@@ -110,8 +111,7 @@ def test_second_process_is_refused_while_a_run_trains(tmp_path):
     once the holder is killed (SIGKILL: no clean-up code runs), the command trains normally."""
     runs = tmp_path / "runs"
     args = TINY + ["epochs=1", "model=lenet_300_100", "superposer=none"]
-    run_dir = runs / ",".join(sorted(a for a in args if not a.startswith(("logger", "progress", "device",
-                                                                             "eval_batch_size", "dataset.num"))))
+    run_dir = cli_run_dir(runs, args)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True)
     try:
