@@ -19,3 +19,14 @@ class ConfigError(UserError):
     def __init__(self, key: str, value: Any, allowed: str) -> None:
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def require(cond: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise :class:`ConfigError` for ``key=value`` unless ``cond``."""
+    if not cond:
+        raise ConfigError(key, value, allowed)
+
+
+def one_of(key: str, value: Any, allowed: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is in ``allowed`` (the message lists them, sorted)."""
+    require(value in allowed, key, value, f"must be one of {sorted(allowed)}")

@@ -13,35 +13,21 @@ exactly as the sparsifier will (``layer_counts`` with ``distribution.dense_first
      "density": global density, "layers": {layer: density}, "sparsifier": name, "note": ...}
 
 ``flops/train`` follows :func:`sparse_exp.sparse.flops.expected_training_ratio` (RigL Appendix
-H formulas; RigL's dense-gradient updates counted until ``sparsifier.stop_fraction``). Where
-the layer densities are an outcome of training or scoring (gradual global pruning, SNIP /
-GraSP / SynFlow) the configured distribution stands in for them and ``note`` says so. For
-``sparsifier=mask_file`` the densities are read from the mask file. A bad key or value prints
-one line ``error: ...`` to stderr and exits with code 2.
+H formulas; RigL's dense-gradient updates counted until ``sparsifier.stop_fraction``) applied to
+what the chosen sparsifier class declares (``SPARSIFIERS[name].flop_schedule`` and
+``flop_allocation``, :class:`sparse_exp.sparse.sparsifiers.base.Sparsifier`). Where the layer
+densities are an outcome of training or scoring (gradual global pruning, SNIP / GraSP /
+SynFlow) the configured distribution stands in for them and ``note`` says so; global random
+pruning is estimated uniform; ``sparsifier=mask_file`` reads the densities from the mask file.
+A sparsifier without a training-FLOP model (``lth``) gets ``flops/train: null`` and a note. A
+bad key or value prints one line ``error: ...`` to stderr and exits with code 2.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-#: sparsifiers whose layer densities come from scores, not from ``distribution``
-_SCORED = ("snip", "grasp", "synflow")
-
-
-def compose_config(overrides: Sequence[str]) -> Any:
-    """The config ``python -m sparse_exp.train <overrides>`` would run (no ``hydra`` node)."""
-    from hydra import compose, initialize_config_dir
-
-    import sparse_exp.train  # noqa: F401  (registers the schemas and the run_name resolver)
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def _input_shape(spec: Any) -> Tuple[int, ...]:
@@ -50,21 +36,13 @@ def _input_shape(spec: Any) -> Tuple[int, ...]:
     return (int(spec.in_channels), int(h), int(w))
 
 
-def _get(node: Any, key: str, default: Any) -> Any:
-    """``node.key`` if the sparsifier config has it (and it is set), else ``default``."""
-    from omegaconf import OmegaConf
-
-    if key in node and not OmegaConf.is_missing(node, key) and node[key] is not None:
-        return node[key]
-    return default
-
-
 def compute(cfg: Any) -> Dict[str, Any]:
     """FLOP report of a composed, validated config (see module doc)."""
+    import sparse_exp.components  # noqa: F401  (every sparsifier registers itself)
     from sparse_exp.data import DATASETS
     from sparse_exp.models import build_model
-    from sparse_exp.sparse.flops import (density_allocator, expected_training_ratio, inference_ratio,
-                                         layer_forward_profile)
+    from sparse_exp.registries import SPARSIFIERS
+    from sparse_exp.sparse.flops import expected_training_ratio, inference_ratio, layer_forward_profile
     from sparse_exp.sparse.masking import prunable_parameters
 
     spec = DATASETS[cfg.dataset.name]
@@ -80,56 +58,25 @@ def compute(cfg: Any) -> Dict[str, Any]:
         dense_layers.append(names[-1])
 
     sp = cfg.sparsifier
-    method = sp.name
-    density = 1.0 - float(cfg.sparsity)
-    dist_name = cfg.distribution.name
-    notes: List[str] = []
-    if method == "dense":
-        density = 1.0
-    if method == "random":
-        # global random pruning: every non-dense layer has the same density in expectation
-        dist_name = "uniform"
-    elif method in _SCORED:
-        notes.append(f"{method} allocates layer densities by score; the estimate uses distribution={dist_name}")
-    elif method in ("gmp", "granet"):
-        notes.append(f"{method} prunes globally by magnitude; the estimate uses distribution={dist_name} "
-                     "at every density of the cubic schedule")
-    if method == "mask_file":
-        from sparse_exp.errors import ConfigError
-        from sparse_exp.sparse.sparsifiers.mask_file import load_mask_file
-
-        masks = load_mask_file(sp.path)
-        missing = [n for n in names if n not in masks]
-        if missing:
-            raise ConfigError("sparsifier.path", str(sp.path), f"has no mask for layers {missing[:5]}")
-        final = {n: float(masks[n].float().mean()) for n in names}
-        density = sum(final[n] * math.prod(shapes[n]) for n in names) / sum(math.prod(s) for s in shapes.values())
-
-        def allocate(_density: float) -> Dict[str, float]:
-            return final
+    sparsifier = SPARSIFIERS.entry(sp.name).impl
+    allocation = sparsifier.flop_allocation(sp, cfg.distribution.name, shapes)
+    allocate = allocation.allocator(shapes, float(cfg.distribution.erk_power_scale), dense_layers)
+    density = allocation.density(shapes, 1.0 - float(cfg.sparsity))
+    schedule = sparsifier.flop_schedule(sp, None, density)
+    notes: List[str] = [allocation.note] if allocation.note else []
+    if schedule is None:
+        notes.append(f"sparsifier {sp.name!r} declares no training-FLOP model (Sparsifier.flop_schedule)")
     else:
-        allocate = density_allocator(shapes, dist_name, float(cfg.distribution.erk_power_scale), dense_layers)
-        final = allocate(density)
-
+        density = schedule.density.final
+    final = allocate(density)
     report: Dict[str, Any] = {
         "flops/test": inference_ratio(layer_flops, final),
-        "flops/train": None,
+        "flops/train": None if schedule is None else expected_training_ratio(schedule, layer_flops, allocate),
         "flops/dense_forward": float(sum(layer_flops.values())),
         "density": round(density, 12),
         "layers": final,
-        "sparsifier": method,
+        "sparsifier": sp.name,
     }
-    try:
-        report["flops/train"] = expected_training_ratio(
-            method, layer_flops, allocate, density,
-            delta_t=int(_get(sp, "delta_t", 100)),
-            stop_fraction=float(_get(sp, "stop_fraction", 0.75)),
-            init_density=_get(sp, "init_density", None),
-            prune_start_fraction=float(_get(sp, "prune_start_fraction", 0.0)),
-            prune_end_fraction=float(_get(sp, "prune_end_fraction", 1.0)),
-        )
-    except ValueError as exc:  # a method without a training-FLOP model (e.g. lth)
-        notes.append(str(exc))
     if notes:
         report["note"] = "; ".join(notes)
     return report
@@ -159,8 +106,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from sparse_exp.errors import UserError
 
     try:
-        cfg = compose_config(args)
+        from sparse_exp.compose import compose
         from sparse_exp.validate import validate
+
+        cfg = compose(args)
 
         validate(cfg)
         report = compute(cfg)

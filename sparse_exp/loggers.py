@@ -11,9 +11,22 @@ import os
 import uuid
 from typing import Any, Dict, Optional
 
+from sparse_exp.errors import one_of
+from sparse_exp.registries import LOGGERS
 
+
+@LOGGERS.group_check
+def check_logger(cfg: Any) -> None:
+    """``logger.mode`` is ``online`` | ``offline`` | ``disabled``."""
+    one_of("logger.mode", cfg.logger.mode, {"online", "offline", "disabled"})
+
+
+@LOGGERS.register("none")
 class NullLogger:
     """Logs nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
     def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
         pass
@@ -25,6 +38,7 @@ class NullLogger:
         pass
 
 
+@LOGGERS.register("wandb")
 class WandbLogger(NullLogger):
     """Thin wrapper over ``wandb.init`` / ``run.log`` / ``run.summary``."""
 
@@ -50,7 +64,8 @@ class WandbLogger(NullLogger):
 
 
 def build_logger(cfg: Any, run_dir, config: Dict[str, Any], name: str):
-    """The logger for ``cfg.name`` (``wandb`` or ``none``)."""
-    if cfg.name == "none" or os.environ.get("WANDB_MODE", cfg.get("mode", "offline")) == "disabled":
+    """The logger registered as ``cfg.name`` (``wandb`` or ``none``); W&B disabled by ``WANDB_MODE`` or
+    ``logger.mode=disabled`` logs nothing."""
+    if os.environ.get("WANDB_MODE", cfg.get("mode", "offline")) == "disabled":
         return NullLogger()
-    return WandbLogger(cfg, run_dir, config, name)
+    return LOGGERS.build(cfg.name, cfg, run_dir, config, name)

@@ -1,7 +1,7 @@
 """Progress of a grid: how many runs are completed / running / stopped / failed / not started.
 
     python -m sparse_exp.status runs/table1                   # the run directories found there
-    python -m sparse_exp.status runs/table1 --sweep table1    # ... against the grid of conf/sweep/table1.yaml
+    python -m sparse_exp.status runs/table1 --sweep table1    # ... against the grid of sweeps/table1.yaml
     python -m sparse_exp.status --sweep smoke seed=0          # sweep dir from the config; narrowed grid
     python -m sparse_exp.status runs/table1 --json            # machine-readable
 
@@ -27,7 +27,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-#: the config directory of ``python -m sparse_exp.train``
+from hydra._internal.config_loader_impl import get_overrides_dirname
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import open_dict, read_write
+
+from sparse_exp.compose import compose
+
+#: the config directory of ``python -m sparse_exp.train``; its ``sweep`` group is ``sweeps/`` (``conf/sweep``
+#: is a link to it, see ``sweeps/README.md``)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 STATES = ("completed", "running", "stopped", "failed", "not started")
 RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "checkpoint.pt")
@@ -44,7 +53,7 @@ class SweepJob:
 
 @dataclass
 class SweepPlan:
-    """The expanded grid of ``conf/sweep/<name>.yaml`` (+ extra overrides)."""
+    """The expanded grid of ``sweeps/<name>.yaml`` (+ extra overrides)."""
 
     name: str
     sweep_dir: str
@@ -53,7 +62,8 @@ class SweepPlan:
 
 
 def sweep_names(config_dir: Path = CONF_DIR) -> List[str]:
-    """The sweeps ``+sweep=NAME`` can select: ``conf/sweep/*.yaml``."""
+    """The sweeps ``+sweep=NAME`` can select: the top-level ``*.yaml`` of the ``sweep`` group directory,
+    ``<config_dir>/sweep`` (for ``conf/``: the link to ``sweeps/``)."""
     return sorted(p.stem for p in (Path(config_dir) / "sweep").glob("*.yaml"))
 
 
@@ -65,14 +75,6 @@ def expand_sweep(name: str, overrides: Sequence[str] = (), config_dir: Path = CO
     on the command line), and names each job's directory with Hydra's ``get_overrides_dirname``
     and the config's ``hydra.sweep.subdir``. Overrides of ``hydra.*`` apply to the composition only.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.config_loader_impl import get_overrides_dirname
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import open_dict, read_write
-
-    import sparse_exp.train  # noqa: F401  (registers the schemas and the run_name resolver)
 
     parser = OverridesParser.create()
     cli = [f"+sweep={name}", *overrides]
@@ -82,9 +84,7 @@ def expand_sweep(name: str, overrides: Sequence[str] = (), config_dir: Path = CO
     task_args = [o.input_line for o, h in zip(parsed_cli, is_hydra) if not h]
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
-        cfg = compose("config", overrides=fixed, return_hydra_config=True)
-    GlobalHydra.instance().clear()
+    cfg = compose(fixed, return_hydra_config=True, config_dir=config_dir)
     params = {str(k): str(v) for k, v in (cfg.hydra.sweeper.get("params") or {}).items()}
     arguments = [f"{k}={v}" for k, v in params.items()] + task_args
     batches = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
@@ -241,7 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  description="Count and list the runs of a grid by state.")
     ap.add_argument("sweep_dir", nargs="?", help="the grid's directory (default with --sweep: its hydra.sweep.dir)")
     ap.add_argument("overrides", nargs="*", help="overrides given to the sweep (as on the train command line)")
-    ap.add_argument("--sweep", metavar="NAME", help=f"expected runs from conf/sweep/NAME.yaml ({', '.join(sweep_names())})")
+    ap.add_argument("--sweep", metavar="NAME", help=f"expected runs from sweeps/NAME.yaml ({', '.join(sweep_names())})")
     ap.add_argument("--all", action="store_true", help="list completed runs too")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = ap.parse_intermixed_args(argv)
@@ -254,7 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     plan = None
     if args.sweep:
         if args.sweep not in sweep_names():
-            ap.error(f"--sweep {args.sweep!r}: no conf/sweep/{args.sweep}.yaml; known: {', '.join(sweep_names())}")
+            ap.error(f"--sweep {args.sweep!r}: no sweeps/{args.sweep}.yaml; known: {', '.join(sweep_names())}")
         plan = expand_sweep(args.sweep, overrides)
     if args.sweep_dir is None:
         if plan is None:

@@ -18,21 +18,21 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from sparse_exp.config import register_configs
+from sparse_exp.compose import run_name, setup
+from sparse_exp.data import check_data_available
+from sparse_exp.distributed import any_rank
 from sparse_exp.errors import UserError
+from sparse_exp.loop import Trainer
+from sparse_exp.rundir import RunDir
+from sparse_exp.summary import format_summary
+from sparse_exp.validate import validate
 
 log = logging.getLogger("sparse_exp")
 
-
-def _run_name(override_dirname: str) -> str:
-    return override_dirname.replace("/", "_") or "default"
-
-
-if not OmegaConf.has_resolver("run_name"):
-    OmegaConf.register_new_resolver("run_name", _run_name)
-register_configs()
+_run_name = run_name  # the name tests and scripts know
+setup()  # schemas and the run_name resolver, before Hydra composes
 
 
 def run(cfg: DictConfig, run_path: str) -> dict:
@@ -42,10 +42,6 @@ def run(cfg: DictConfig, run_path: str) -> dict:
         UserError: invalid config, missing data (nothing is written in that case), or another
             process is training into ``run_path`` (see :meth:`RunDir.exclusive`).
     """
-    from sparse_exp.data import check_data_available
-    from sparse_exp.rundir import RunDir
-    from sparse_exp.validate import validate
-
     validate(cfg)
     check_data_available(cfg.dataset)
     rd = RunDir(run_path)
@@ -55,11 +51,8 @@ def run(cfg: DictConfig, run_path: str) -> dict:
                  "the overrides to train again.", rd.path, summary.get("test/acc", float("nan")))
         return summary
 
-    from sparse_exp.engine import Trainer, format_summary
-
-    from sparse_exp.distributed import any_rank
-
     trainer = Trainer(cfg, rd)  # may still refuse the config (e.g. schedules longer than the run)
+    dist, device = trainer.run.dist, trainer.run.device
     with contextlib.ExitStack() as stack:
         busy = None
         try:  # refuses a second process training into the same directory (rank 0 holds the lock)
@@ -67,14 +60,14 @@ def run(cfg: DictConfig, run_path: str) -> dict:
         except UserError as exc:
             busy = exc
         # DDP: every rank takes the same decision, so no rank waits in a collective for one that left
-        if any_rank(busy is not None, trainer.dist, trainer.device):
+        if any_rank(busy is not None, dist, device):
             raise busy or UserError(f"run directory {rd.path} is in use by another process (refused on rank 0)")
-        if any_rank(rd.is_completed(), trainer.dist, trainer.device):  # finished while this one started
+        if any_rank(rd.is_completed(), dist, device):  # finished while this one started
             return rd.summary()
         rd.prepare(cfg)
         summary = trainer.fit()
     if summary.get("status") == "completed":
-        print("\n" + format_summary(summary), flush=True)
+        print("\n" + format_summary(summary, trainer.summary_lines(summary)), flush=True)
     return summary
 
 

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-import sparse_exp.train  # noqa: F401  (registers schemas and the run_name resolver)
+from sparse_exp.compose import compose, run_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -39,8 +38,7 @@ def compose_cfg(overrides=(), tiny=True):
     overrides = list(overrides)
     if tiny and not any(o.startswith("superposer=") for o in overrides):
         overrides.insert(0, "superposer=none")
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=(TINY if tiny else []) + overrides)
+    return compose((TINY if tiny else []) + overrides)
 
 
 def cli_run_dir(runs_dir, overrides) -> Path:
@@ -50,12 +48,11 @@ def cli_run_dir(runs_dir, overrides) -> Path:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = list(overrides)
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    cfg = compose(overrides, return_hydra_config=True)
     od = cfg.hydra.job.config.override_dirname
     name = get_overrides_dirname(OverridesParser.create().parse_overrides(overrides), list(od.exclude_keys),
                                  od.item_sep, od.kv_sep)
-    return Path(runs_dir) / sparse_exp.train._run_name(name)
+    return Path(runs_dir) / run_name(name)
 
 
 @pytest.fixture(scope="session", autouse=True)

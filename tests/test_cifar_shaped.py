@@ -8,7 +8,7 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 from conftest import compose_cfg
-from sparse_exp.engine import Trainer
+from sparse_exp.loop import Trainer
 from sparse_exp.rundir import RunDir
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS
 from sparse_exp.superpose.sup_tickets import BN_PASS_EPOCH
@@ -46,7 +46,7 @@ def test_sup_tickets_bn_strategies(tmp_path, fake_cifar_root, bn):
     rd.prepare(cfg)
     trainer = Trainer(cfg, rd)
     summary = trainer.fit()
-    sup = trainer.superposer
+    sup = trainer.callback("sup_tickets")
     assert summary["tickets/count"] == 2
     ultimate = sup.ultimate_model()
     averaged = sup.averager.averaged()

@@ -29,7 +29,7 @@ def worker(rank, world, port, out_dir, overrides):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from conftest import compose_cfg
-    from sparse_exp.engine import Trainer
+    from sparse_exp.loop import Trainer
     from sparse_exp.rundir import RunDir
 
     cfg = compose_cfg(overrides)
@@ -40,7 +40,7 @@ def worker(rank, world, port, out_dir, overrides):
     state = {"model": trainer.model.state_dict(), "masks": dict(trainer.masking.masks),
              "summary": summary}
     if cfg.superposer.name == "sup_tickets":
-        state["ultimate"] = trainer.superposer.ultimate_model().state_dict()
+        state["ultimate"] = trainer.callback("sup_tickets").ultimate_model().state_dict()
     torch.save(state, Path(out_dir) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 

@@ -36,7 +36,7 @@ def train_epoch(model, masking, opt, gen):
 @pytest.mark.parametrize("rewind_epoch", [0, 1])
 def test_imp_rounds_prune_and_rewind(rewind_epoch):
     model, m, opt, sp = setup(rewind_epoch)
-    assert sp.pretrain_epochs == 6
+    assert sp.lr_phases() == [("round1", 2), ("round2", 2), ("round3", 2)], "3 IMP rounds of 2 epochs before the ticket"
     assert m.global_density() == 1.0, "IMP starts dense"
     init = {k: v.clone() for k, v in model.state_dict().items()}
     gen = torch.Generator().manual_seed(0)

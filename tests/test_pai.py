@@ -10,16 +10,10 @@ from torch import nn
 
 from sparse_exp.sparse.masking import Masking
 from sparse_exp.sparse.sparsifiers.base import SparseContext
-from sparse_exp.sparse.sparsifiers.pai import (
-    GraspConfig,
-    GraspSparsifier,
-    RandomPruningConfig,
-    RandomPruningSparsifier,
-    SnipConfig,
-    SnipSparsifier,
-    SynflowConfig,
-    SynflowSparsifier,
-)
+from sparse_exp.sparse.sparsifiers.grasp import GraspConfig, GraspSparsifier
+from sparse_exp.sparse.sparsifiers.random_pruning import RandomPruningConfig, RandomPruningSparsifier
+from sparse_exp.sparse.sparsifiers.snip import SnipConfig, SnipSparsifier
+from sparse_exp.sparse.sparsifiers.synflow import SynflowConfig, SynflowSparsifier
 from sparse_exp.sparse.topology import global_topk_masks
 
 CLASSES = {"snip": SnipSparsifier, "grasp": GraspSparsifier, "synflow": SynflowSparsifier,

@@ -70,7 +70,7 @@ class StepGuard:
 
 @needs_data
 def test_preemption_mid_epoch_resumes_bitwise(tmp_path):
-    from sparse_exp.engine import Preempted, Trainer
+    from sparse_exp.loop import Preempted, Trainer
 
     overrides = ["sparsifier=rigl", "sparsifier.delta_t=5", "epochs=3", "superposer=sup_tickets",
                  "superposer.phase_fraction=0.67", "superposer.cycle_epochs=1"]

@@ -20,7 +20,7 @@ FAST = {
     "gmp": ["sparsifier.delta_t=4"],
     "lth": ["sparsifier.rounds=2", "sparsifier.round_epochs=1"],
 }
-EXTRA = {"mask_file": None}  # needs a mask from an earlier run: tested in test_mask_file.py
+EXTRA = {"mask_file": None}  # needs a mask from an earlier run: tests/test_mask_file.py
 
 SPARSE_METHODS = sorted(n for n in SPARSIFIERS if n != "dense" and n not in EXTRA)
 

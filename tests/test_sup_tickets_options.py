@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg, needs_data
-from sparse_exp.engine import Trainer
+from sparse_exp.loop import Trainer
 from sparse_exp.rundir import RunDir
 
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
@@ -26,13 +26,13 @@ def train(tmp_path, *extra):
 def test_count_normal_phase_ticket(tmp_path):
     trainer, s = train(tmp_path, "superposer.count_normal_phase_ticket=true")
     assert s["tickets/count"] == 3 and "tickets/0/test/acc" in s
-    assert [r["index"] for r in trainer.superposer.tickets] == [0, 1, 2]
+    assert [r["index"] for r in trainer.callback("sup_tickets").tickets] == [0, 1, 2]
 
 
 @needs_data
 def test_num_tickets_fixes_the_cycle_and_varies_the_phase(tmp_path):
     trainer, s = train(tmp_path, "superposer.num_tickets=3")
-    b = trainer.superposer.budget
+    b = trainer.callback("sup_tickets").budget
     assert (b.num_tickets, b.cycle_steps, b.start_step, b.total_steps) == (3, 16, 16, 64)
     assert s["tickets/count"] == 3 and s["steps"] == 64
 
@@ -40,13 +40,13 @@ def test_num_tickets_fixes_the_cycle_and_varies_the_phase(tmp_path):
 @needs_data
 def test_fge_takes_tickets_at_mid_cycle_lowest_lr(tmp_path):
     trainer, s = train(tmp_path, "superposer.lr_schedule=fge")
-    assert [r["step"] for r in trainer.superposer.tickets] == [32 + 8, 48 + 8]
+    assert [r["step"] for r in trainer.callback("sup_tickets").tickets] == [32 + 8, 48 + 8]
 
 
 @needs_data
 def test_layerwise_reprune_keeps_per_layer_counts(tmp_path):
     trainer, s = train(tmp_path, "superposer.reprune=layerwise")
-    masks = trainer.superposer.final_masks()
+    masks = trainer.callback("sup_tickets").ultimate_ticket_masks()
     assert {n: int(masks[n].sum()) for n in masks} == trainer.masking.target_counts
 
 
@@ -63,13 +63,13 @@ def test_dst_updates_can_be_switched_off_in_cycles(tmp_path):
 def test_averaging_methods_run_and_hit_the_target(tmp_path, averaging):
     trainer, s = train(tmp_path, f"superposer.averaging={averaging}")
     assert abs(s["sparsity/global"] - 0.9) <= 1e-3
-    assert trainer.superposer.averager.method == averaging
+    assert trainer.callback("sup_tickets").averager.method == averaging
 
 
 @needs_data
 def test_prune_running_average_feeds_the_pruned_average_forward(tmp_path):
     trainer, _ = train(tmp_path, "superposer.prune_running_average=true")
-    sup = trainer.superposer
+    sup = trainer.callback("sup_tickets")
     for name, mask in sup.ultimate_masks.items():
         assert torch.all(sup.averager.running[name][~mask] == 0)
 
@@ -77,9 +77,9 @@ def test_prune_running_average_feeds_the_pruned_average_forward(tmp_path):
 @needs_data
 def test_exploration_follows_the_base_growth(tmp_path):
     rigl, _ = train(tmp_path / "rigl")
-    assert rigl.superposer.growth == "gradient"
+    assert rigl.callback("sup_tickets").growth == "gradient"
     cfg = compose_cfg([o.replace("rigl", "set") for o in BASE])
     trainer = Trainer(cfg, RunDir(tmp_path / "set"))
-    assert trainer.superposer.growth == "random", "SET explores with random growth (the reference's SET did not)"
+    assert trainer.callback("sup_tickets").growth == "random", "SET explores with random growth (the reference's SET did not)"
     cfg = compose_cfg(BASE[2:] + ["sparsifier=static"])
-    assert Trainer(cfg, RunDir(tmp_path / "static")).superposer.growth == "gradient"
+    assert Trainer(cfg, RunDir(tmp_path / "static")).callback("sup_tickets").growth == "gradient"

@@ -24,8 +24,8 @@ Errors checked here are the ones :func:`validate` finds from the config alone; e
 the data (e.g. a schedule longer than the run) are still raised by the job itself.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Hydra's plugin scanner executes this module before
+# putting it in ``sys.modules``, and dataclasses with string annotations then fail to resolve.
 import logging
 import sys
 import time

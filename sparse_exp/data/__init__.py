@@ -45,6 +45,8 @@ from sparse_exp.data import vision
 from sparse_exp.data.base import (SPLIT_SEED, DataBundle, DataError, DatasetSpec, Loader, cfg_get, epoch_seed,
                                   split_indices)
 from sparse_exp.data.loaders import TensorLoader, TorchLoader
+from sparse_exp.errors import require
+from sparse_exp.registries import DATASETS
 
 __all__ = [
     "DATASETS", "DatasetSpec", "DataError", "DataBundle", "Loader", "TensorLoader", "TorchLoader",
@@ -57,14 +59,27 @@ log = logging.getLogger("sparse_exp")
 #: environment variable naming a data directory (used when ``dataset.root`` is not set)
 ENV_VAR = "SPARSE_EXP_DATA"
 
-DATASETS = {
-    "fashion_mnist": DatasetSpec("fashion_mnist", in_channels=1, num_classes=10, image_size=28, default_val_size=5000),
-    "cifar10": DatasetSpec("cifar10", in_channels=3, num_classes=10, image_size=32, default_val_size=5000),
-    "cifar100": DatasetSpec("cifar100", in_channels=3, num_classes=100, image_size=32, default_val_size=5000),
-    "tiny_imagenet": DatasetSpec("tiny_imagenet", in_channels=3, num_classes=200, image_size=64,
-                                 default_val_size=10000),
-    "imagenet": DatasetSpec("imagenet", in_channels=3, num_classes=1000, image_size=224, default_val_size=10000),
-}
+#: ``dataset.name`` -> :class:`DatasetSpec`; every data set shares the :class:`~sparse_exp.config.DatasetConfig`
+#: schema and the group checks below
+for _spec in (
+    DatasetSpec("fashion_mnist", in_channels=1, num_classes=10, image_size=28, default_val_size=5000),
+    DatasetSpec("cifar10", in_channels=3, num_classes=10, image_size=32, default_val_size=5000),
+    DatasetSpec("cifar100", in_channels=3, num_classes=100, image_size=32, default_val_size=5000),
+    DatasetSpec("tiny_imagenet", in_channels=3, num_classes=200, image_size=64, default_val_size=10000),
+    DatasetSpec("imagenet", in_channels=3, num_classes=1000, image_size=224, default_val_size=10000),
+):
+    DATASETS.add(_spec.name, _spec)
+
+
+@DATASETS.group_check
+def _check_dataset(cfg: Any) -> None:
+    """Split sizes and workers of the ``dataset`` group (every data set)."""
+    ds = cfg.dataset
+    require(ds.val_size >= 0, "dataset.val_size", ds.val_size, "must be >= 0")
+    for key in ("subset_train", "subset_test"):
+        require(ds[key] is None or ds[key] >= 1, f"dataset.{key}", ds[key], "must be >= 1 or null")
+    require(ds.num_workers >= 0, "dataset.num_workers", ds.num_workers, "must be >= 0")
+
 
 _ALIASES = {
     "cifar10": ("cifar10", "cifar-10"),

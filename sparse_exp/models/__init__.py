@@ -36,30 +36,21 @@ name                   architecture (source)
 from __future__ import annotations
 
 import numbers
-from typing import Callable, Dict
+from typing import Any
 
 from torch import nn
 
-from sparse_exp.models.imagenet import resnet50_imagenet
+from sparse_exp.errors import one_of
+from sparse_exp.registries import MODELS
 from sparse_exp.models.lenet import lenet5, lenet_300_100
-from sparse_exp.models.mobilenet_v2 import mobilenet_v2
-from sparse_exp.models.resnet_cifar import resnet18, resnet32, resnet50
 from sparse_exp.models.vgg import vgg16
+from sparse_exp.models.resnet_cifar import resnet18, resnet32, resnet50
 from sparse_exp.models.wrn import wrn28_10
+from sparse_exp.models.mobilenet_v2 import mobilenet_v2
+from sparse_exp.models.imagenet import resnet50_imagenet
 
-#: config name -> constructor ``fn(in_channels, num_classes, image_size) -> nn.Module``
-MODELS: Dict[str, Callable[..., nn.Module]] = {
-    "lenet5": lenet5,
-    "lenet_300_100": lenet_300_100,
-    "vgg16": vgg16,
-    "resnet18": resnet18,
-    "resnet32": resnet32,
-    "resnet50": resnet50,
-    "wrn28_10": wrn28_10,
-    "mobilenet_v2": mobilenet_v2,
-    "resnet50_imagenet": resnet50_imagenet,
-}
-
+#: config name -> constructor ``fn(in_channels, num_classes, image_size) -> nn.Module``; each model
+#: module registers its constructors (``@MODELS.register(name)``), imported above in the table's order
 __all__ = ["MODELS", "build_model"] + sorted(MODELS)
 
 
@@ -90,6 +81,12 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int) 
 
 
 INITS = ("default", "kaiming_normal")
+
+
+@MODELS.group_check
+def _check_model(cfg: Any) -> None:
+    """``model.init`` is a known scheme (group-level check of every model)."""
+    one_of("model.init", cfg.model.init, set(INITS))
 
 
 def reinitialize_(model: nn.Module, scheme: str) -> nn.Module:

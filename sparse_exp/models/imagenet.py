@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from sparse_exp.registries import MODELS
+
 import torchvision
 from torch import nn
 
 
+@MODELS.register("resnet50_imagenet")
 def resnet50_imagenet(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """ResNet-50 for ImageNet-sized inputs: torchvision ``resnet50(weights=None)``, randomly initialised.
 

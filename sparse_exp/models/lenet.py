@@ -7,6 +7,8 @@ They return logits (no ``log_softmax``).
 
 from __future__ import annotations
 
+from sparse_exp.registries import MODELS
+
 import torch
 from torch import nn
 
@@ -75,6 +77,7 @@ class LeNet300100(nn.Module):
         return self.classifier(self.flatten(x))
 
 
+@MODELS.register("lenet5")
 def lenet5(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """LeNet-5 (LeCun et al., "Gradient-based learning applied to document recognition", 1998).
 
@@ -94,6 +97,7 @@ def lenet5(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return LeNet5(in_channels, num_classes, image_size)
 
 
+@MODELS.register("lenet_300_100")
 def lenet_300_100(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """LeNet-300-100 MLP (LeCun et al. 1998; the pruning benchmark of Han et al. 2015 and of
     TimDettmers/sparse_learning ``LeNet_300_100``).

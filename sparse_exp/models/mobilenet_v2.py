@@ -11,6 +11,8 @@ Depthwise convs are ``nn.Conv2d`` with ``groups = channels`` (weight ``(C, 1, 3,
 
 from __future__ import annotations
 
+from sparse_exp.registries import MODELS
+
 from typing import List, Tuple
 
 import torch
@@ -90,6 +92,7 @@ class MobileNetV2(nn.Module):
         return self.linear(self.flatten(self.pool(out)))
 
 
+@MODELS.register("mobilenet_v2")
 def mobilenet_v2(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """MobileNetV2, CIFAR variant (first conv and stage 2 with stride 1).
 

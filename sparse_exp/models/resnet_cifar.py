@@ -19,6 +19,8 @@ a block's shortcut is registered after its main path). A global average pool
 
 from __future__ import annotations
 
+from sparse_exp.registries import MODELS
+
 from typing import List, Sequence, Type, Union
 
 import torch
@@ -124,6 +126,7 @@ class ResNet(nn.Module):
         return self.fc(self.flatten(self.pool(out)))
 
 
+@MODELS.register("resnet18")
 def resnet18(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """CIFAR ResNet-18: BasicBlock x [2, 2, 2, 2], widths 64/128/256/512, 3x3 stem, no max-pool.
 
@@ -144,6 +147,7 @@ def resnet18(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return ResNet(BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512], 64, in_channels, num_classes)
 
 
+@MODELS.register("resnet50")
 def resnet50(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """CIFAR ResNet-50: Bottleneck x [3, 4, 6, 3], widths 64..512 (x4 expansion), 3x3 stem, no max-pool.
 
@@ -166,6 +170,7 @@ def resnet50(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     return ResNet(Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512], 64, in_channels, num_classes)
 
 
+@MODELS.register("resnet32")
 def resnet32(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """ResNet-32 for CIFAR (He et al., CVPR 2016, Sec. 4.2): 3 stages x 5 BasicBlocks, widths 16/32/64.
 

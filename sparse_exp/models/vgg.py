@@ -21,6 +21,8 @@ Note: the classifier's ``BatchNorm1d`` needs more than one example per batch in 
 
 from __future__ import annotations
 
+from sparse_exp.registries import MODELS
+
 from typing import List, Union
 
 import torch
@@ -69,6 +71,7 @@ class VGG(nn.Module):
         return self.classifier(self.flatten(self.pool(self.features(x))))
 
 
+@MODELS.register("vgg16")
 def vgg16(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """VGG-16 with BatchNorm for CIFAR ("VGG-D" of SNIP / sparse_learning).
 

@@ -13,6 +13,8 @@ default).
 
 from __future__ import annotations
 
+from sparse_exp.registries import MODELS
+
 from typing import List
 
 import torch
@@ -86,6 +88,7 @@ class WideResNet(nn.Module):
         return self.fc(self.flatten(self.pool(out)))
 
 
+@MODELS.register("wrn28_10")
 def wrn28_10(in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """WRN-28-10 (Zagoruyko & Komodakis, BMVC 2016): depth 28 (4 blocks per group), widen factor 10, no dropout.
 

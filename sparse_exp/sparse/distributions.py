@@ -14,17 +14,34 @@ global sparsity matches the target as closely as integers allow.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, Mapping, Sequence
+from typing import Any, Dict, Iterable, Mapping, Sequence
 
-DISTRIBUTIONS = ("uniform", "er", "erk")
+from sparse_exp.errors import require
+from sparse_exp.registries import DISTRIBUTIONS
+
+#: ``distribution.name`` -> raw layer score ``fn(shape, erk_power_scale) -> float`` (density is
+#: proportional to it); ``uniform`` has none: every layer gets the same density.
+DISTRIBUTIONS.add("uniform", None)
 
 
-def _raw_score(shape: Sequence[int], method: str, erk_power_scale: float) -> float:
-    if method == "erk":
-        return (sum(shape) / math.prod(shape)) ** erk_power_scale
-    # ER (rigl ``erdos_renyi``): only the fan-in / fan-out dimensions count.
+@DISTRIBUTIONS.register("er")
+def er_score(shape: Sequence[int], erk_power_scale: float) -> float:
+    """ER (rigl ``erdos_renyi``): ``(n_in + n_out) / (n_in * n_out)``; only fan-in / fan-out count."""
     n_out, n_in = shape[0], shape[1] if len(shape) > 1 else 1
     return (n_in + n_out) / (n_in * n_out)
+
+
+@DISTRIBUTIONS.register("erk")
+def erk_score(shape: Sequence[int], erk_power_scale: float) -> float:
+    """ERK (RigL Sec. 3): ``(sum of the dims / product of the dims) ** erk_power_scale``."""
+    return (sum(shape) / math.prod(shape)) ** erk_power_scale
+
+
+@DISTRIBUTIONS.group_check
+def _check_distribution(cfg: Any) -> None:
+    """``distribution.erk_power_scale`` > 0 (every distribution)."""
+    require(cfg.distribution.erk_power_scale > 0, "distribution.erk_power_scale", cfg.distribution.erk_power_scale,
+            "must be > 0")
 
 
 def layer_densities(
@@ -69,7 +86,8 @@ def layer_densities(
         d = min(1.0, budget / rest) if rest else 1.0
         return {n: (1.0 if n in dense else d) for n in shapes}
 
-    raw = {n: _raw_score(s, method, erk_power_scale) for n, s in shapes.items()}
+    score = DISTRIBUTIONS[method]
+    raw = {n: score(s, erk_power_scale) for n, s in shapes.items()}
     while True:
         budget = density * total - sum(sizes[n] for n in dense)
         divisor = sum(raw[n] * sizes[n] for n in shapes if n not in dense)

@@ -19,9 +19,9 @@ ones (``f_S = sum_l d_l f_l`` for layer densities ``d_l``), one training step co
 
 * dense, static, SET, pruning at init: ``3 f_S`` (forward, plus backward w.r.t. activations and
   weights, each costing about one forward);
-* RigL: ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)`` on average -- at an update step the weight
-  gradient is computed densely (``f_D``) to rank the inactive connections;
-* SNFS: ``2 f_S + f_D`` (dense gradient every step, for the momentum statistic).
+* RigL: ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)`` on average (:func:`rigl_step_flops`) -- at an
+  update step the weight gradient is computed densely (``f_D``) to rank the inactive connections;
+  GraNet's regeneration steps likewise.
 
 Training ratios are normalised by dense training, ``3 f_D`` per step.
 
@@ -37,15 +37,21 @@ What reproduces RigL's published ResNet-50 / ImageNet figures (tests/test_flops.
   FLOP figures of the README's ResNet-50 table to the printed 2 decimals.
 * Training FLOPs: the README's RigL figures use the formula above over the **whole** run (one
   dense gradient per ``dT + 1`` steps for 100% of training); counting the dense gradients only
-  until the update stop (75%) -- which is what the training actually does, and the default of
-  :func:`expected_training_ratio` -- misses several README figures by one in the 2nd decimal.
+  until the update stop (75%) -- which is what the training actually does, and what
+  :func:`expected_training_ratio` counts with RigL's default ``sparsifier.stop_fraction`` --
+  misses several README figures by one in the 2nd decimal.
 * Uniform: RigL keeps the first layer dense. The README lists 0.23x (80%) and 0.13x (90%) for
   uniform inference, which the first-layer-dense count reproduces; the paper's Table 2 (and the
   Sup-tickets tables copying it) print 0.10x at 90%, which is the nominal ``1 - s`` of a
   uniform allocation with every layer sparse.
 
 The engine integrates the real per-step cost with :class:`TrainingFlops`, fed with plain Python
-numbers whenever the density changes (no per-step host synchronisation).
+numbers whenever the density changes (no per-step host synchronisation). Without training,
+:func:`expected_training_ratio` integrates what a sparsifier declares
+(:meth:`~sparse_exp.sparse.sparsifiers.base.Sparsifier.flop_schedule`, a
+:class:`~sparse_exp.sparse.schedules.FlopSchedule` built from the same schedule objects the
+sparsifier runs on, and :meth:`~sparse_exp.sparse.sparsifiers.base.Sparsifier.flop_allocation`, an
+:class:`Allocation`); no method is known here by name.
 """
 
 from __future__ import annotations
@@ -53,22 +59,14 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from sparse_exp.sparse.distributions import layer_counts
 from sparse_exp.sparse.masking import prunable_parameters
-
-#: methods whose per-step cost is ``3 f_S`` with a fixed topology cost (no dense gradients)
-STATIC_COST_METHODS = ("dense", "static", "set", "snip", "grasp", "synflow", "random", "mask_file")
-#: methods with a dense weight gradient every ``delta_t`` steps until ``stop_fraction``
-DENSE_GRADIENT_METHODS = ("rigl",)
-#: gradual pruning with the cubic schedule; ``granet`` adds RigL-like regeneration
-GRADUAL_METHODS = ("gmp", "granet")
-#: every method :func:`expected_training_ratio` knows
-KNOWN_METHODS = STATIC_COST_METHODS + DENSE_GRADIENT_METHODS + GRADUAL_METHODS + ("snfs",)
+from sparse_exp.sparse.schedules import ConstantDensity, FlopSchedule
 
 
 # ----------------------------------------------------------------------------------- forward FLOPs
@@ -268,174 +266,114 @@ class TrainingFlops:
         self.steps = int(state["steps"])
 
 
-def training_flops_ratio(
-    method: str,
-    f_sparse: Union[float, Sequence[float]],
-    f_dense: float,
-    delta_t: Optional[int] = None,
-) -> float:
-    """Training FLOPs per step relative to dense (``3 f_D``), RigL paper Appendix H.
+def rigl_step_flops(f_sparse: float, f_dense: float, delta_t: int) -> float:
+    """Mean FLOPs per step with a dense-gradient update every ``delta_t`` steps (RigL App. H):
 
-    Args:
-        method: ``rigl`` (needs ``delta_t``), ``snfs``, or any method in
-            :data:`STATIC_COST_METHODS` / ``gmp`` (``3 f_S``).
-        f_sparse: the sparse forward FLOPs, a constant or one value per step.
-        f_dense: dense forward FLOPs ``f_D``.
-        delta_t: RigL's update interval.
+        (3 f_S dT + 2 f_S + f_D) / (dT + 1)
 
-    For a constant ``f_S``, RigL is the paper's ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)``. For a
-    per-step sequence, step ``t`` (1-based) with ``t % dT == 0`` costs ``2 f_S + f_D``.
+    i.e. ``dT`` ordinary steps at ``3 f_S`` and one update step at ``2 f_S + f_D``; divide by
+    ``3 f_D`` for the ratio to dense training. Raises ``ValueError`` for ``delta_t < 1``.
     """
-    if method == "rigl" and (delta_t is None or delta_t < 1):
-        raise ValueError("method 'rigl' needs delta_t >= 1")
-    if isinstance(f_sparse, (int, float)):
-        fs = float(f_sparse)
-        if method == "rigl":
-            per_step = (3 * fs * delta_t + 2 * fs + f_dense) / (delta_t + 1)
-        elif method == "snfs":
-            per_step = 2 * fs + f_dense
-        elif method in STATIC_COST_METHODS or method == "gmp":
-            per_step = 3 * fs
-        else:
-            raise ValueError(f"unknown method {method!r}; allowed: {sorted(KNOWN_METHODS)}")
-        return per_step / (3 * f_dense)
-    acc = TrainingFlops(f_dense)
-    for t, fs in enumerate(f_sparse, start=1):
-        if method == "snfs" or (method == "rigl" and t % delta_t == 0):
-            acc.add_dense_gradient_steps(1, fs)
-        elif method in STATIC_COST_METHODS or method in ("rigl", "gmp"):
-            acc.add_steps(1, fs)
-        else:
-            raise ValueError(f"unknown method {method!r}; allowed: {sorted(KNOWN_METHODS)}")
-    return acc.ratio()
+    if delta_t is None or delta_t < 1:
+        raise ValueError(f"delta_t must be >= 1, got {delta_t}")
+    fs = float(f_sparse)
+    return (3 * fs * delta_t + 2 * fs + f_dense) / (delta_t + 1)
 
 
-def cubic_density(progress: float, init_density: float, final_density: float,
-                  start: float, end: float) -> float:
-    """Zhu & Gupta cubic schedule at ``progress`` in [0, 1] of training: ``d_i`` before
-    ``start``, ``d_f + (d_i - d_f)(1 - (p - start)/(end - start))^3`` inside, ``d_f`` after."""
-    if progress <= start:
-        return init_density
-    if progress >= end:
-        return final_density
-    frac = (progress - start) / (end - start)
-    return final_density + (init_density - final_density) * (1.0 - frac) ** 3
+# ---------------------------------------------------------------------------- estimate (no training)
+@dataclass(frozen=True)
+class Allocation:
+    """How a sparsifier's layer densities are estimated without training
+    (:meth:`~sparse_exp.sparse.sparsifiers.base.Sparsifier.flop_allocation`).
+
+    Attributes:
+        distribution: the :func:`layer_counts` method that spreads a global density over the
+            layers: the configured ``distribution.name``, or another one (``"uniform"`` for global
+            random pruning, every layer at the global density in expectation).
+        note: what the estimate assumes where the real densities are an outcome of training or
+            scoring (printed by ``python -m sparse_exp.flops``); None when the allocation is exact.
+        layers: fixed per-layer densities used at every global density (a mask file), or None.
+    """
+
+    distribution: str
+    note: Optional[str] = None
+    layers: Optional[Mapping[str, float]] = None
+
+    def density(self, shapes: Mapping[str, Sequence[int]], default: float) -> float:
+        """Global density of the fixed ``layers`` (weighted by layer size), else ``default``."""
+        if self.layers is None:
+            return default
+        return sum(self.layers[n] * math.prod(shapes[n]) for n in shapes) / sum(math.prod(s) for s in shapes.values())
+
+    def allocator(self, shapes: Mapping[str, Sequence[int]], erk_power_scale: float = 1.0,
+                  dense_layers: Iterable[str] = ()) -> Callable[[float], Dict[str, float]]:
+        """``global density -> {layer: density}``: the fixed ``layers``, or :func:`density_allocator`."""
+        if self.layers is not None:
+            fixed = {n: float(self.layers[n]) for n in shapes}
+            return lambda _density: fixed
+        return density_allocator(shapes, self.distribution, erk_power_scale, dense_layers)
 
 
 def expected_training_ratio(
-    method: str,
+    schedule: FlopSchedule,
     layer_flops: Mapping[str, float],
     densities_at: Callable[[float], Mapping[str, float]],
-    density: float,
     *,
-    delta_t: int = 100,
-    stop_fraction: float = 0.75,
-    init_density: Optional[float] = None,
-    prune_start_fraction: float = 0.0,
-    prune_end_fraction: float = 1.0,
-    total_steps: Optional[int] = None,
     num_points: int = 512,
 ) -> float:
-    """Analytic training FLOPs of a whole run relative to dense training.
+    """Training FLOPs of a whole run relative to dense training, from a sparsifier's declaration.
 
     Args:
-        method: one of :data:`KNOWN_METHODS`.
-        layer_flops: dense forward FLOPs per layer.
-        densities_at: ``global density -> layer densities`` (e.g. :func:`density_allocator`).
-        density: the target (final) global density ``1 - sparsity``.
-        delta_t: update interval in steps (RigL mask updates; GraNet regeneration).
-        stop_fraction: dense-gradient updates happen only in the first ``stop_fraction`` of
-            training (RigL 0.75; GraNet 1.0). Use 1.0 to get RigL's README convention.
-        init_density: gradual methods' density before pruning (GMP 1.0, GraNet 0.5); the
-            effective value is ``max(init_density, density)`` as in the sparsifier.
-        prune_start_fraction / prune_end_fraction: the cubic schedule's window.
-        total_steps: if given, count exactly as the engine does (updates at steps ``t`` with
-            ``t % delta_t == 0`` and ``t <= int(stop_fraction * total_steps)``; the gradual
-            density changes every ``delta_t`` steps); otherwise the continuous approximation
-            (RigL's formula for the fraction ``stop_fraction`` of training, one dense-gradient
-            step per ``delta_t + 1`` steps; the cubic schedule integrated with ``num_points``
-            midpoints).
+        schedule: what the run costs per step, ``SPARSIFIERS[name].flop_schedule(cfg, total_steps,
+            density)`` (:class:`~sparse_exp.sparse.schedules.FlopSchedule`).
+        layer_flops: dense forward FLOPs per layer (:func:`layer_forward_flops`).
+        densities_at: ``global density -> layer densities`` (:meth:`Allocation.allocator`,
+            :func:`density_allocator`).
+        num_points: midpoints of the continuous estimate of a varying density.
 
-    Methods:
+    Step-exact when ``schedule.total_steps`` is set: every step costs ``3 f_S`` at the density set
+    by the updates before it, or ``2 f_S + f_D`` if it reads a dense gradient
+    (:meth:`FlopSchedule.segments`; the engine's :class:`TrainingFlops` count). Otherwise the
+    continuous approximation: a constant density costs ``f_S / f_D``, plus RigL's formula
+    (:func:`rigl_step_flops`, one dense gradient per ``dT + 1`` steps) over the first
+    ``dense_gradient.stop_fraction`` of training; a varying density is sampled at ``num_points``
+    midpoints of training (``density.at_fraction``), each costing ``3 f_S`` or, up to the stop
+    fraction, RigL's formula.
 
-    * static / set / snip / grasp / synflow / random / mask_file / dense: ``3 f_S / 3 f_D``.
-    * rigl: ``stop * (3 f_S dT + 2 f_S + f_D)/(dT + 1) + (1 - stop) * 3 f_S``, over ``3 f_D``.
-    * snfs: ``(2 f_S + f_D) / 3 f_D``.
-    * gmp / granet: ``f_S(t)`` follows the cubic density schedule; layer densities at each
-      global density come from ``densities_at``. Approximation: GMP and GraNet prune *globally*
-      by magnitude, so their real layer densities emerge from training; the estimate uses the
-      configured allocation (ERK / uniform) at each density instead. GraNet additionally
-      computes a dense gradient at every regeneration step (every ``delta_t`` steps until
-      ``stop_fraction``), like RigL.
+    Where the layer densities are an outcome of training (global magnitude pruning) the estimate
+    uses ``densities_at`` at each global density instead (see the sparsifier's ``Allocation.note``).
+
+    Raises:
+        TypeError: ``schedule`` is not a :class:`FlopSchedule` (e.g. a method name).
     """
-    if method not in KNOWN_METHODS:
-        raise ValueError(f"no training-FLOP model for sparsifier {method!r}; known: {sorted(KNOWN_METHODS)}")
+    if not isinstance(schedule, FlopSchedule):
+        raise TypeError(f"expected a FlopSchedule (Sparsifier.flop_schedule), got {schedule!r}")
     f_d = float(sum(layer_flops.values()))
 
     def f_s(d: float) -> float:
         return inference_flops(layer_flops, densities_at(d))
 
-    if method in STATIC_COST_METHODS:
-        return f_s(density) / f_d if method != "dense" else 1.0
-    if method == "snfs":
-        return training_flops_ratio("snfs", f_s(density), f_d)
-    if method == "rigl":
-        fs = f_s(density)
-        if total_steps is None:
-            upd = training_flops_ratio("rigl", fs, f_d, delta_t)
-            return stop_fraction * upd + (1.0 - stop_fraction) * fs / f_d
-        n_upd = int(stop_fraction * total_steps) // delta_t
+    grad = schedule.dense_gradient
+    if schedule.total_steps is not None:
         acc = TrainingFlops(f_d)
-        acc.add_steps(total_steps - n_upd, fs)
-        acc.add_dense_gradient_steps(n_upd, fs)
+        for first, last, density, dense in schedule.segments():
+            fs = f_s(density)
+            acc.add_steps(last - first + 1 - int(dense), fs)
+            if dense:
+                acc.add_dense_gradient_steps(1, fs)
         return acc.ratio()
-
-    # gradual: gmp / granet
-    d_i = max(float(init_density if init_density is not None else (1.0 if method == "gmp" else 0.5)), density)
-    regenerate = method == "granet"
-    if total_steps is not None:
-        return _gradual_exact(f_s, f_d, density, d_i, delta_t, stop_fraction, prune_start_fraction,
-                              prune_end_fraction, total_steps, regenerate)
+    if isinstance(schedule.density, ConstantDensity):
+        fs = f_s(schedule.density.value)
+        if grad is None:
+            return fs / f_d
+        upd = rigl_step_flops(fs, f_d, grad.delta_t) / (3 * f_d)
+        return grad.stop_fraction * upd + (1.0 - grad.stop_fraction) * fs / f_d
     total = 0.0
     for k in range(num_points):
         p = (k + 0.5) / num_points
-        fs = f_s(cubic_density(p, d_i, density, prune_start_fraction, prune_end_fraction))
-        if regenerate and p <= stop_fraction:
-            total += (3 * fs * delta_t + 2 * fs + f_d) / (delta_t + 1)
+        fs = f_s(schedule.density.at_fraction(p))
+        if grad is not None and p <= grad.stop_fraction:
+            total += rigl_step_flops(fs, f_d, grad.delta_t)
         else:
             total += 3 * fs
     return total / (3 * f_d * num_points)
-
-
-def _gradual_exact(f_s: Callable[[float], float], f_d: float, d_f: float, d_i: float, delta_t: int,
-                   stop_fraction: float, start: float, end: float, total_steps: int, regenerate: bool) -> float:
-    """Step-exact gradual schedule, mirroring ``GradualMagnitudeSparsifier``: the density set at
-    update step ``t`` (a multiple of ``delta_t``) holds for steps ``t + 1 ... t + delta_t``."""
-    first_iter = int(start * total_steps) // delta_t
-    final_iter = max(first_iter + 1, int(end * total_steps) // delta_t)
-    stop_step = stop_fraction * total_steps
-
-    def density_after(it: int) -> float:
-        progress = min(1.0, max(0.0, (it - first_iter) / (final_iter - first_iter)))
-        return d_f + (d_i - d_f) * (1.0 - progress) ** 3
-
-    acc = TrainingFlops(f_d)
-    current = d_i  # before any pruning update
-    step = 0
-    while step < total_steps:
-        # steps step+1 .. block_end run at `current`; the last of them may be an update step
-        block_end = min(total_steps, (step // delta_t + 1) * delta_t)
-        fs = f_s(current)
-        n = block_end - step
-        is_update = block_end % delta_t == 0
-        if is_update and regenerate and block_end <= stop_step:
-            acc.add_steps(n - 1, fs)
-            acc.add_dense_gradient_steps(1, fs)
-        else:
-            acc.add_steps(n, fs)
-        if is_update:
-            it = block_end // delta_t
-            if first_iter <= it <= final_iter:
-                current = min(current, density_after(it))
-        step = block_end
-    return acc.ratio()

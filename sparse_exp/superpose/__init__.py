@@ -1,22 +1,25 @@
-"""Superposers (``superposer=<name>``): what happens on top of the base sparsifier.
+"""Superposers (``superposer=<name>``): boosters on top of the base sparsifier, as callbacks.
 
-``none`` -- nothing; ``sup_tickets`` -- Yin et al. UAI 2022 (:mod:`.sup_tickets`).
+``none`` -- nothing (builds no callback); ``sup_tickets`` -- Yin et al. UAI 2022
+(:mod:`.sup_tickets`, registered there with its schema and checks).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Type
+from dataclasses import dataclass
 
-from sparse_exp.superpose.sup_tickets import NoSuperposer, SupTickets
-
-SUPERPOSERS: Dict[str, Type[NoSuperposer]] = {"none": NoSuperposer, "sup_tickets": SupTickets}
-
-
-def build_superposer(cfg: Any, trainer: Any) -> NoSuperposer:
-    """Instantiate ``cfg.name`` for ``trainer``; ValueError lists the allowed names."""
-    if cfg.name not in SUPERPOSERS:
-        raise ValueError(f"superposer.name={cfg.name!r} is not known; allowed: {sorted(SUPERPOSERS)}")
-    return SUPERPOSERS[cfg.name](cfg, trainer)
+from sparse_exp.config import SuperposerConfig
+from sparse_exp.registries import SUPERPOSERS
+from sparse_exp.superpose.sup_tickets import SupTickets
 
 
-__all__ = ["SUPERPOSERS", "build_superposer", "NoSuperposer", "SupTickets"]
+@dataclass
+class NoSuperposerConfig(SuperposerConfig):
+    """``superposer=none``: the base method's final model is the result."""
+
+    name: str = "none"
+
+
+SUPERPOSERS.add("none", lambda cfg: None, schema=NoSuperposerConfig)
+
+__all__ = ["SUPERPOSERS", "NoSuperposerConfig", "SupTickets"]

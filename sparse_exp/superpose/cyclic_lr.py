@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List
+from typing import Callable, List
 
 LR_SCHEDULES = ("triangle", "fge", "swa")
 
@@ -108,3 +108,27 @@ def cyclic_lr(schedule: str, i: int, cycle_steps: int, lr_low: float, lr_high: f
 def collect_fraction(schedule: str) -> float:
     """Where in a cycle the LR is lowest, i.e. where the ticket is taken (FGE: mid-cycle)."""
     return 0.5 if schedule == "fge" else 1.0
+
+
+def sup_tickets_lr_factor(budget: CyclicBudget, normal: Callable[[int], float], schedule: str, lr_low: float,
+                          lr_high: float, base_lr: float) -> Callable[[int], float]:
+    """LR multiplier (of ``base_lr``) per optimizer step of a Sup-tickets run.
+
+    Args:
+        budget: where the cyclic phase sits (:func:`make_budget`).
+        normal: the base schedule compressed to the normal phase, ``normal(step) -> multiplier`` for
+            ``step < budget.start_step`` (the reference's MultiStep at 1/2 and 3/4 of the normal epochs).
+        schedule, lr_low, lr_high: the cyclic LR (:func:`cyclic_lr`), absolute learning rates.
+        base_lr: the optimizer's LR (the multiplier of the cyclic phase is ``lr / base_lr``).
+
+    Returns:
+        ``factor(step)`` for the 0-based step count, as ``torch.optim.lr_scheduler.LambdaLR`` calls it.
+    """
+
+    def factor(step: int) -> float:
+        if step < budget.start_step:
+            return normal(step)
+        i = step - budget.start_step + 1
+        return cyclic_lr(schedule, i, budget.cycle_steps, lr_low, lr_high) / base_lr
+
+    return factor

@@ -14,6 +14,11 @@ running average, which is then re-pruned by magnitude to the target sparsity. Tr
 with the individual model; the superposed model after the last ticket is the ultimate ticket,
 the model a run reports (``test/*``), next to the last individual model (``last/test/*``).
 
+It is a :class:`~sparse_exp.callbacks.Callback`: it replaces the LR schedule of the main phase
+(``lr_schedule``), gates the base sparsifier's updates in the cycles (``allow_mask_update``), collects
+and superposes tickets after steps (``on_step_end``), reports the ultimate ticket (``final_masks``,
+``final_metrics``, ``summary_lines``) and checkpoints its averager.
+
 Exploration growth for methods without a growth criterion of their own (static, SNIP, GraSP,
 SynFlow, random, LTH, mask files, GMP) is ``gradient``: the reference code regrows by gradient
 for every base method, so this is what produced the paper's ERK and SNIP rows. For SET it is
@@ -25,14 +30,20 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.optim.swa_utils import update_bn
 
+from sparse_exp.callbacks import BaseCallback, LRFactor, TrainState
+from sparse_exp.config import SuperposerConfig
+from sparse_exp.errors import ConfigError, one_of, require
 from sparse_exp.metrics import metrics_from_logits, predict
-from sparse_exp.superpose.averaging import TicketAverager, reprune
-from sparse_exp.superpose.cyclic_lr import CyclicBudget, collect_fraction, cyclic_lr, make_budget
+from sparse_exp.registries import SUPERPOSERS
+from sparse_exp.superpose.averaging import AVERAGING, REPRUNE, TicketAverager, reprune
+from sparse_exp.superpose.cyclic_lr import (LR_SCHEDULES, CyclicBudget, collect_fraction, make_budget,
+                                            sup_tickets_lr_factor)
 from sparse_exp.superpose.diversity import pairwise_diversity
 from sparse_exp.sparse.topology import drop_and_grow
 
@@ -42,93 +53,118 @@ log = logging.getLogger("sparse_exp")
 BN_PASS_EPOCH = 2_000_000
 
 
-class NoSuperposer:
-    """``superposer=none``: the base method's last model is the result."""
+@dataclass
+class SupTicketsConfig(SuperposerConfig):
+    """``superposer=sup_tickets`` (Yin et al. UAI 2022, Alg. 1).
 
-    name = "none"
-    budget: Optional[CyclicBudget] = None
+    Budget: the cyclic phase is the last ``phase_fraction`` of the epochs rounded down to
+    whole cycles of ``cycle_epochs``, or ``num_tickets * cycle_epochs`` epochs when
+    ``num_tickets`` is set (Fig. 4). LR: ``lr_schedule`` ``triangle`` (Eq. 3) | ``fge`` | ``swa``
+    between ``lr_low`` and ``lr_high`` (absolute LRs). Exploration at each cycle start drops
+    ``explore_fraction`` per layer and regrows with ``explore_growth`` (``auto`` = the base
+    method's criterion). ``averaging`` ``cia`` | ``caa`` | ``cima`` (``beta``); ``reprune``
+    ``global`` | ``layerwise``; ``bn`` ``average`` | ``recompute``.
+    The per-dataset defaults of cycle length and LR range live in the ``dataset`` group.
+    """
 
-    def __init__(self, cfg: Any = None, trainer: Any = None) -> None:
-        self.cfg = cfg
-
-    def wrap_lr(self, base: Callable[[int], Callable[[int], float]], total_steps: int) -> Callable[[int], float]:
-        """LR multiplier for the whole run; ``base(n)`` builds the base schedule over ``n`` steps."""
-        return base(total_steps)
-
-    def sparsifier_active(self, step: int) -> bool:
-        return True
-
-    def after_step(self, step: int) -> None:
-        pass
-
-    def final_metrics(self, individual: Dict[str, Any]) -> Dict[str, Any]:
-        return {}
-
-    def final_masks(self) -> Optional[Dict[str, torch.Tensor]]:
-        return None
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        pass
+    name: str = "sup_tickets"
+    phase_fraction: float = 0.1
+    cycle_epochs: float = 8.0
+    num_tickets: Optional[int] = None
+    lr_schedule: str = "triangle"
+    lr_low: float = 0.001
+    lr_high: float = 0.005
+    explore_fraction: float = 0.5
+    explore_growth: str = "auto"
+    dst_updates_in_cycles: bool = True
+    averaging: str = "cia"
+    beta: float = 0.8
+    count_normal_phase_ticket: bool = False
+    prune_running_average: bool = False
+    reprune: str = "global"
+    bn: str = "average"
 
 
-class SupTickets(NoSuperposer):
-    """The Sup-tickets superposer, driven by :class:`sparse_exp.engine.Trainer`.
+def check_sup_tickets(cfg: Any) -> None:
+    """Ranges and the cyclic budget of ``superposer=sup_tickets`` (in epochs, before any data)."""
+    sp = cfg.superposer
+    require(0 < sp.phase_fraction < 1, "superposer.phase_fraction", sp.phase_fraction, "must be in (0, 1)")
+    require(sp.cycle_epochs > 0, "superposer.cycle_epochs", sp.cycle_epochs, "must be > 0 (epochs per cycle)")
+    if sp.num_tickets is not None:
+        require(sp.num_tickets >= 1, "superposer.num_tickets", sp.num_tickets, "must be >= 1 or null")
+        require(sp.num_tickets * sp.cycle_epochs < cfg.epochs, "superposer.num_tickets", sp.num_tickets,
+                f"num_tickets x cycle_epochs ({sp.num_tickets} x {sp.cycle_epochs}) must be shorter than "
+                f"epochs={cfg.epochs}")
+    else:
+        phase = sp.phase_fraction * cfg.epochs
+        require(sp.cycle_epochs <= phase + 1e-9, "superposer.cycle_epochs", sp.cycle_epochs,
+                f"must fit in the cyclic phase: phase_fraction x epochs = {phase:g} epochs holds no ticket")
+    require(0 < sp.lr_low <= sp.lr_high, "superposer.lr_low", sp.lr_low,
+            f"must satisfy 0 < lr_low <= lr_high ({sp.lr_high})")
+    one_of("superposer.lr_schedule", sp.lr_schedule, set(LR_SCHEDULES))
+    require(0 < sp.explore_fraction <= 1, "superposer.explore_fraction", sp.explore_fraction, "must be in (0, 1]")
+    one_of("superposer.explore_growth", sp.explore_growth, {"auto", "random", "gradient"})
+    one_of("superposer.averaging", sp.averaging, set(AVERAGING))
+    require(0 <= sp.beta < 1, "superposer.beta", sp.beta, "must be in [0, 1)")
+    one_of("superposer.reprune", sp.reprune, set(REPRUNE))
+    one_of("superposer.bn", sp.bn, {"average", "recompute"})
+    require(cfg.sparsity > 0, "sparsity", cfg.sparsity, "must be > 0 with superposer=sup_tickets")
+
+
+@SUPERPOSERS.register("sup_tickets", schema=SupTicketsConfig, checks=(check_sup_tickets,))
+class SupTickets(BaseCallback):
+    """The Sup-tickets booster as a callback (see the module doc).
 
     Args:
-        cfg: the ``superposer`` config node (:class:`sparse_exp.config.SupTicketsConfig`).
-        trainer: the running trainer (model, masking, optimizer, sparsifier, data, epochs).
+        cfg: the ``superposer`` config node (:class:`SupTicketsConfig`).
 
-    Raises:
+    Raises (in :meth:`setup`):
         sparse_exp.errors.ConfigError: a budget that holds no ticket or no normal phase.
     """
 
     name = "sup_tickets"
 
-    def __init__(self, cfg: Any, trainer: Any) -> None:
-        from sparse_exp.errors import ConfigError
-
-        super().__init__(cfg, trainer)
-        self.trainer = trainer
-        try:
-            self.budget = make_budget(trainer.cfg.epochs, trainer.steps_per_epoch, cfg.cycle_epochs,
-                                      cfg.phase_fraction, cfg.num_tickets)
-        except ValueError as exc:
-            raise ConfigError("superposer.cycle_epochs", cfg.cycle_epochs, str(exc)) from None
-        self.base_lr = trainer.cfg.optimizer.lr
-        self.ticket_steps = self.budget.ticket_steps(collect_fraction(cfg.lr_schedule))
-        self.explore_steps = self.budget.exploration_steps()
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.state: Optional[TrainState] = None
+        self.budget: Optional[CyclicBudget] = None
         self.averager = TicketAverager(cfg.averaging, cfg.beta, cfg.prune_running_average)
         self.tickets: List[Dict[str, float]] = []
         self.ticket_probs: List[torch.Tensor] = []
         self.superpose_seconds: List[float] = []
         self.ultimate_masks: Optional[Dict[str, torch.Tensor]] = None
+        self.growth: Optional[str] = None
+
+    def setup(self, state: TrainState) -> None:
+        cfg = self.cfg
+        self.state = state
+        try:
+            self.budget = make_budget(state.epochs, state.steps_per_epoch, cfg.cycle_epochs, cfg.phase_fraction,
+                                      cfg.num_tickets)
+        except ValueError as exc:
+            raise ConfigError("superposer.cycle_epochs", cfg.cycle_epochs, str(exc)) from None
+        self.ticket_steps = self.budget.ticket_steps(collect_fraction(cfg.lr_schedule))
+        self.explore_steps = self.budget.exploration_steps()
         growth = cfg.explore_growth
         if growth == "auto":
-            growth = getattr(trainer.sparsifier, "growth", None) or "gradient"
+            growth = state.sparsifier.growth or "gradient"
         self.growth = growth
 
     # ------------------------------------------------------------------ schedule
-    def wrap_lr(self, base: Callable[[int], Callable[[int], float]], total_steps: int) -> Callable[[int], float]:
+    def lr_schedule(self, base: Callable[[int], LRFactor], total_steps: int) -> Optional[LRFactor]:
         """Base schedule over the normal phase, then the cyclic LR (as a multiple of the base LR)."""
-        normal = base(self.budget.start_step)
         b, cfg = self.budget, self.cfg
+        return sup_tickets_lr_factor(b, base(b.start_step), cfg.lr_schedule, cfg.lr_low, cfg.lr_high,
+                                     self.state.base_lr)
 
-        def factor(step: int) -> float:
-            if step < b.start_step:
-                return normal(step)
-            i = step - b.start_step + 1
-            return cyclic_lr(cfg.lr_schedule, i, b.cycle_steps, cfg.lr_low, cfg.lr_high) / self.base_lr
-
-        return factor
-
-    def sparsifier_active(self, step: int) -> bool:
-        return self.cfg.dst_updates_in_cycles or step <= self.budget.start_step
+    def allow_mask_update(self, main_step: int) -> bool:
+        return self.cfg.dst_updates_in_cycles or main_step <= self.budget.start_step
 
     # ------------------------------------------------------------------ per step
-    def after_step(self, step: int) -> None:
+    def on_step_end(self, state: TrainState, mask_changed: bool) -> None:
+        step = state.main_step
+        if step < 1:
+            return
         if step == self.budget.start_step and self.cfg.count_normal_phase_ticket:
             self.collect(index=0)
         if step in self.ticket_steps:
@@ -138,15 +174,15 @@ class SupTickets(NoSuperposer):
 
     def explore(self) -> None:
         """One prune-and-grow of the individual model (Alg. 1 lines 11-12; Eq. 1-2)."""
-        t = self.trainer
-        dense = set(t.ctx.dense_layers())
+        t = self.state
+        dense = set(t.dense_layers)
         layers = [n for n in t.masking.names if n not in dense]
         drop_and_grow(t.masking, t.optimizer, self.cfg.explore_fraction, self.growth, t.sparsifier.generator, layers)
 
     @torch.no_grad()
     def collect(self, index: int) -> None:
         """Take the individual model as cheap ticket ``index``, superpose it and re-prune."""
-        t = self.trainer
+        t = self.state
         val = metrics_from_logits(*predict(t.model, t.data.val), t.num_classes)
         test_logits, test_labels = predict(t.model, t.data.test)
         test = metrics_from_logits(test_logits, test_labels, t.num_classes)
@@ -163,13 +199,13 @@ class SupTickets(NoSuperposer):
         self.superpose_seconds.append(time.perf_counter() - start)
         row["ultimate/val/acc"] = metrics_from_logits(*predict(ultimate, t.data.val), t.num_classes)["acc"]
         self.tickets.append(row)
-        t.log_metrics({f"tickets/{index}/{k}": v for k, v in row.items() if "/" in k and not k.startswith("ult")}
+        t.log({f"tickets/{index}/{k}": v for k, v in row.items() if "/" in k and not k.startswith("ult")}
                       | {"ultimate/val/acc": row["ultimate/val/acc"], "tickets/count": self.averager.count})
         log.info("ticket %d at step %d: val %.2f%%  test %.2f%%  -> ultimate val %.2f%% (%d tickets superposed)",
                  index, t.step, row["val/acc"], row["test/acc"], row["ultimate/val/acc"], self.averager.count)
 
     def _reprune(self) -> Dict[str, torch.Tensor]:
-        t = self.trainer
+        t = self.state
         avg = self.averager.averaged()
         weights = {n: avg[n] for n in t.masking.names}
         return reprune(weights, dict(t.masking.target_counts), self.cfg.reprune)
@@ -177,7 +213,7 @@ class SupTickets(NoSuperposer):
     @torch.no_grad()
     def ultimate_model(self) -> torch.nn.Module:
         """The ultimate ticket as a separate model (averaged state, re-pruned weights, BN handled)."""
-        t = self.trainer
+        t = self.state
         if not hasattr(self, "_ultimate"):
             self._ultimate = copy.deepcopy(t.model)
         avg = self.averager.averaged()
@@ -192,16 +228,21 @@ class SupTickets(NoSuperposer):
             self._ultimate.train(was_training)
         return self._ultimate
 
-    def final_masks(self) -> Optional[Dict[str, torch.Tensor]]:
+    def ultimate_ticket_masks(self) -> Dict[str, torch.Tensor]:
+        """Masks of the ultimate ticket (re-pruned superposition of the tickets so far)."""
         if self.ultimate_masks is None:
             self.ultimate_masks = self._reprune()
         return self.ultimate_masks
 
+    def final_masks(self, state: TrainState) -> Optional[Tuple[str, Dict[str, torch.Tensor]]]:
+        """The run reports the ultimate ticket."""
+        return "ultimate ticket", self.ultimate_ticket_masks()
+
     # ------------------------------------------------------------------ results
-    def final_metrics(self, individual: Dict[str, Any]) -> Dict[str, Any]:
+    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
         """Summary keys: the ultimate ticket's metrics as the run's result, the last individual
         model's as ``last/*``, per-ticket metrics, diversity, the superposition's cost."""
-        t = self.trainer
+        t = self.state
         if self.averager.count == 0:
             raise RuntimeError("the run ended before any ticket was collected")
         ultimate = self.ultimate_model()
@@ -210,7 +251,7 @@ class SupTickets(NoSuperposer):
         for split, loader in (("test", t.data.test), ("val", t.data.val)):
             for k, v in metrics_from_logits(*predict(ultimate, loader), t.num_classes).items():
                 out[f"{split}/{k}"] = v
-        masks = self.final_masks()
+        masks = self.ultimate_ticket_masks()
         ones = sum(int(m.count_nonzero()) for m in masks.values())
         out["sparsity/global"] = 1.0 - ones / t.masking.total
         out["sparsity/layers"] = {n: 1.0 - int(masks[n].count_nonzero()) / masks[n].numel() for n in masks}
@@ -230,6 +271,20 @@ class SupTickets(NoSuperposer):
         out["superpose/epoch_fraction"] = mean_s / epoch_s if epoch_s > 0 else float("nan")
         return out
 
+    def summary_lines(self, summary: Dict[str, Any]) -> List[str]:
+        """The ultimate ticket, the last individual model and each cheap ticket side by side."""
+        idx = sorted({int(k.split("/")[1]) for k in summary if k.startswith("tickets/") and k.split("/")[1].isdigit()})
+        rows = [("ultimate ticket", summary["test/acc"], summary["test/nll"], summary["test/ece"])]
+        rows.append(("last individual model", summary["last/test/acc"], summary["last/test/nll"],
+                     summary["last/test/ece"]))
+        rows += [(f"cheap ticket {i}", summary[f"tickets/{i}/test/acc"], summary[f"tickets/{i}/test/nll"],
+                  summary[f"tickets/{i}/test/ece"]) for i in idx]
+        lines = [f"  {'model':<24} {'test acc %':>10} {'NLL':>8} {'ECE':>8}"]
+        lines += [f"  {name:<24} {acc:>10.2f} {nll:>8.4f} {ece:>8.4f}" for name, acc, nll, ece in rows]
+        lines.append(f"  ({summary['tickets/count']} tickets superposed; diversity: disagreement "
+                     f"{summary['diversity/disagreement']:.4f}, KL {summary['diversity/kl']:.4f})")
+        return lines + [""]
+
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
         return {"averager": self.averager.state_dict(), "tickets": list(self.tickets),
@@ -237,8 +292,7 @@ class SupTickets(NoSuperposer):
                 "ultimate_masks": None if self.ultimate_masks is None else
                 {k: v.cpu() for k, v in self.ultimate_masks.items()}}
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        device = self.trainer.device
+    def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
         self.averager.load_state_dict(state["averager"], device)
         self.tickets = list(state["tickets"])
         self.ticket_probs = list(state["ticket_probs"])

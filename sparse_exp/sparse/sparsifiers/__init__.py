@@ -1,47 +1,27 @@
-"""Registry of sparsifiers: ``sparsifier=<name>`` on the command line picks one.
+"""Sparsifiers: ``sparsifier=<name>`` on the command line picks one from :data:`SPARSIFIERS`.
 
-Every entry has a config file ``conf/sparsifier/<name>.yaml`` and a schema in
-:mod:`sparse_exp.config`; ``tests/test_sparsifiers.py`` runs a contract test over all of them.
+Each module below registers its sparsifier(s) with their schema and config checks
+(``@SPARSIFIERS.register``, :mod:`sparse_exp.registry`); each has ``conf/sparsifier/<name>.yaml``,
+and ``tests/test_sparsifier_contract.py`` runs a contract test over every registered name.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Type
+from typing import Any
 
+from sparse_exp.registries import SPARSIFIERS
+from sparse_exp.sparse.sparsifiers import (dst, gradual, grasp, lth, mask_file, random_pruning,  # noqa: F401
+                                           snip, static, synflow)
 from sparse_exp.sparse.sparsifiers.base import SparseContext, Sparsifier
-from sparse_exp.sparse.sparsifiers.dst import RigLSparsifier, SETSparsifier
-from sparse_exp.sparse.sparsifiers.gradual import GradualMagnitudeSparsifier, GraNetSparsifier
-from sparse_exp.sparse.sparsifiers.lth import LotteryTicketSparsifier
-from sparse_exp.sparse.sparsifiers.mask_file import MaskFileSparsifier
-from sparse_exp.sparse.sparsifiers.pai import (GraspSparsifier, RandomPruningSparsifier, SnipSparsifier,
-                                               SynflowSparsifier)
-from sparse_exp.sparse.sparsifiers.static import DenseSparsifier, StaticSparsifier
-
-SPARSIFIERS: Dict[str, Type[Sparsifier]] = {
-    "dense": DenseSparsifier,
-    "static": StaticSparsifier,
-    "set": SETSparsifier,
-    "rigl": RigLSparsifier,
-    "granet": GraNetSparsifier,
-    "gmp": GradualMagnitudeSparsifier,
-    "mask_file": MaskFileSparsifier,
-    "lth": LotteryTicketSparsifier,
-    "snip": SnipSparsifier,
-    "grasp": GraspSparsifier,
-    "synflow": SynflowSparsifier,
-    "random": RandomPruningSparsifier,
-}
 
 
 def build_sparsifier(cfg: Any, ctx: SparseContext) -> Sparsifier:
-    """Instantiate the sparsifier named ``cfg.name``.
+    """Instantiate the sparsifier named ``cfg.name`` for ``ctx``.
 
     Raises:
-        ValueError: unknown name (lists the allowed ones).
+        sparse_exp.errors.ConfigError: unknown name (lists the allowed ones).
     """
-    if cfg.name not in SPARSIFIERS:
-        raise ValueError(f"sparsifier.name={cfg.name!r} is not known; allowed: {sorted(SPARSIFIERS)}")
-    return SPARSIFIERS[cfg.name](cfg, ctx)
+    return SPARSIFIERS.build(cfg.name, cfg, ctx)
 
 
 __all__ = ["SPARSIFIERS", "SparseContext", "Sparsifier", "build_sparsifier"]

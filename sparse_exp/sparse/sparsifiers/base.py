@@ -1,6 +1,6 @@
 """The sparsifier interface: how a sparse topology is chosen and evolved.
 
-Life cycle, driven by :mod:`sparse_exp.engine`:
+Life cycle, driven by :mod:`sparse_exp.build` and :mod:`sparse_exp.loop`:
 
 1. ``sparsifier = build_sparsifier(cfg.sparsifier, ctx)``
 2. ``sparsifier.init_masks()`` once before the first step (pruning-at-init methods may draw
@@ -10,18 +10,54 @@ Life cycle, driven by :mod:`sparse_exp.engine`:
    ``p.grad`` (gradients are never masked) and may change masks in place; if it does it must
    re-apply them (weights and optimizer buffers zeroed off the new mask) and return ``True``.
 4. ``state_dict()`` / ``load_state_dict()`` hold everything needed to resume bitwise.
+
+What a sparsifier declares, so that the loop and the FLOP accounting never ask for it by name:
+
+* ``growth`` -- its regrowth criterion (``"random"`` / ``"gradient"``, or None for methods that never
+  regrow); Sup-tickets' exploration uses it (``explore_growth=auto``).
+* :meth:`Sparsifier.dense_gradient_at` -- whether its mask update at a step reads the dense weight
+  gradient (RigL, GraNet regeneration), which costs ``f_D`` instead of ``f_S`` in training FLOPs.
+* :meth:`Sparsifier.lr_phases` -- epochs it trains before the run's own ``epochs``, each phase
+  restarting the LR schedule (LTH's IMP rounds).
+* :meth:`Sparsifier.flop_schedule` / :meth:`Sparsifier.flop_allocation` -- its training-cost model for the
+  FLOP estimate without training (``python -m sparse_exp.flops``): the global density per step and the
+  dense-gradient steps (a :class:`~sparse_exp.sparse.schedules.FlopSchedule`, built from the schedule
+  objects the sparsifier itself runs on), and how its layer densities are estimated.
+
+A new sparsifier is one module that subclasses :class:`Sparsifier` and registers itself with its schema
+and checks (``@SPARSIFIERS.register(name, schema=..., checks=...)``, :mod:`sparse_exp.registry`), plus
+``conf/sparsifier/<name>.yaml``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from sparse_exp.errors import require
+from sparse_exp.registries import SPARSIFIERS
 from sparse_exp.sparse.distributions import layer_counts
+from sparse_exp.sparse.flops import Allocation
 from sparse_exp.sparse.masking import Masking, dense_layer_names
+from sparse_exp.sparse.schedules import ConstantDensity, FlopSchedule
+
+
+@SPARSIFIERS.group_check
+def check_no_missing_keys(cfg: Any) -> None:
+    """Every key of the chosen sparsifier's schema is set (``???`` keys such as ``mask_file``'s path)."""
+    sp = cfg.sparsifier
+    for key in sp.keys():
+        require(not OmegaConf.is_missing(sp, key), f"sparsifier.{key}", "???", f"is required for sparsifier={sp.name}")
+
+
+def check_sparse_target(cfg: Any) -> None:
+    """``sparsity`` > 0: a sparse method needs a sparse target (dense training is ``sparsifier=dense``)."""
+    require(cfg.sparsity > 0, "sparsity", cfg.sparsity,
+            "must be > 0 for a sparse method (use sparsifier=dense for dense training)")
 
 
 @dataclass
@@ -77,10 +113,8 @@ class Sparsifier:
     """Base class; subclasses set ``name`` and override what they need."""
 
     name: str = "base"
-    #: True if masks change during training (DST, gradual pruning); used by FLOP accounting.
-    dynamic: bool = False
-    #: epochs the engine runs before the ``epochs`` of the final training (LTH's IMP rounds).
-    pretrain_epochs: int = 0
+    #: regrowth criterion, ``"random"`` | ``"gradient"``, or None (never regrows)
+    growth: Optional[str] = None
 
     def __init__(self, cfg: Any, ctx: SparseContext) -> None:
         self.cfg = cfg
@@ -98,8 +132,35 @@ class Sparsifier:
         return False
 
     def on_epoch_end(self, epoch: int) -> bool:
-        """Called after each epoch (``epoch`` = completed epochs); True if masks changed."""
+        """Called after each epoch (``epoch`` = completed epochs of the whole run); True if masks changed."""
         return False
+
+    def dense_gradient_at(self, step: int) -> bool:
+        """Whether a mask update at ``step`` (main-phase step, from 1) reads the dense weight gradient
+        (training FLOPs ``2 f_S + f_D`` instead of ``3 f_S``, RigL App. H). Default: never."""
+        return False
+
+    def lr_phases(self) -> List[Tuple[str, int]]:
+        """``(name, epochs)`` of the phases trained before the run's own ``epochs``, each restarting the LR
+        schedule (LTH: one per IMP round). Default: none."""
+        return []
+
+    @classmethod
+    def flop_schedule(cls, cfg: Any, total_steps: Optional[int], density: float) -> Optional[FlopSchedule]:
+        """Training-cost model of a run with sparsifier config ``cfg`` and target global ``density``.
+
+        ``total_steps`` (optimizer steps of the main phase) gives a step-exact schedule; None one for the
+        continuous estimate (:func:`sparse_exp.sparse.flops.expected_training_ratio`). Return None when the
+        cost cannot be modelled. Default: a fixed topology at ``density``, no dense gradient (``3 f_S``
+        every step: static, pruning at init, mask file).
+        """
+        return FlopSchedule(ConstantDensity(density), None, total_steps)
+
+    @classmethod
+    def flop_allocation(cls, cfg: Any, distribution: str, shapes: Dict[str, Tuple[int, ...]]) -> Allocation:
+        """How the estimate spreads a global density over the layers (``shapes``: prunable layer -> shape),
+        given the configured ``distribution.name``. Default: that distribution, exactly as the masks."""
+        return Allocation(distribution)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"generator": self.generator.get_state(), "updates": self.updates}

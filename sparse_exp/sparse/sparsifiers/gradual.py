@@ -22,38 +22,114 @@ here all counts are exact.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
+from sparse_exp.config import SparsifierConfig
+from sparse_exp.errors import ConfigError, one_of, require
+from sparse_exp.registries import SPARSIFIERS
+from sparse_exp.sparse.flops import Allocation
 from sparse_exp.sparse.masking import masks_from_counts
-from sparse_exp.sparse.sparsifiers.base import Sparsifier
-from sparse_exp.sparse.topology import cosine_fraction, drop_and_grow, global_magnitude_prune
+from sparse_exp.sparse.schedules import CubicDensity, FlopSchedule, UpdateInterval, drop_fraction_schedule
+from sparse_exp.sparse.sparsifiers.base import Sparsifier, check_sparse_target
+from sparse_exp.sparse.topology import drop_and_grow, global_magnitude_prune
 
 
+@dataclass
+class GradualSparsifierConfig(SparsifierConfig):
+    """``sparsifier=granet`` / ``gmp``: gradual global magnitude pruning (cubic schedule).
+
+    ``init_density``: density before pruning starts (GraNet 0.5, GMP 1.0 = dense);
+    ``prune_start_fraction`` / ``prune_end_fraction``: the pruning window as fractions of
+    training; ``delta_t``: steps between pruning (and regeneration) updates.
+    ``prune_rate`` (GraNet only): neuroregeneration drop fraction, decayed (``cosine`` to
+    ``prune_rate_min`` over the run, or ``constant``) until ``stop_fraction`` of training.
+    """
+
+    init_density: float = 0.5
+    prune_start_fraction: float = 0.0
+    prune_end_fraction: float = 0.6875
+    delta_t: int = 1000
+    prune_rate: float = 0.5
+    prune_rate_decay: str = "cosine"
+    prune_rate_min: float = 0.005
+    stop_fraction: float = 1.0
+
+
+def check_gradual(cfg: Any) -> None:
+    """Ranges of the gradual-pruning keys (``delta_t``, ``init_density``, the pruning window, the
+    regeneration rate and its decay, ``stop_fraction``)."""
+    sp = cfg.sparsifier
+    require(sp.delta_t >= 1, "sparsifier.delta_t", sp.delta_t, "must be an integer >= 1 (optimizer steps)")
+    require(0 < sp.stop_fraction <= 1, "sparsifier.stop_fraction", sp.stop_fraction, "must be in (0, 1]")
+    require(0 < sp.init_density <= 1, "sparsifier.init_density", sp.init_density, "must be in (0, 1]")
+    require(0 <= sp.prune_start_fraction < sp.prune_end_fraction <= 1, "sparsifier.prune_end_fraction",
+            sp.prune_end_fraction,
+            f"must satisfy 0 <= prune_start_fraction ({sp.prune_start_fraction}) < prune_end_fraction <= 1")
+    require(0 <= sp.prune_rate <= 1, "sparsifier.prune_rate", sp.prune_rate, "must be in [0, 1]")
+    require(0 <= sp.prune_rate_min <= sp.prune_rate, "sparsifier.prune_rate_min", sp.prune_rate_min,
+            f"must be in [0, prune_rate={sp.prune_rate}]")
+    one_of("sparsifier.prune_rate_decay", sp.prune_rate_decay, {"cosine", "constant"})
+
+
+@SPARSIFIERS.register("gmp", schema=GradualSparsifierConfig, checks=(check_gradual,))
 class GradualMagnitudeSparsifier(Sparsifier):
     """GMP: dense start, cubic global magnitude pruning to the target density."""
 
     name = "gmp"
-    dynamic = True
     regenerate = False
 
     def __init__(self, cfg: Any, ctx) -> None:
         super().__init__(cfg, ctx)
         dt = cfg.delta_t
-        self.first_iter = int(cfg.prune_start_fraction * ctx.total_steps) // dt
-        self.final_iter = max(self.first_iter + 1, int(cfg.prune_end_fraction * ctx.total_steps) // dt)
-        self.init_density = max(float(cfg.init_density), ctx.density)
+        #: the cubic density schedule (its pruning iterations ``first_iter .. final_iter``)
+        self.density_schedule = self.cubic_density(cfg, ctx.total_steps, ctx.density)
+        self.first_iter = self.density_schedule.first_iter
+        self.final_iter = self.density_schedule.final_iter
+        self.init_density = self.density_schedule.initial
         if self.final_iter * dt > ctx.total_steps:
-            from sparse_exp.errors import ConfigError
-
             raise ConfigError("sparsifier.delta_t", dt, f"must be at most prune_end_fraction x total steps "
                               f"({int(cfg.prune_end_fraction * ctx.total_steps)}), or the target sparsity is never reached")
+        #: neuroregeneration steps (GraNet) or None (GMP)
+        self.regeneration = self.regeneration_interval(cfg, ctx.total_steps)
+        #: neuroregeneration drop fraction: cosine to ``prune_rate_min`` over the run, or constant
+        self.rate_schedule = None if self.regeneration is None else drop_fraction_schedule(
+            cfg.prune_rate_decay, cfg.prune_rate, ctx.total_steps, cfg.prune_rate_min)
+
+    @staticmethod
+    def cubic_density(cfg: Any, total_steps: Optional[int], density: float) -> CubicDensity:
+        """Zhu & Gupta's schedule from ``max(init_density, density)`` to ``density`` over the pruning window."""
+        return CubicDensity(max(float(cfg.init_density), density), density, float(cfg.prune_start_fraction),
+                            float(cfg.prune_end_fraction), int(cfg.delta_t), total_steps)
+
+    @classmethod
+    def regeneration_interval(cls, cfg: Any, total_steps: Optional[int]) -> Optional[UpdateInterval]:
+        """GraNet: every ``delta_t`` steps until ``stop_fraction`` of training; GMP: None."""
+        return UpdateInterval(int(cfg.delta_t), float(cfg.stop_fraction), total_steps) if cls.regenerate else None
+
+    @classmethod
+    def flop_schedule(cls, cfg: Any, total_steps: Optional[int], density: float) -> FlopSchedule:
+        """Cubic density; regeneration grows by dense gradient, so its steps read the dense gradient."""
+        return FlopSchedule(cls.cubic_density(cfg, total_steps, density),
+                            cls.regeneration_interval(cfg, total_steps), total_steps)
+
+    @classmethod
+    def flop_allocation(cls, cfg: Any, distribution: str, shapes: Dict[str, tuple]) -> Allocation:
+        """Layer densities emerge from global magnitude pruning; the estimate uses the distribution."""
+        return Allocation(distribution, f"{cls.name} prunes globally by magnitude; the estimate uses "
+                                        f"distribution={distribution} at every density of the cubic schedule")
 
     def density_at(self, step: int) -> float:
         """Scheduled global density after the update at ``step`` (cubic, Zhu & Gupta Eq. 1)."""
-        it = step // self.cfg.delta_t
-        progress = min(1.0, max(0.0, (it - self.first_iter) / (self.final_iter - self.first_iter)))
-        df = self.ctx.density
-        return df + (self.init_density - df) * (1.0 - progress) ** 3
+        return self.density_schedule.at(step)
+
+    def regenerates_at(self, step: int) -> bool:
+        """Whether ``step`` is a neuroregeneration step (GraNet: every ``delta_t`` until ``stop_fraction``)."""
+        return self.regeneration is not None and self.regeneration.is_update(step)
+
+    def dense_gradient_at(self, step: int) -> bool:
+        """Regeneration grows by dense-gradient magnitude (GraNet Sec. 3.2), so it reads the dense gradient."""
+        return self.regenerates_at(step)
 
     def init_masks(self) -> None:
         m = self.ctx.masking
@@ -69,17 +145,15 @@ class GradualMagnitudeSparsifier(Sparsifier):
     def after_step(self, step: int) -> bool:
         if step % self.cfg.delta_t != 0:
             return False
-        it = step // self.cfg.delta_t
         m = self.ctx.masking
         changed = False
-        if self.first_iter <= it <= self.final_iter:
+        if self.density_schedule.prunes_at(step):
             keep = int(round(self.density_at(step) * m.total))
             if keep < sum(m.target_counts.values()):
                 global_magnitude_prune(m, self.ctx.optimizer, keep, self.ctx.dense_layers())
                 changed = True
-        if self.regenerate and step <= self.cfg.stop_fraction * self.ctx.total_steps:
-            rate = cosine_fraction(self.cfg.prune_rate, step, self.ctx.total_steps, self.cfg.prune_rate_min) \
-                if self.cfg.prune_rate_decay == "cosine" else self.cfg.prune_rate
+        if self.regenerates_at(step):
+            rate = self.rate_schedule.at(step)
             layers = [n for n in m.names if n not in set(self.ctx.dense_layers())]
             drop_and_grow(m, self.ctx.optimizer, rate, "gradient", self.generator, layers)
             changed = True
@@ -88,6 +162,7 @@ class GradualMagnitudeSparsifier(Sparsifier):
 
 
 
+@SPARSIFIERS.register("granet", schema=GradualSparsifierConfig, checks=(check_sparse_target, check_gradual))
 class GraNetSparsifier(GradualMagnitudeSparsifier):
     """GraNet: sparse start, gradual global magnitude pruning and gradient neuroregeneration."""
 

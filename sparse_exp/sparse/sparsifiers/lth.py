@@ -5,8 +5,9 @@ pruning", global magnitude for deep nets, Sec. 4/5); Frankle et al., "Linear Mod
 and the Lottery Ticket Hypothesis", ICML 2020 (rewinding to an early iteration k).
 
 The run trains ``rounds`` IMP rounds of ``round_epochs`` epochs each before the ticket's own
-training of ``epochs`` epochs (the engine runs ``rounds * round_epochs + epochs`` epochs in
-all; each round restarts the LR schedule and the optimizer state). At the end of round r
+training of ``epochs`` epochs (declared as LR phases, :meth:`LotteryTicketSparsifier.lr_phases`, so the
+loop runs ``rounds * round_epochs + epochs`` epochs in all; each round restarts the LR schedule and
+the optimizer state). At the end of round r
 (1..R) the active weights are pruned globally by magnitude to density ``d ** (r / R)`` (the
 same fraction of the remaining weights every round; exact counts) and the surviving weights
 are rewound to their values at ``rewind_epoch`` of the first round (0 = initialisation); BN
@@ -18,20 +19,47 @@ in the right round.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
 
-from sparse_exp.sparse.sparsifiers.base import Sparsifier
+from sparse_exp.config import SparsifierConfig
+from sparse_exp.errors import require
+from sparse_exp.registries import SPARSIFIERS
+from sparse_exp.sparse.sparsifiers.base import Sparsifier, check_sparse_target
 from sparse_exp.sparse.topology import global_magnitude_prune
 
 
+@dataclass
+class LotteryTicketConfig(SparsifierConfig):
+    """``sparsifier=lth``: IMP with rewinding (Frankle & Carbin 2019; Frankle et al. 2020).
+
+    ``rounds`` pruning rounds of ``round_epochs`` epochs each, pruning to density
+    ``(1 - sparsity) ** (r / rounds)`` after round r; ``rewind_epoch`` 0 rewinds to init.
+    """
+
+    name: str = "lth"
+    rounds: int = 5
+    round_epochs: int = 10
+    rewind_epoch: int = 0
+
+
+def check_lth(cfg: Any) -> None:
+    """``rounds`` >= 1, ``round_epochs`` >= 1 and ``rewind_epoch`` in [0, round_epochs)."""
+    sp = cfg.sparsifier
+    require(sp.rounds >= 1, "sparsifier.rounds", sp.rounds, "must be an integer >= 1")
+    require(sp.round_epochs >= 1, "sparsifier.round_epochs", sp.round_epochs, "must be an integer >= 1")
+    require(0 <= sp.rewind_epoch < sp.round_epochs, "sparsifier.rewind_epoch", sp.rewind_epoch,
+            f"must be in [0, round_epochs={sp.round_epochs})")
+
+
+@SPARSIFIERS.register("lth", schema=LotteryTicketConfig, checks=(check_sparse_target, check_lth))
 class LotteryTicketSparsifier(Sparsifier):
-    """IMP with rewinding; ``pretrain_epochs = rounds * round_epochs`` epochs before the ticket."""
+    """IMP with rewinding: ``rounds`` LR phases of ``round_epochs`` epochs before the ticket's training."""
 
     name = "lth"
 
     def __init__(self, cfg: Any, ctx) -> None:
         super().__init__(cfg, ctx)
-        self.pretrain_epochs = int(cfg.rounds) * int(cfg.round_epochs)
         self.round = 0
         self.rewind_state: Dict[str, Any] | None = None
 
@@ -41,6 +69,16 @@ class LotteryTicketSparsifier(Sparsifier):
         m.target_counts = dict(m.sizes)
         if self.cfg.rewind_epoch == 0:
             self._save_rewind()
+
+    @classmethod
+    def flop_schedule(cls, cfg: Any, total_steps: Optional[int], density: float) -> None:
+        """No training-FLOP model: the IMP rounds train at decreasing densities in phases of their own,
+        outside the main phase's ``total_steps``."""
+        return None
+
+    def lr_phases(self) -> List[Tuple[str, int]]:
+        """One phase per IMP round, ``("round<r>", round_epochs)``, each restarting the LR schedule."""
+        return [(f"round{r}", int(self.cfg.round_epochs)) for r in range(1, int(self.cfg.rounds) + 1)]
 
     def _save_rewind(self) -> None:
         self.rewind_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.ctx.model.state_dict().items()})

@@ -15,13 +15,26 @@ The mask fixes the topology (static training). Its sparsity must match ``sparsit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, Tuple
 
 import torch
+from omegaconf import MISSING
 
+from sparse_exp.config import SparsifierConfig
 from sparse_exp.errors import ConfigError
-from sparse_exp.sparse.sparsifiers.base import Sparsifier
+from sparse_exp.registries import SPARSIFIERS
+from sparse_exp.sparse.flops import Allocation
+from sparse_exp.sparse.sparsifiers.base import Sparsifier, check_sparse_target
+
+
+@dataclass
+class MaskFileSparsifierConfig(SparsifierConfig):
+    """``sparsifier=mask_file sparsifier.path=runs/<run>/masks.pt``: train a given mask."""
+
+    name: str = "mask_file"
+    path: str = MISSING
 
 
 def _normalise(name: str) -> str:
@@ -49,10 +62,24 @@ def load_mask_file(path: str | Path) -> Dict[str, torch.Tensor]:
     return masks
 
 
+@SPARSIFIERS.register("mask_file", schema=MaskFileSparsifierConfig, checks=(check_sparse_target,))
 class MaskFileSparsifier(Sparsifier):
     """Static training from a mask file (``cfg.path``)."""
 
     name = "mask_file"
+
+    @classmethod
+    def flop_allocation(cls, cfg: Any, distribution: str, shapes: Dict[str, Tuple[int, ...]]) -> Allocation:
+        """The layer densities of the mask file (``cfg.path``), for every layer of ``shapes``.
+
+        Raises:
+            ConfigError: the file is not readable or has no mask for some layer.
+        """
+        masks = load_mask_file(cfg.path)
+        missing = [n for n in shapes if n not in masks]
+        if missing:
+            raise ConfigError("sparsifier.path", str(cfg.path), f"has no mask for layers {missing[:5]}")
+        return Allocation(distribution, layers={n: float(masks[n].float().mean()) for n in shapes})
 
     def init_masks(self) -> None:
         m = self.ctx.masking

@@ -7,14 +7,46 @@ RigL (Evci et al. 2020, Sec. 4) and of the Sup-tickets tables (Yin et al. 2022, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from sparse_exp.config import SparsifierConfig
+from sparse_exp.errors import require
+from sparse_exp.registries import SPARSIFIERS
 from sparse_exp.sparse.masking import masks_from_counts
-from sparse_exp.sparse.sparsifiers.base import Sparsifier
+from sparse_exp.sparse.schedules import ConstantDensity, FlopSchedule
+from sparse_exp.sparse.sparsifiers.base import Sparsifier, check_sparse_target
 
 
+@dataclass
+class DenseSparsifierConfig(SparsifierConfig):
+    """``sparsifier=dense``: no masks at all (the dense baseline; ``sparsity`` must be 0)."""
+
+    name: str = "dense"
+
+
+@dataclass
+class StaticSparsifierConfig(SparsifierConfig):
+    """``sparsifier=static``: random exact-count mask drawn once at initialisation, then fixed."""
+
+    name: str = "static"
+
+
+def check_dense_target(cfg: Any) -> None:
+    """``sparsity`` = 0 with ``sparsifier=dense``."""
+    require(cfg.sparsity == 0, "sparsity", cfg.sparsity, "must be 0 with sparsifier=dense")
+
+
+@SPARSIFIERS.register("dense", schema=DenseSparsifierConfig, checks=(check_dense_target,))
 class DenseSparsifier(Sparsifier):
     """No masks: every prunable weight stays trainable (requires ``sparsity=0``)."""
 
     name = "dense"
+
+    @classmethod
+    def flop_schedule(cls, cfg: Any, total_steps: Optional[int], density: float) -> FlopSchedule:
+        """Dense training: density 1 at every step (``3 f_D``, ratio 1)."""
+        return FlopSchedule(ConstantDensity(1.0), None, total_steps)
 
     def init_masks(self) -> None:
         m = self.ctx.masking
@@ -22,6 +54,7 @@ class DenseSparsifier(Sparsifier):
         m.target_counts = dict(m.sizes)
 
 
+@SPARSIFIERS.register("static", schema=StaticSparsifierConfig, checks=(check_sparse_target,))
 class StaticSparsifier(Sparsifier):
     """Random exact-count masks drawn once from the run seed, then fixed."""
 

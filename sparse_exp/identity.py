@@ -1,0 +1,55 @@
+"""What identifies a run: its choices (written into ``summary.json``) and the config keys that do not
+change its result (left out of run-directory names and of run identity when tables are collected).
+
+Single source for :mod:`sparse_exp.build` (the summary's identity block) and :mod:`analysis.collect`
+(deduplicating requeued runs). The result-neutral keys are read from ``conf/config.yaml``
+(``hydra.job.config.override_dirname.exclude_keys``), so the run-directory names and the analysis can
+never disagree.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+#: config groups whose chosen option (``<group>.name``) identifies a run
+IDENTITY_GROUPS: Tuple[str, ...] = ("model", "dataset", "sparsifier", "superposer", "distribution")
+#: top-level numbers that identify a run
+IDENTITY_VALUES: Tuple[str, ...] = ("sparsity", "seed", "epochs")
+#: every identity key, in the order of ``summary.json``
+IDENTITY: Tuple[str, ...] = IDENTITY_GROUPS + IDENTITY_VALUES
+
+#: keys that never reach run-directory names but are not config choices either
+_NOT_CONFIG = ("hydra", "run_dir")
+
+
+def identity(cfg: Any) -> Dict[str, Any]:
+    """The run's identifying choices, as written into ``summary.json``.
+
+    Args:
+        cfg: a composed config (``conf/config.yaml``).
+
+    Returns:
+        ``{"model": name, "dataset": name, ..., "sparsity": float, "seed": int, "epochs": int}``.
+    """
+    out: Dict[str, Any] = {k: cfg[k].name for k in IDENTITY_GROUPS}
+    out.update(sparsity=float(cfg.sparsity), seed=int(cfg.seed), epochs=int(cfg.epochs))
+    return out
+
+
+@lru_cache(maxsize=1)
+def result_neutral_keys() -> Tuple[str, ...]:
+    """Config keys (and their children) that do not change a run's result: ``conf/config.yaml``'s
+    ``override_dirname.exclude_keys`` plus ``hydra`` and ``run_dir``.
+
+    Raises:
+        FileNotFoundError: ``conf/config.yaml`` is missing (the package runs from a checkout).
+    """
+    import yaml
+
+    cfg = yaml.safe_load((CONF_DIR / "config.yaml").read_text())
+    keys = cfg["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
+    return tuple(keys) + _NOT_CONFIG

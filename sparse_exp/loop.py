@@ -1,0 +1,304 @@
+"""The training loop: epochs of :func:`train_step`, callbacks at fixed points, a checkpoint every epoch.
+
+``Trainer(cfg, run_dir).fit()`` builds the run (:func:`sparse_exp.build.build_run`), resumes from
+``checkpoint.pt`` if there is one, trains, and writes ``summary.json`` (:mod:`sparse_exp.summary`).
+The loop names no method: the sparsifier evolves the masks, everything else plugs in through the
+callback protocol (:mod:`sparse_exp.callbacks`).
+
+The per-step path has no host synchronisation: loss and accuracy are accumulated on the device and
+read once per ``log_every`` steps (progress bar) and once per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from sparse_exp.build import Run, build_run
+from sparse_exp.distributed import any_rank
+from sparse_exp.identity import identity
+from sparse_exp.loggers import build_logger
+from sparse_exp.metrics import evaluate
+from sparse_exp.preemption import PreemptionGuard
+from sparse_exp.rundir import RunDir
+from sparse_exp.seeding import rng_state, set_rng_state
+from sparse_exp.summary import final_summary
+
+log = logging.getLogger("sparse_exp")
+
+#: ``train_step(x, y) -> (loss, logits)``, both detached
+TrainStep = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
+
+
+class Preempted(Exception):
+    """Training stopped on request (SLURM preemption / time limit); a checkpoint was written."""
+
+
+def make_train_step(run: Run) -> TrainStep:
+    """One optimizer step on a batch: forward, loss, backward, optimizer step, mask application.
+
+    Args (of the returned function):
+        x: input batch ``(B, C, H, W)`` on the run's device; y: labels ``(B,)``.
+
+    Returns:
+        ``(loss, logits)``: the batch's mean training loss (scalar) and logits ``(B, classes)``, detached.
+
+    Free of Python bookkeeping (no counters, no host synchronisation), so that it can be compiled or
+    captured as a whole; mask updates, tickets and evaluation happen outside it.
+    """
+    model, loss_fn, opt, masking = run.train_model, run.loss_fn, run.optimizer, run.masking
+
+    def train_step(x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        masking.apply_(opt)
+        return loss.detach(), logits.detach()
+
+    return train_step
+
+
+class Trainer:
+    """Owns one run. ``Trainer(cfg, run_dir).fit()`` returns the summary dict.
+
+    Args:
+        cfg: a composed and validated config (``conf/config.yaml``).
+        run_dir: where outputs go (created by :meth:`RunDir.prepare`).
+
+    Attributes:
+        run: the built :class:`~sparse_exp.build.Run` (model, masking, sparsifier, callbacks, ...).
+        preemption: polled after every step; ``requested`` -> checkpoint and raise :class:`Preempted`.
+    """
+
+    def __init__(self, cfg: Any, run_dir: RunDir) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.run = build_run(cfg)
+        run_dir.writable = run_dir.writable and self.run.dist.is_main
+        self.state = self.run.state
+        self.state.log = self.log_metrics
+        self.train_step = make_train_step(self.run)
+        self.logger = None
+        self.batch_in_epoch = 0  # batches done in the current epoch (non-zero only in a preemption checkpoint)
+        self._acc = (0.0, 0, 0)  # loss sum, correct, seen of the current epoch (for mid-epoch resume)
+        self._resume_rng: Optional[Dict[str, Any]] = None
+        self.preemption: Any = None
+
+    # ------------------------------------------------------------------ views
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.run.model
+
+    @property
+    def masking(self):
+        return self.run.masking
+
+    @property
+    def sparsifier(self):
+        return self.run.sparsifier
+
+    @property
+    def data(self):
+        return self.run.data
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps completed in the whole run."""
+        return self.state.step
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed in the whole run."""
+        return self.state.epoch
+
+    def callback(self, name: str) -> Any:
+        """The run's callback called ``name``.
+
+        Raises:
+            KeyError: no such callback (the message lists the run's callbacks).
+        """
+        for cb in self.run.callbacks:
+            if cb.name == name:
+                return cb
+        raise KeyError(f"no callback {name!r}; this run has {[cb.name for cb in self.run.callbacks]}")
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> Dict[str, Any]:
+        r, s = self.run, self.state
+        return {
+            "model": r.model.state_dict(),
+            "optimizer": r.optimizer.state_dict(),
+            "scheduler": r.scheduler.state_dict(),
+            "masking": r.masking.state_dict(),
+            "sparsifier": r.sparsifier.state_dict(),
+            "callbacks": r.callbacks.state_dict(),
+            "rng": rng_state(),
+            "epoch": s.epoch,
+            "step": s.step,
+            "elapsed": s.elapsed,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_accumulators": self._acc,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        r, s = self.run, self.state
+        r.model.load_state_dict(state["model"])
+        r.optimizer.load_state_dict(state["optimizer"])
+        r.scheduler.load_state_dict(state["scheduler"])
+        r.masking.load_state_dict(state["masking"])
+        r.sparsifier.load_state_dict(state["sparsifier"])
+        callbacks = state.get("callbacks")
+        if callbacks is None:  # a checkpoint of the engine before the callback protocol (issue 9)
+            callbacks = {"flops": state["flops"], self.cfg.superposer.name: state.get("superposer", {})}
+        r.callbacks.load_state_dict(callbacks, r.device)
+        set_rng_state(state["rng"])
+        s.epoch, s.step, s.elapsed = state["epoch"], state["step"], state["elapsed"]
+        self.batch_in_epoch = state.get("batch_in_epoch", 0)
+        self._acc = tuple(state.get("epoch_accumulators", (0.0, 0, 0)))
+        self._resume_rng = state["rng"] if self.batch_in_epoch else None
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self) -> Dict[str, float]:
+        """One pass over the training split; returns mean loss, accuracy (%) and final LR.
+
+        Resumes mid-epoch after a preemption checkpoint: the first ``batch_in_epoch`` batches are
+        skipped and the RNG state of the checkpoint is restored after skipping them, so the rest of
+        the epoch is what the uninterrupted run would have done.
+
+        Raises:
+            Preempted: a preemption was requested (``self.preemption.requested``); a mid-epoch
+            checkpoint has been written.
+        """
+        r, s, cfg = self.run, self.state, self.cfg
+        r.train_model.train()
+        start = self.batch_in_epoch
+        loss_sum = torch.full((), self._acc[0], device=r.device)
+        correct = torch.full((), self._acc[1], device=r.device, dtype=torch.long)
+        seen = self._acc[2]
+        r.callbacks.on_epoch_start(s)
+        bar = tqdm(r.train_loader.iterate(s.epoch), total=s.steps_per_epoch, leave=False,
+                   disable=not cfg.progress or not r.dist.is_main, desc=f"epoch {s.epoch + 1}/{r.total_epochs}")
+        for i, (x, y) in enumerate(bar):
+            if i < start:
+                if i + 1 == start and self._resume_rng is not None:
+                    set_rng_state(self._resume_rng)  # undo what skipping the batches drew
+                continue
+            loss, logits = self.train_step(x, y)
+            s.step += 1
+            changed = False
+            if s.main_step >= 1 and r.callbacks.allow_mask_update(s.main_step):
+                changed = r.sparsifier.after_step(s.main_step)
+            r.callbacks.on_step_end(s, changed)
+            r.scheduler.step()
+            if cfg.check_invariants:
+                r.masking.check_invariants(r.optimizer)
+            loss_sum += loss * y.shape[0]
+            correct += (logits.argmax(1) == y).sum()
+            seen += y.shape[0]
+            if cfg.progress and (i + 1) % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
+            if self.preemption is not None and self._preempt_now(i):
+                self.batch_in_epoch, self._acc = i + 1, (loss_sum.item(), int(correct.item()), seen)
+                self.run_dir.save_checkpoint(self.state_dict())
+                bar.close()
+                raise Preempted(f"preempted at epoch {s.epoch} batch {i + 1} (step {s.step})")
+        bar.close()
+        self.batch_in_epoch, self._acc, self._resume_rng = 0, (0.0, 0, 0), None
+        return {"train/loss": loss_sum.item() / max(seen, 1), "train/acc": 100.0 * correct.item() / max(seen, 1),
+                "lr": r.optimizer.param_groups[0]["lr"]}
+
+    def _preempt_now(self, i: int) -> bool:
+        """Whether to stop after batch ``i``: every step for one process; with DDP, all ranks agree
+        every ``log_every`` steps (one all-reduce) so that they stop at the same step."""
+        if not self.run.dist.enabled:
+            return self.preemption.requested
+        if (i + 1) % self.cfg.log_every:
+            return False
+        return any_rank(self.preemption.requested, self.run.dist, self.run.device)
+
+    def log_metrics(self, row: Dict[str, Any]) -> None:
+        """Send ``row`` to the experiment logger at the current step (no-op before :meth:`fit`)."""
+        if self.logger is not None:
+            self.logger.log(row, step=self.state.step)
+
+    def _epoch(self) -> Dict[str, Any]:
+        """Train one epoch, run the epoch-end hooks and validation; returns the metrics row."""
+        r, s = self.run, self.state
+        t0 = time.perf_counter()
+        phase = r.phase_at(s.epoch)
+        row = self.train_epoch()
+        s.epoch += 1
+        r.sparsifier.on_epoch_end(s.epoch)
+        s.elapsed += time.perf_counter() - t0
+        row.update(evaluate(r.model, r.data.val, s.num_classes, prefix="val"))
+        row.update({"epoch": s.epoch, "step": s.step, "phase": phase,
+                    "sparsity/global": r.masking.global_sparsity(), "itop_rate": r.masking.itop_rate()})
+        r.callbacks.on_epoch_end(s, row)
+        row["time/epoch_s"] = time.perf_counter() - t0
+        return row
+
+    def fit(self) -> Dict[str, Any]:
+        """Train (resuming from ``checkpoint.pt`` if present) and write ``summary.json``."""
+        cfg, rd, r, s = self.cfg, self.run_dir, self.run, self.state
+        ident = identity(cfg)
+        if rd.has_checkpoint():
+            self.load_state_dict(rd.load_checkpoint(map_location=r.device))
+            r.masking.invalidate_buffer_cache()
+            rd.truncate_metrics(before_epoch=s.epoch + 1)  # rows after the checkpoint are redone
+            log.info("resumed from %s at epoch %d batch %d (step %d)", rd.checkpoint_path, s.epoch,
+                     self.batch_in_epoch, s.step)
+        else:
+            r.sparsifier.init_masks()
+            rd.truncate_metrics(before_epoch=0)
+        rd.write_summary({"status": "running", **ident})
+        own_guard = self.preemption is None
+        if own_guard:  # SLURM USR2 / TERM -> checkpoint at the next step, then submitit requeues
+            self.preemption = PreemptionGuard()
+        logger = self.logger = build_logger(cfg.logger if r.dist.is_main else OmegaConf.create({"name": "none"}),
+                                            rd, OmegaConf.to_container(cfg, resolve=True), name=rd.path.name)
+        try:
+            stop_at = cfg.stop_after_epochs or r.total_epochs
+            while s.epoch < r.total_epochs:
+                row = self._epoch()
+                rd.append_metrics(row)
+                rd.save_checkpoint(self.state_dict())
+                logger.log(row, step=s.step)
+                log.info("epoch %d/%d  loss %.4f  train %.2f%%  val %.2f%%  lr %.4g  sparsity %.4f  (%.1fs)",
+                         s.epoch, r.total_epochs, row["train/loss"], row["train/acc"], row.get("val/acc", math.nan),
+                         row["lr"], row["sparsity/global"], row["time/epoch_s"])
+                if s.epoch >= stop_at and s.epoch < r.total_epochs:
+                    rd.write_summary({"status": "stopped", **ident, "epoch": s.epoch})
+                    log.info("stopped after epoch %d as asked (stop_after_epochs); re-run to resume", s.epoch)
+                    return {"status": "stopped", "epoch": s.epoch}
+            summary, label, masks = final_summary(r, ident, rd.path)
+            rd.save_masks(masks, {**ident, "sparsity/global": summary["sparsity/global"], "model": label})
+            rd.write_summary(summary)
+            logger.summary(summary)
+            return summary
+        except Preempted:
+            rd.write_summary({"status": "stopped", **ident, "epoch": s.epoch, "step": s.step, "reason": "preempted"})
+            log.info("preempted: checkpoint written at step %d; the requeued job resumes from it", s.step)
+            if own_guard:
+                self.preemption.finish()  # hands the signal to submitit: requeue and exit
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                rd.write_summary({"status": "failed", **ident, "error": f"{type(exc).__name__}: {exc}"})
+            raise
+        finally:
+            if own_guard:
+                self.preemption.uninstall()
+                self.preemption = None
+            logger.finish()
+
+    def summary_lines(self, summary: Dict[str, Any]) -> list:
+        """The callbacks' lines for the end-of-run table (:func:`sparse_exp.summary.format_summary`)."""
+        return self.run.callbacks.summary_lines(summary)
