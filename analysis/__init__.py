@@ -7,7 +7,11 @@
 * :mod:`analysis.collect` -- runs (local run directories or a W&B project) -> one DataFrame;
   only completed runs count, one per run identity (the latest completed copy).
 * :mod:`analysis.tables` -- Tables 1-7 in the paper's layout (mean ± std over seeds), Markdown
-  and LaTeX; the module docstring documents how runs map to rows and columns.
+  and LaTeX; the module docstring documents how runs map to rows and columns. Its parts:
+  :mod:`analysis.selection` (run filters, the mean ± std cell statistic), :mod:`analysis.table_model`
+  (table and cell dataclasses), :mod:`analysis.layouts` (the seven layouts, ``BUILDERS``),
+  :mod:`analysis.render` (Markdown, LaTeX, bold), :mod:`analysis.report` (``status.md``),
+  :mod:`analysis.labels` (the paper's names and number formats).
 * :mod:`analysis.paper_numbers` -- the published numbers (``paper_numbers.csv``) next to ours.
 * :mod:`analysis.figures` -- Figures 2-5 as PNG and PDF, reproducible byte for byte.
 """

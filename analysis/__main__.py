@@ -19,7 +19,8 @@ import sys
 from typing import List, Optional
 
 from analysis.collect import collect
-from analysis.tables import BUILDERS, write_tables
+from analysis.layouts import BUILDERS
+from analysis.tables import write_tables
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -6,8 +6,8 @@ One row per run: its status, the identifying choices (``model``, ``dataset``, ``
 (``cfg.superposer.cycle_epochs``, ...).
 
 Run identity: the resolved config minus the keys that do not change the result (the logger, the
-device, progress bars, paths, ...; :data:`VOLATILE_KEYS`, the same list ``conf/config.yaml``
-leaves out of run-directory names). Two records with the same identity are the same run (a
+device, progress bars, paths, ...; :data:`VOLATILE_KEYS`, read from ``conf/config.yaml``'s list of
+keys left out of run-directory names by :func:`sparse_exp.identity.result_neutral_keys`). Two records with the same identity are the same run (a
 requeued or re-run copy): only the latest completed one is counted. Records whose status is not
 ``completed`` (running, stopped, failed, no summary, unreadable) are never counted; they and the
 superseded copies are returned separately with the reason (:class:`Collection`).
@@ -27,16 +27,15 @@ from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence
 import pandas as pd
 import yaml
 
+# IDENTITY: the identifying choices as written into ``summary.json`` (IDENTITY_GROUPS are read from
+# ``<group>.name``); the single source of these and of the result-neutral keys is sparse_exp.identity
+from sparse_exp.identity import IDENTITY, IDENTITY_GROUPS, result_neutral_keys
+
 COMPLETED = "completed"
 
-#: config keys (and their children) that do not change a run's result
-VOLATILE_KEYS = ("logger", "device", "progress", "log_every", "check_invariants", "dataset.root",
-                 "dataset.num_workers", "dataset.download", "stop_after_epochs", "eval_batch_size", "hydra",
-                 "run_dir")
-
-#: identifying choices as written into ``summary.json`` (config groups are read from ``<group>.name``)
-IDENTITY_GROUPS = ("model", "dataset", "sparsifier", "superposer", "distribution")
-IDENTITY = IDENTITY_GROUPS + ("sparsity", "seed", "epochs")
+#: config keys (and their children) that do not change a run's result: ``conf/config.yaml``'s
+#: ``override_dirname.exclude_keys`` + ``hydra`` + ``run_dir``
+VOLATILE_KEYS = result_neutral_keys()
 
 #: leading columns of the DataFrame (then metrics, then ``cfg.*``)
 LEAD_COLUMNS = ("run_id", "status", *IDENTITY, "source", "path", "name", "time", "cell_id")

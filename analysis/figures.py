@@ -2,7 +2,8 @@
 
 * Figure 2: the learning rate over the iterations of a CIFAR run (250 epochs, VGG-16 protocol of
   ``conf/``), computed by the code itself: the base schedule ``sparse_exp.schedules.lr_factor_fn``
-  wrapped by ``SupTickets.wrap_lr`` (budget from ``make_budget``, cyclic LR from ``cyclic_lr``),
+  over the normal phase, then the cyclic LR (``sparse_exp.superpose.cyclic_lr.sup_tickets_lr_factor``,
+  what the Sup-tickets callback trains with; budget from ``make_budget``),
   for each ``superposer.lr_schedule`` (FGE -- the paper's top panel --, Sup-tickets' triangle --
   the bottom panel --, and SWA of Table 7); green circles mark where cheap tickets are taken.
 * Figure 3: test accuracy of the ultimate ticket for CIA, CAA and CIMA (per beta) over sparsity
@@ -18,6 +19,7 @@ defaults (no user rc file), no timestamps or software versions in the files.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
@@ -28,10 +30,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
-from analysis.tables import ds_label, method_filters, model_label, pct, select  # noqa: E402
+from sparse_exp.compose import compose  # noqa: E402
+from sparse_exp.schedules import lr_factor_fn  # noqa: E402
+from sparse_exp.superpose.cyclic_lr import collect_fraction, make_budget, sup_tickets_lr_factor  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+from analysis.labels import ds_label, model_label, pct  # noqa: E402
+from analysis.selection import finite_values, mean_std, method_filters, numeric, pick_variant, select  # noqa: E402
+
 PNG_META = {"Software": None}
 PDF_META = {"Creator": None, "Producer": None, "CreationDate": None}
 RC = {"svg.hashsalt": "sparse_exp", "svg.fonttype": "none", "pdf.fonttype": 42, "font.size": 9,
@@ -39,7 +46,11 @@ RC = {"svg.hashsalt": "sparse_exp", "svg.fonttype": "none", "pdf.fonttype": 42, 
 FIGURE_FILES = [f"figure{n}.{ext}" for n in (2, 3, 4, 5) for ext in ("png", "pdf")]
 
 
-def save(fig: Any, out: Path, name: str) -> List[Path]:
+def save(fig: Any, out: Path, name: str, title: Optional[str] = None) -> List[Path]:
+    """Write ``fig`` as ``name.png`` and ``name.pdf`` (with ``title`` above the panels) and close it."""
+    if title is not None:
+        fig.suptitle(title)
+        fig.tight_layout()
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     fig.savefig(paths[0], metadata=PNG_META)
     fig.savefig(paths[1], metadata=PDF_META)
@@ -54,57 +65,64 @@ def _empty(ax: Any, text: str = "no matching runs") -> None:
 
 
 def point(sub: pd.DataFrame, metric: str) -> Tuple[float, float, int]:
-    """Mean, std (ddof=1) and count over seeds; several config variants -> the one with most seeds."""
+    """Mean, std (ddof=1; 0 for one seed) and count over seeds, counted as a table cell counts them
+    (several config variants -> the one with most seeds)."""
     if sub.empty or metric not in sub.columns:
         return np.nan, np.nan, 0
-    if sub["cell_id"].nunique() > 1:
-        groups = sorted(sub.groupby("cell_id"), key=lambda kv: (len(kv[1]), kv[1]["time"].max(), kv[0]))
-        sub = groups[-1][1]
-    v = pd.to_numeric(sub[metric], errors="coerce").astype(float).values
-    v = v[np.isfinite(v)]
+    vals, ok = finite_values(pick_variant(sub)[0], metric)
+    v = vals.values[ok]
     if len(v) == 0:
         return np.nan, np.nan, 0
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+    mean, std = mean_std(v)
+    return mean, std if len(v) > 1 else 0.0, len(v)
+
+
+def _of(runs: pd.DataFrame, filters: Dict[str, Any]) -> pd.DataFrame:
+    """The runs matching ``filters`` (:func:`analysis.selection.method_filters`)."""
+    return select(runs, filters) if not runs.empty else runs
 
 
 def _groups(df: pd.DataFrame) -> List[Tuple[str, str]]:
     return sorted({(str(d), str(m)) for d, m in zip(df["dataset"], df["model"])}) if not df.empty else []
 
 
+def _settings(df: pd.DataFrame) -> set:
+    """The (dataset, model, sparsity) triples present."""
+    return {(str(a), str(b), float(s)) for a, b, s in zip(df["dataset"], df["model"], df["sparsity"])}
+
+
+def _at(df: pd.DataFrame, ds: str, model: str, sparsity: Optional[float] = None) -> pd.DataFrame:
+    """The runs of ``df`` on data set ``ds`` with ``model`` (at ``sparsity``, when given)."""
+    mask = (df["dataset"] == ds) & (df["model"] == model)
+    if sparsity is not None:
+        mask &= np.isclose(df["sparsity"].astype(float), sparsity)
+    return df[mask]
+
+
+def _ticket_counts(df: pd.DataFrame) -> List[int]:
+    return sorted({int(c) for c in numeric(df["tickets/count"]).dropna()})
+
+
 # ---------------------------------------------------------------------------- Figure 2
 def protocol_config(schedule: str, dataset: str = "cifar100", model: str = "vgg16") -> Any:
     """The resolved config of a Sup-tickets run with ``schedule`` (the repository's ``conf/``)."""
-    from hydra import compose, initialize_config_dir
-
-    import sparse_exp.train  # noqa: F401  (registers the config schemas)
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=[f"dataset={dataset}", f"model={model}", "sparsifier=rigl",
-                                            "superposer=sup_tickets", f"superposer.lr_schedule={schedule}",
-                                            "epochs=250", "logger=none"])
+    return compose([f"dataset={dataset}", f"model={model}", "sparsifier=rigl", "superposer=sup_tickets",
+                    f"superposer.lr_schedule={schedule}", "epochs=250", "logger=none"])
 
 
 def lr_curve(cfg: Any, num_train: int = 50_000) -> Dict[str, Any]:
-    """Per-iteration LR of ``cfg`` as the engine computes it, and the ticket iterations."""
-    import math
-
-    from sparse_exp.schedules import lr_factor_fn
-    from sparse_exp.superpose.cyclic_lr import collect_fraction, make_budget
-    from sparse_exp.superpose.sup_tickets import SupTickets
-
-    from omegaconf import OmegaConf
-
+    """Per-iteration LR of ``cfg`` as the training loop computes it, and the ticket iterations."""
     spe = math.ceil((num_train - cfg.dataset.val_size) / cfg.batch_size)
     total = cfg.epochs * spe
-    # plain namespaces: the schedule functions read these per step (OmegaConf access is slow)
-    sup = SimpleNamespace(**OmegaConf.to_container(cfg.superposer, resolve=True))
+    sp = cfg.superposer
+    # a plain namespace: the schedule function reads it per step (OmegaConf access is slow)
     schedule = SimpleNamespace(**OmegaConf.to_container(cfg.schedule, resolve=True))
-    budget = make_budget(cfg.epochs, spe, sup.cycle_epochs, sup.phase_fraction, sup.num_tickets)
-    view = SimpleNamespace(budget=budget, cfg=sup, base_lr=cfg.optimizer.lr)
-    factor = SupTickets.wrap_lr(view, lambda n: lr_factor_fn(schedule, n, spe), total)
+    budget = make_budget(cfg.epochs, spe, sp.cycle_epochs, sp.phase_fraction, sp.num_tickets)
+    normal = lr_factor_fn(schedule, budget.start_step, spe)
+    factor = sup_tickets_lr_factor(budget, normal, sp.lr_schedule, sp.lr_low, sp.lr_high, cfg.optimizer.lr)
     base_lr = float(cfg.optimizer.lr)
     lr = np.array([base_lr * factor(k) for k in range(total)])
-    tickets = budget.ticket_steps(collect_fraction(sup.lr_schedule))
+    tickets = budget.ticket_steps(collect_fraction(sp.lr_schedule))
     return {"iteration": np.arange(1, total + 1), "lr": lr, "tickets": tickets, "budget": budget,
             "steps_per_epoch": spe}
 
@@ -133,10 +151,8 @@ def figure2(out: Path) -> List[Path]:
         if row == 2:
             full.set_xlabel("iteration")
             zoom.set_xlabel("iteration")
-    fig.suptitle(f"Figure 2: LR schedules (CIFAR-100, {cfg.epochs} epochs, {c['steps_per_epoch']} iterations/epoch, "
-                 f"base LR {cfg.optimizer.lr:g})")
-    fig.tight_layout()
-    return save(fig, out, "figure2")
+    return save(fig, out, "figure2", f"Figure 2: LR schedules (CIFAR-100, {cfg.epochs} epochs, "
+                f"{c['steps_per_epoch']} iterations/epoch, base LR {cfg.optimizer.lr:g})")
 
 
 # ---------------------------------------------------------------------------- Figure 3
@@ -149,19 +165,16 @@ def _avg_filters(avg: str, beta: Optional[float]) -> Dict[str, Any]:
 
 
 def figure3(runs: pd.DataFrame, out: Path) -> List[Path]:
-    sel = {lab: select(runs, _avg_filters(a, b)) if not runs.empty else runs for a, b, lab in AVERAGING}
+    sel = {lab: _of(runs, _avg_filters(a, b)) for a, b, lab in AVERAGING}
     groups = sorted(set().union(*[_groups(d) for d in sel.values()]))
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4.2 * max(1, len(groups)), 3.4), squeeze=False)
     if not groups:
         _empty(axes[0][0], "no RigL+Sup-tickets runs")
     for ax, (ds, model) in zip(axes[0], groups):
-        levels = sorted({float(s) for d in sel.values() for s in d.loc[(d["dataset"] == ds) & (d["model"] == model),
-                                                                        "sparsity"]}, reverse=True)
+        levels = sorted({float(s) for d in sel.values() for s in _at(d, ds, model)["sparsity"]}, reverse=True)
         x = np.arange(len(levels))
         for k, (_, _, lab) in enumerate(AVERAGING):
-            d = sel[lab]
-            d = d[(d["dataset"] == ds) & (d["model"] == model)]
-            pts = [point(d[np.isclose(d["sparsity"].astype(float), s)], "test/acc") for s in levels]
+            pts = [point(_at(sel[lab], ds, model, s), "test/acc") for s in levels]
             m = np.array([p[0] for p in pts])
             if np.isfinite(m).any():
                 ax.errorbar(x, m, yerr=[p[1] for p in pts], marker="os^v<>d"[k % 7], ms=4, capsize=2, lw=1,
@@ -171,26 +184,24 @@ def figure3(runs: pd.DataFrame, out: Path) -> List[Path]:
         ax.set_ylabel("test accuracy (%) of the ultimate ticket")
         ax.set_title(f"RigL+Sup-tickets, {model_label(model)} on {ds_label(ds)}")
         ax.legend(frameon=False)
-    fig.suptitle("Figure 3: averaging methods")
-    fig.tight_layout()
-    return save(fig, out, "figure3")
+    return save(fig, out, "figure3", "Figure 3: averaging methods")
 
 
 # ---------------------------------------------------------------------------- Figure 4
 def figure4(runs: pd.DataFrame, out: Path) -> List[Path]:
-    d = select(runs, method_filters("rigl+sup/any_tickets")) if not runs.empty else runs
+    d = _of(runs, method_filters("rigl+sup/any_tickets"))
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
     titles = (("test/acc", "ultimate ticket"), ("tickets/mean/test/acc", "mean of the individual cheap tickets"))
     if d.empty or "tickets/count" not in d.columns:
         for ax in axes:
             _empty(ax, "no RigL+Sup-tickets runs")
     else:
-        lines = sorted({(str(a), str(b), float(s)) for a, b, s in zip(d["dataset"], d["model"], d["sparsity"])})
-        ticks = sorted({int(c) for c in pd.to_numeric(d["tickets/count"], errors="coerce").dropna()})
+        lines = sorted(_settings(d))
+        ticks = _ticket_counts(d)
         for ax, (metric, title) in zip(axes, titles):
             for k, (ds, model, s) in enumerate(lines):
-                sub = d[(d["dataset"] == ds) & (d["model"] == model) & np.isclose(d["sparsity"].astype(float), s)]
-                counts = sorted({int(c) for c in pd.to_numeric(sub["tickets/count"], errors="coerce").dropna()})
+                sub = _at(d, ds, model, s)
+                counts = _ticket_counts(sub)
                 pts = [point(sub[sub["tickets/count"] == c], metric) for c in counts]
                 ax.errorbar(counts, [p[0] for p in pts], yerr=[p[1] for p in pts], marker="o", ms=4, capsize=2,
                             lw=1, color=f"C{k}", label=f"{model_label(model)}, {ds_label(ds)}, {pct(s)}")
@@ -199,37 +210,31 @@ def figure4(runs: pd.DataFrame, out: Path) -> List[Path]:
             ax.set_title(title)
             ax.set_xticks(ticks)
             ax.legend(frameon=False)
-    fig.suptitle("Figure 4: impact of the cheap-ticket count (RigL+Sup-tickets)")
-    fig.tight_layout()
-    return save(fig, out, "figure4")
+    return save(fig, out, "figure4", "Figure 4: impact of the cheap-ticket count (RigL+Sup-tickets)")
 
 
 # ---------------------------------------------------------------------------- Figure 5
 def figure5(runs: pd.DataFrame, out: Path) -> List[Path]:
-    base = select(runs, method_filters("rigl")) if not runs.empty else runs
-    sup = select(runs, method_filters("rigl+sup")) if not runs.empty else runs
+    base = _of(runs, method_filters("rigl"))
+    sup = _of(runs, method_filters("rigl+sup"))
     both = pd.concat([base, sup])
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
     if both.empty:
         for ax in axes:
             _empty(ax, "no RigL / RigL+Sup-tickets runs")
     else:
-        keys = sorted({(str(a), str(b), float(s)) for a, b, s in zip(both["dataset"], both["model"], both["sparsity"])},
-                      key=lambda k: (k[0], k[1], -k[2]))
+        keys = sorted(_settings(both), key=lambda k: (k[0], k[1], -k[2]))
         x = np.arange(len(keys))
         for ax, (metric, name) in zip(axes, (("test/ece", "ECE"), ("test/nll", "NLL"))):
             for k, (d, lab) in enumerate(((base, "RigL"), (sup, "RigL+Sup-tickets"))):
-                pts = [point(d[(d["dataset"] == a) & (d["model"] == b) & np.isclose(d["sparsity"].astype(float), s)],
-                             metric) for a, b, s in keys]
+                pts = [point(_at(d, a, b, s), metric) for a, b, s in keys]
                 ax.bar(x + (k - 0.5) * 0.38, [0 if not np.isfinite(p[0]) else p[0] for p in pts], 0.38,
                        yerr=[p[1] if np.isfinite(p[1]) else 0 for p in pts], capsize=2, label=lab, color=f"C{k}")
             ax.set_xticks(x, [f"{model_label(b)}\n{ds_label(a)}\n{pct(s)}" for a, b, s in keys])
             ax.set_ylabel(f"test {name} (lower is better)")
             ax.set_title(name)
             ax.legend(frameon=False)
-    fig.suptitle("Figure 5: RigL vs. RigL+Sup-tickets, uncertainty estimation")
-    fig.tight_layout()
-    return save(fig, out, "figure5")
+    return save(fig, out, "figure5", "Figure 5: RigL vs. RigL+Sup-tickets, uncertainty estimation")
 
 
 def write_figures(runs: pd.DataFrame, out: str | Path) -> List[Path]:

@@ -1,8 +1,8 @@
 """The published numbers (``paper_numbers.csv``) and ours next to them.
 
 ``paper_numbers.csv`` holds Tables 1-7 of Yin et al. (UAI 2022) (Table 6 at 90 % sparsity, which
-the paper does not state; conf/sweep/table6.yaml runs 90 %), one row per cell, keyed
-like :class:`analysis.tables.CellSpec` -- ``(table, method, dataset, model, sparsity, metric)`` --
+the paper does not state; sweeps/table6.yaml runs 90 %), one row per cell, keyed
+like :class:`analysis.table_model.CellSpec` -- ``(table, method, dataset, model, sparsity, metric)`` --
 and citing the paper's own row and column labels (``paper_row``, ``paper_column``).
 """
 

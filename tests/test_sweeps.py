@@ -1,4 +1,4 @@
-"""The paper's grids (conf/sweep/*.yaml): each composes, expands into exactly the paper's job list,
+"""The paper's grids (sweeps/*.yaml): each composes, expands into exactly the paper's job list,
 names every run directory after every key that varies, and follows the paper's protocol.
 
 Nothing is trained here except the ``smoke`` grid (a real ``-m`` run with Hydra's basic launcher,
@@ -15,10 +15,10 @@ import sys
 from collections import defaultdict
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from conftest import CONF, ROOT, needs_data
+from sparse_exp.compose import compose
 from sparse_exp.status import collect, expand_sweep, sweep_names
 from sparse_exp.superpose.cyclic_lr import make_budget
 from sparse_exp.validate import validate
@@ -47,6 +47,15 @@ def test_every_sweep_is_known_and_documented():
         assert f"+sweep={name}" in readme, f"sweeps/README.md does not list {name}"
 
 
+def test_sweep_group_is_the_sweeps_directory():
+    """Hydra's group ``sweep`` is ``conf/sweep``: the committed relative link to ``sweeps/``."""
+    link = CONF / "sweep"
+    assert link.is_symlink() and os.readlink(link) == "../sweeps", \
+        "conf/sweep must stay the relative symlink to ../sweeps (sweeps/README.md)"
+    assert link.resolve() == (ROOT / "sweeps").resolve()
+    assert sweep_names() == sorted(p.stem for p in (ROOT / "sweeps").glob("*.yaml"))
+
+
 @pytest.fixture(scope="module")
 def plans():
     return {name: expand_sweep(name) for name in EXPECTED_JOBS}
@@ -55,7 +64,7 @@ def plans():
 @pytest.mark.parametrize("name", list(EXPECTED_JOBS))
 def test_sweep_expands_to_the_papers_grid(plans, name):
     plan = plans[name]
-    text = (CONF / "sweep" / f"{name}.yaml").read_text()
+    text = (ROOT / "sweeps" / f"{name}.yaml").read_text()
     assert text.startswith("# @package _global_")
     assert f"python -m sparse_exp.train +sweep={name} -m" in text, "the header names the command"
     assert len(plan.jobs) == EXPECTED_JOBS[name]
@@ -64,8 +73,7 @@ def test_sweep_expands_to_the_papers_grid(plans, name):
     assert len(set(subdirs)) == len(subdirs)
     assert plan.sweep_dir.endswith(f"/{name}") or plan.sweep_dir == name
     # every key that varies in the grid is in every run's directory name, seed included
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        hcfg = compose("config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+    hcfg = compose([f"+sweep={name}"], return_hydra_config=True)
     excluded = set(hcfg.hydra.job.config.override_dirname.exclude_keys)
     varying = [k for k, v in plan.params.items() if "," in v]
     assert "seed" in varying
@@ -81,8 +89,7 @@ def test_sweep_expands_to_the_papers_grid(plans, name):
 
 
 def _compose_job(overrides):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides), return_hydra_config=True)
+    return compose(overrides, return_hydra_config=True)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_JOBS))

@@ -28,7 +28,7 @@ COMMON = ["epochs=2", "optimizer=adam", "optimizer.lr=0.003", "sparsifier=rigl",
 #: two methods (rows of Table 1); seeds 0 and 1 each
 GRID = {"rigl": [], "rigl_sup": ["superposer=sup_tickets", "superposer.phase_fraction=0.5", "superposer.cycle_epochs=1"]}
 SEEDS = (0, 1)
-#: which of our summaries feed which table cells (method keys of analysis.tables)
+#: which of our summaries feed which table cells (method keys of analysis.selection.method_filters)
 METHOD_RUNS = {"rigl": "rigl", "rigl+sup": "rigl_sup", "rigl+sup/C=1": "rigl_sup", "rigl+sup/lr=triangle": "rigl_sup"}
 FIGURES = [f"figure{n}.{ext}" for n in (2, 3, 4, 5) for ext in ("png", "pdf")]
 
@@ -345,16 +345,15 @@ def test_paper_numbers_transcription_and_keys():
 
 
 def test_sweeps_fill_their_tables():
-    """Every run of the paper's sweeps (conf/sweep/*.yaml, seed 0) lands in its table's cells, the
+    """Every run of the paper's sweeps (sweeps/*.yaml, seed 0) lands in its table's cells, the
     cells hold one config variant each, and each sweep fills its table's paper cells completely."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     from analysis.collect import dedupe, make_record, to_frame
     from analysis.figures import AVERAGING, _avg_filters
-    from analysis.tables import build_tables, method_filters, select
-    from conftest import CONF
+    from analysis.selection import method_filters, select
+    from analysis.tables import build_tables
+    from sparse_exp.compose import compose
     from sparse_exp.status import expand_sweep
 
     tables = {f"table{n}": n for n in range(1, 8)}
@@ -364,13 +363,11 @@ def test_sweeps_fill_their_tables():
                "flops/test": 0.4, "diversity/disagreement": 0.01, "diversity/kl": 0.02, "tickets/count": 3,
                "tickets/mean/test/acc": 49.0}
     records = []
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        for n, plan in plans.items():
-            for i, job in enumerate(plan.jobs):
-                cfg = OmegaConf.to_container(compose("config", overrides=job.overrides), resolve=True)
-                records.append(make_record(cfg, metrics, source="local", path=f"{n}/{job.subdir}", name=job.subdir,
-                                           time=float(len(records))))
+    for n, plan in plans.items():
+        for i, job in enumerate(plan.jobs):
+            cfg = OmegaConf.to_container(compose(job.overrides), resolve=True)
+            records.append(make_record(cfg, metrics, source="local", path=f"{n}/{job.subdir}", name=job.subdir,
+                                       time=float(len(records))))
     coll = dedupe(to_frame(records))
     assert set(coll.excluded["reason"].str.slice(0, 20)) <= {"superseded duplicate"}  # same run in two sweeps
     results = {r.spec.number: r for r in build_tables(coll.runs)}

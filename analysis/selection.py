@@ -1,0 +1,166 @@
+"""Which runs a table cell or a figure point counts, and the statistic it shows.
+
+* :func:`method_filters` -- the column filters of a method key (``rigl``, ``rigl+sup``,
+  ``rigl+sup/C=4``, ...; the rules are in :mod:`analysis.tables`), :func:`select` -- the runs
+  matching them.
+* :func:`pick_variant` -- runs of one cell that differ in anything but the seed are not averaged
+  together: the config variant (``cell_id``) with the most seeds, then the most recent, is used.
+* :func:`finite_values` / :func:`mean_std` -- the finite values of a metric, one per seed, and their
+  mean ± sample standard deviation (ddof=1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from analysis.labels import fmt_num
+
+
+def numeric(s: pd.Series) -> pd.Series:
+    """A column as floats (anything not a number -> NaN)."""
+    return pd.to_numeric(s, errors="coerce").astype(float)
+
+
+# ---------------------------------------------------------------------------- filters
+@dataclass(frozen=True)
+class Pred:
+    """A filter that is not a plain ``column == value`` (``fn(df)`` -> boolean mask)."""
+
+    name: str
+    fn: Callable[[pd.DataFrame], pd.Series]
+
+
+def _default_cycle(df: pd.DataFrame) -> pd.Series:
+    a, b = "cfg.superposer.cycle_epochs", "cfg.dataset.sup_cycle_epochs"
+    if a not in df.columns or b not in df.columns:
+        return pd.Series(True, index=df.index)
+    x, y = numeric(df[a]), numeric(df[b])
+    return pd.Series(np.isclose(x, y) | y.isna().values, index=df.index)
+
+
+DEFAULT_CYCLE = Pred("superposer.cycle_epochs=dataset default", _default_cycle)
+
+#: ticket counts the paper sets explicitly (Sec. 4.1: ImageNet, "4 cheap tickets in the last 8
+#: epochs"; sweeps/table3_method/*_sup.yaml); elsewhere the count follows from the phase
+PROTOCOL_TICKETS = {"imagenet": 4}
+
+
+def _default_tickets(df: pd.DataFrame) -> pd.Series:
+    col = "cfg.superposer.num_tickets"
+    if col not in df.columns:
+        return pd.Series(True, index=df.index)
+    n = numeric(df[col])
+    want = df["dataset"].map(PROTOCOL_TICKETS).astype(float)
+    return n.isna() | (n == want)
+
+
+DEFAULT_TICKETS = Pred("superposer.num_tickets=null (4 on ImageNet)", _default_tickets)
+
+
+def method_filters(method: str) -> Optional[Dict[str, Any]]:
+    """Column filters of a method key (``rigl``, ``rigl+sup``, ``rigl+sup/C=4``, ``rigl+sup/lr=fge``,
+    ``rigl+sup/avg=cima:0.8``, ``rigl+sup/any_tickets``, ``rigl+sup/any``); ``None`` when not implemented here."""
+    base, _, variant = method.partition("/")
+    sup = base.endswith("+sup")
+    name = base[: -len("+sup")] if sup else base
+    if name == "dense":
+        f: Dict[str, Any] = {"sparsifier": "dense"}
+    elif name == "erk":
+        f = {"sparsifier": "static", "distribution": "erk"}
+    elif name in ("set", "rigl", "granet"):
+        f = {"sparsifier": name, "distribution": "erk"}
+    elif name == "snip":
+        f = {"sparsifier": "snip"}
+    else:
+        return None
+    if not sup:
+        f["superposer"] = "none"
+        return f
+    f.update({"superposer": "sup_tickets", "cfg.superposer.averaging": "cia",
+              "cfg.superposer.lr_schedule": "triangle", "tickets": DEFAULT_TICKETS, "cycle": DEFAULT_CYCLE})
+    if variant.startswith("C="):
+        del f["cycle"]
+        f["cfg.superposer.cycle_epochs"] = float(variant[2:])
+    elif variant.startswith("lr="):
+        f["cfg.superposer.lr_schedule"] = variant[3:]
+    elif variant.startswith("avg="):
+        avg, _, beta = variant[4:].partition(":")
+        f["cfg.superposer.averaging"] = avg
+        if beta:
+            f["cfg.superposer.beta"] = float(beta)
+    elif variant == "any_tickets":  # Figure 4: the ticket count varies
+        del f["tickets"]
+    elif variant == "any":  # any Sup-tickets setting (which extra groups exist)
+        f = {k: v for k, v in f.items() if k in ("sparsifier", "distribution", "superposer")}
+    elif variant:
+        raise ValueError(f"unknown method variant {method!r}")
+    return f
+
+
+def select(df: pd.DataFrame, filters: Dict[str, Any]) -> pd.DataFrame:
+    """Rows of ``df`` matching every filter: ``None`` = missing, floats compared with tolerance."""
+    mask = pd.Series(True, index=df.index)
+    for col, want in filters.items():
+        if isinstance(want, Pred):
+            mask &= want.fn(df).astype(bool)
+            continue
+        if col not in df.columns:
+            if want is not None:
+                mask &= False
+            continue
+        s = df[col]
+        if want is None:
+            mask &= s.isna()
+        elif isinstance(want, float):
+            mask &= pd.Series(np.isclose(numeric(s), want, rtol=0, atol=1e-6), index=df.index)
+        else:
+            mask &= s == want
+    return df[mask]
+
+
+def matching(runs: pd.DataFrame, methods: Sequence[str]) -> pd.DataFrame:
+    """Runs of any of ``methods`` (the implemented ones)."""
+    parts = [select(runs, f) for f in (method_filters(m) for m in methods) if f is not None]
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts) if parts else runs.iloc[0:0]
+
+
+def describe_filters(filters: Optional[Dict[str, Any]]) -> str:
+    if filters is None:
+        return "not implemented in sparse_exp"
+    parts = []
+    for k, v in filters.items():
+        if isinstance(v, Pred):
+            parts.append(v.name)
+        else:
+            parts.append(f"{k.removeprefix('cfg.')}={'null' if v is None else fmt_num(v) if isinstance(v, float) else v}")
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------------- the cell statistic
+def pick_variant(sub: pd.DataFrame) -> Tuple[pd.DataFrame, int]:
+    """The runs of one cell to count, and how many config variants (``cell_id``) the cell holds:
+    the variant with the most seeds, then the most recent (then the largest ``cell_id``)."""
+    if sub["cell_id"].nunique() <= 1:
+        return sub, 1
+    groups = sorted(sub.groupby("cell_id"), key=lambda kv: (len(kv[1]), kv[1]["time"].max(), kv[0]))
+    return groups[-1][1], len(groups)
+
+
+def finite_values(sub: pd.DataFrame, metric: str) -> Tuple[pd.Series, np.ndarray]:
+    """``metric`` of each run as floats, and which of them are finite (the counted ones)."""
+    vals = numeric(sub[metric])
+    return vals, np.isfinite(vals.values)
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1); NaN where there are too few values."""
+    mean = float(np.mean(values)) if len(values) else math.nan
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return mean, std
+
