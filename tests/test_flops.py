@@ -15,6 +15,10 @@ torchvision resnet50, our exact-count ``layer_counts``). The pinning test furthe
 emulates RigL's own counter (micronet_challenge) to establish which training-FLOP convention
 the README used: the dense gradient every dT over the WHOLE run, not only until the updates stop
 at 75% of training.
+
+Training-FLOP estimates go through what each sparsifier class declares
+(``SPARSIFIERS[name].flop_schedule``, see :func:`flop_schedule` below). The former name-keyed
+``training_flops_ratio("snfs", ...)`` case was removed: no ``snfs`` sparsifier exists in the project.
 """
 
 from __future__ import annotations
@@ -29,12 +33,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
-from sparse_exp.sparse.flops import (TrainingFlops, cubic_density, dense_flops, density_allocator,
-                                     expected_training_ratio, inference_flops, inference_ratio,
-                                     layer_forward_flops, layer_forward_profile, training_flops_ratio)
+from sparse_exp.errors import ConfigError
+from sparse_exp.sparse.flops import (TrainingFlops, dense_flops, density_allocator, expected_training_ratio,
+                                     inference_flops, inference_ratio, layer_forward_flops, layer_forward_profile,
+                                     rigl_step_flops)
 from sparse_exp.sparse.masking import prunable_parameters
+from sparse_exp.sparse.schedules import CubicDensity, UpdateInterval
+from sparse_exp.sparse.sparsifiers import SPARSIFIERS
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST = "conv1.weight"
@@ -50,6 +58,15 @@ def _has(module: str, attr: str) -> bool:
 needs_models_and_data = pytest.mark.skipif(
     not (_has("sparse_exp.models", "build_model") and _has("sparse_exp.data", "DATASETS")),
     reason="sparse_exp.models / sparse_exp.data are not written yet")
+
+
+def flop_schedule(method, density, total_steps=None, **overrides):
+    """``SPARSIFIERS[method].flop_schedule`` with the method's schema defaults and ``overrides``."""
+    cfg = OmegaConf.structured(SPARSIFIERS.entry(method).schema)
+    cfg.name = method
+    cfg.merge_with(overrides)
+    return SPARSIFIERS[method].flop_schedule(cfg, total_steps, density)
+
 
 # --------------------------------------------------------------------------------- ResNet-50 fixture
 @pytest.fixture(scope="module")
@@ -90,19 +107,19 @@ def test_rigl_inference_figures(r50, dist, dense, sparsity, expected, where):
     # ... and the static methods' training cost is the same ratio (3 f_S / 3 f_D)
     allocate = density_allocator(r50.shapes, dist, 1.0, dense)
     for method in ("static", "set", "snip", "random"):
-        assert expected_training_ratio(method, r50.flops, allocate, 1 - sparsity) == pytest.approx(ratio)
+        assert expected_training_ratio(flop_schedule(method, 1 - sparsity), r50.flops, allocate) == pytest.approx(ratio)
 
 
 @pytest.mark.parametrize("sparsity,expected", [(0.8, 0.42), (0.9, 0.25)])
 @pytest.mark.parametrize("stop_fraction", [1.0, 0.75])
 def test_rigl_training_figures(r50, sparsity, expected, stop_fraction):
     allocate = density_allocator(r50.shapes, "erk")
-    ratio = expected_training_ratio("rigl", r50.flops, allocate, 1 - sparsity, delta_t=100,
-                                    stop_fraction=stop_fraction)
+    ratio = expected_training_ratio(flop_schedule("rigl", 1 - sparsity, delta_t=100, stop_fraction=stop_fraction),
+                                    r50.flops, allocate)
     assert abs(ratio - expected) <= 0.01, f"RigL ERK {sparsity} stop {stop_fraction}: {ratio:.4f} vs {expected}"
     # the step-exact count (ImageNet: 32k steps of batch 4096) agrees with the analytic form
-    exact = expected_training_ratio("rigl", r50.flops, allocate, 1 - sparsity, delta_t=100,
-                                    stop_fraction=stop_fraction, total_steps=32000)
+    exact_schedule = flop_schedule("rigl", 1 - sparsity, 32000, delta_t=100, stop_fraction=stop_fraction)
+    exact = expected_training_ratio(exact_schedule, r50.flops, allocate)
     assert exact == pytest.approx(ratio, abs=1e-4)
     assert ratio > inference_ratio(r50.flops, allocate(1 - sparsity))  # dense gradients cost extra
 
@@ -134,7 +151,7 @@ def test_rigl_readme_training_convention_is_pinned(r50):
             dens = density_allocator(r50.shapes, "erk", 1.0, (FIRST,) if s == 0.99 else ())(1 - s)
         f_s, f_d = inference_flops(flops, dens, overhead), dense_flops(flops, overhead)
         assert round(f_s / f_d, 2) == test, (dist, s, f_s / f_d)
-        per_step = training_flops_ratio("rigl", f_s, f_d, delta_t=100)
+        per_step = rigl_step_flops(f_s, f_d, delta_t=100) / (3 * f_d)
         whole.append(round(5 * per_step, 2) == train5x)
         stopped.append(round(5 * (0.75 * per_step + 0.25 * f_s / f_d), 2) == train5x)
     assert all(whole)
@@ -151,8 +168,8 @@ def test_gradual_pruning_matches_rigl_notebook_average(r50):
         s = 0.0 if i < 10000 else target if i > 25000 else (1 - (1 - (i - 10000) / 15000) ** 3) * target
         vals.append(inference_ratio(r50.flops, allocate(1 - s)))
     notebook = sum(vals) / len(vals)
-    ours = expected_training_ratio("gmp", r50.flops, allocate, 1 - target, init_density=1.0,
-                                   prune_start_fraction=10 / 32, prune_end_fraction=25 / 32)
+    ours = expected_training_ratio(flop_schedule("gmp", 1 - target, init_density=1.0, prune_start_fraction=10 / 32,
+                                                 prune_end_fraction=25 / 32), r50.flops, allocate)
     assert ours == pytest.approx(notebook, abs=0.005)
 
 
@@ -209,19 +226,34 @@ def test_training_flops_accumulator_known_sequence():
         acc.add_steps(-1, 10.0)
 
 
-def test_training_flops_ratio_formulas():
+def test_training_cost_formulas():
+    one = {"w": 10.0}  # one layer of f_D = 10: f_S = 10 d
+
+    def per_layer(d):
+        return {"w": d}
+
     # RigL constant form: (3 fS dT + 2 fS + fD) / (dT + 1) / (3 fD)
-    assert training_flops_ratio("rigl", 2.0, 10.0, delta_t=4) == pytest.approx((24 + 4 + 10) / 5 / 30)
+    assert rigl_step_flops(2.0, 10.0, delta_t=4) / 30 == pytest.approx((24 + 4 + 10) / 5 / 30)
     # per-step form: steps 4 and 8 of 8 carry the dense gradient: 6 x 6 + 2 x (4 + 10) = 64
-    assert training_flops_ratio("rigl", [2.0] * 8, 10.0, delta_t=4) == pytest.approx(64 / 240)
-    assert training_flops_ratio("snfs", 2.0, 10.0) == pytest.approx((4 + 10) / 30)
-    assert training_flops_ratio("static", 2.0, 10.0) == pytest.approx(0.2)
-    assert training_flops_ratio("set", [1.0, 3.0], 10.0) == pytest.approx(0.2)
-    assert training_flops_ratio("rigl", 10.0, 10.0, delta_t=100) == pytest.approx(1.0)
+    rigl8 = flop_schedule("rigl", 0.2, 8, delta_t=4, stop_fraction=1.0)
+    assert expected_training_ratio(rigl8, one, per_layer) == pytest.approx(64 / 240)
+    # (the former snfs case, 2 fS + fD every step, is gone: no snfs sparsifier exists)
+    assert expected_training_ratio(flop_schedule("static", 0.2), one, per_layer) == pytest.approx(0.2)
+    # SET charges 3 fS every step, whatever fS is: steps at fS = 1 and 3 -> (3 + 9) / 60
+    assert flop_schedule("set", 0.2, 2).dense_gradient is None
+    acc = TrainingFlops(10.0)
+    for f_s in (1.0, 3.0):
+        acc.add_steps(1, f_s)
+    assert acc.ratio() == pytest.approx(0.2)
+    assert rigl_step_flops(10.0, 10.0, delta_t=100) / 30 == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        training_flops_ratio("rigl", 2.0, 10.0)
+        rigl_step_flops(2.0, 10.0, None)
     with pytest.raises(ValueError):
-        training_flops_ratio("nonsense", 2.0, 10.0)
+        UpdateInterval(0)
+    with pytest.raises(ConfigError):  # an unknown sparsifier has no declaration
+        SPARSIFIERS.entry("nonsense")
+    with pytest.raises(TypeError):  # the estimator takes a declaration, not a name
+        expected_training_ratio("rigl", one, per_layer)
 
 
 # ----------------------------------------------------------------- expected ratios of gradual methods
@@ -231,10 +263,11 @@ TOY_FLOPS = {"a.weight": 640.0, "b.weight": 320.0, "c.weight": 40.0}
 
 def test_expected_ratio_dense_and_static():
     allocate = density_allocator(TOY_SHAPES, "uniform")
-    assert expected_training_ratio("dense", TOY_FLOPS, allocate, 1.0) == 1.0
-    assert expected_training_ratio("static", TOY_FLOPS, allocate, 0.5) == pytest.approx(0.5)
-    with pytest.raises(ValueError):
-        expected_training_ratio("nonsense", TOY_FLOPS, allocate, 0.5)
+    assert expected_training_ratio(flop_schedule("dense", 1.0), TOY_FLOPS, allocate) == 1.0
+    assert expected_training_ratio(flop_schedule("static", 0.5), TOY_FLOPS, allocate) == pytest.approx(0.5)
+    assert flop_schedule("lth", 0.5) is None  # IMP rounds: no training-FLOP model
+    with pytest.raises(TypeError):
+        expected_training_ratio("nonsense", TOY_FLOPS, allocate)
 
 
 @pytest.mark.parametrize("method,init", [("gmp", 1.0), ("granet", 0.5)])
@@ -256,19 +289,20 @@ def test_gradual_exact_count_follows_the_sparsifier_schedule(method, init):
         if step % dt == 0 and sp.first_iter <= step // dt <= sp.final_iter:  # after_step's pruning
             current = min(current, sp.density_at(step))
     simulated = sum(steps) / (3 * f_d * total)
-    kwargs = dict(delta_t=dt, stop_fraction=cfg.stop_fraction, init_density=init,
-                  prune_start_fraction=0.1, prune_end_fraction=0.7)
-    exact = expected_training_ratio(method, TOY_FLOPS, allocate, final, total_steps=total, **kwargs)
+    declared = SPARSIFIERS[method]
+    exact = expected_training_ratio(declared.flop_schedule(cfg, total, final), TOY_FLOPS, allocate)
     assert exact == pytest.approx(simulated, rel=1e-12)
     # the continuous estimate is close (it samples the schedule at midpoints)
-    assert expected_training_ratio(method, TOY_FLOPS, allocate, final, **kwargs) == pytest.approx(exact, abs=0.02)
+    continuous = expected_training_ratio(declared.flop_schedule(cfg, None, final), TOY_FLOPS, allocate)
+    assert continuous == pytest.approx(exact, abs=0.02)
     assert final < exact < 1.0
 
 
 def test_cubic_density():
-    assert cubic_density(0.0, 0.5, 0.1, 0.2, 0.6) == 0.5
-    assert cubic_density(0.4, 0.5, 0.1, 0.2, 0.6) == pytest.approx(0.1 + 0.4 * 0.125)
-    assert cubic_density(0.9, 0.5, 0.1, 0.2, 0.6) == 0.1
+    cubic = CubicDensity(0.5, 0.1, start_fraction=0.2, end_fraction=0.6)
+    assert cubic.at_fraction(0.0) == 0.5
+    assert cubic.at_fraction(0.4) == pytest.approx(0.1 + 0.4 * 0.125)
+    assert cubic.at_fraction(0.9) == 0.1
 
 
 def test_density_allocator_matches_layer_counts():

@@ -1,0 +1,127 @@
+"""The architecture's promises: no import cycles, a loop that names no method, one registry per config
+group with a schema and checks for every option, and a booster that plugs in from one file through the
+public callback protocol (docs/architecture.md's worked example, ``tests/example_booster.py``)."""
+
+import importlib
+import pkgutil
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import sparse_exp
+from conftest import ROOT, compose_cfg, needs_data
+from sparse_exp.compose import compose
+from sparse_exp.registry import REGISTRIES
+from sparse_exp.train import run
+
+MODULES = sorted(m.name for m in pkgutil.walk_packages(sparse_exp.__path__, "sparse_exp."))
+#: the modules that build and drive a run name no method at all, not even in comments
+GENERIC = ["loop.py", "build.py", "summary.py"]
+METHOD_NAMES = re.compile(r"lth|sup_?tickets|ultimate|pretrain_epochs|rigl|granet|snip|grasp|synflow|lottery",
+                          re.IGNORECASE)
+#: the modules around them know no booster or LTH phase (issue 9's check); they may cite a paper
+PLUMBING = ["train.py", "callbacks.py", "flop_meter.py", "validate.py", "compose.py", "registry.py"]
+BOOSTER_NAMES = re.compile(r"lth|sup_?tickets|ultimate|pretrain_epochs", re.IGNORECASE)
+
+
+@pytest.mark.slow
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """No import cycle: each module of the package can be the first one imported."""
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    procs = {name: subprocess.Popen([sys.executable, "-c", code, name], cwd=ROOT, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True) for name in MODULES}
+    failed = {}
+    for name, proc in procs.items():
+        out, _ = proc.communicate(timeout=300)
+        if proc.returncode != 0:
+            failed[name] = out.strip().splitlines()[-1]
+    assert not failed, failed
+
+
+def test_the_module_list_covers_the_package():
+    assert "sparse_exp.loop" in MODULES and "sparse_exp.superpose.sup_tickets" in MODULES
+    assert len(MODULES) >= 40
+
+
+@pytest.mark.parametrize("module,pattern", [(m, METHOD_NAMES) for m in GENERIC] + [(m, BOOSTER_NAMES) for m in PLUMBING])
+def test_the_loop_names_no_method(module, pattern):
+    text = (ROOT / "sparse_exp" / module).read_text()
+    assert not pattern.findall(text), f"{module} names a method: {sorted(set(pattern.findall(text)))}"
+
+
+def test_no_module_is_over_about_400_lines():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+             for d in ("sparse_exp", "analysis") for p in (ROOT / d).rglob("*.py")}
+    assert not {p: n for p, n in sizes.items() if n > 420}, sizes
+
+
+@pytest.mark.parametrize("group", sorted(REGISTRIES))
+def test_every_option_composes_and_has_a_schema(group):
+    """Contract over every registry: each registered option has a schema and a config file that
+    composes onto it (the group YAML pulls ``/schema/<group>@_here_``)."""
+    registry = REGISTRIES[group]
+    assert len(registry) >= 1
+    for name in registry:
+        impl = registry[name]
+        if impl is not None and not getattr(impl, "__module__", "sparse_exp").startswith("sparse_exp"):
+            continue  # registered by a test (the worked example below)
+        assert (ROOT / "conf" / group / f"{name}.yaml").exists(), f"conf/{group}/{name}.yaml is missing"
+        assert registry.entry(name).schema is not None or registry.default_schema is not None, (group, name)
+        extra = ["sparsity=0"] if (group, name) == ("sparsifier", "dense") else []
+        extra += ["sparsifier.path=x.pt"] if (group, name) == ("sparsifier", "mask_file") else []
+        cfg = compose([f"{group}={name}", *extra])
+        assert cfg[group].name == name
+
+
+def test_an_unknown_option_is_refused_by_its_registry():
+    from sparse_exp.errors import ConfigError
+
+    cfg = compose([])
+    cfg.sparsifier.name = "magic"
+    with pytest.raises(ConfigError, match=r"sparsifier.name='magic'.*must be one of \[.*'rigl'"):
+        REGISTRIES["sparsifier"].check(cfg)
+
+
+# --------------------------------------------------------------------------- the worked example
+@pytest.fixture(scope="module")
+def lr_tail():
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = importlib.import_module("example_booster")
+    module.register_yaml()
+    return module
+
+
+TAIL = ["superposer=lr_tail", "superposer.factor=0.25", "superposer.epochs=1", "epochs=3", "schedule=constant",
+        "sparsifier=set", "sparsifier.delta_t=4"]
+
+
+def test_example_booster_is_refused_with_its_own_check(lr_tail):
+    from sparse_exp.errors import ConfigError
+    from sparse_exp.validate import validate
+
+    with pytest.raises(ConfigError, match="superposer.epochs"):
+        validate(compose_cfg(TAIL + ["superposer.epochs=4"]))
+
+
+@needs_data
+@pytest.mark.slow
+def test_example_booster_plugs_in_and_resumes_bitwise(lr_tail, tmp_path):
+    from sparse_exp.rundir import RunDir
+
+    full = run(compose_cfg(TAIL), tmp_path / "full")
+    rows = RunDir(tmp_path / "full").metrics()
+    # a row's "lr" is the LR after the epoch's last step, i.e. what the next epoch starts with
+    base_lr = rows[0]["lr"]
+    assert base_lr == pytest.approx(0.1), "epoch 2 runs at the base LR (after the 1-epoch warm-up)"
+    assert rows[1]["lr"] == rows[2]["lr"] == pytest.approx(0.25 * base_lr), "the last epoch runs at factor x LR"
+    assert full["lr_tail/active_steps"] == 16 and rows[-1]["lr_tail/active_steps"] == 16
+    run(compose_cfg(TAIL + ["stop_after_epochs=2"]), tmp_path / "part")
+    part = run(compose_cfg(TAIL), tmp_path / "part")
+    assert part["lr_tail/active_steps"] == 16
+    a, b = (RunDir(tmp_path / d).load_checkpoint() for d in ("full", "part"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["callbacks"]["lr_tail"] == b["callbacks"]["lr_tail"] == {"active_steps": 16}
