@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -151,19 +152,36 @@ def to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return df.iloc[order.values].reset_index(drop=True)
 
 
+#: the result every table reads; a completed run without a finite one is never counted
+RESULT_KEY = "test/acc"
+
+
+def _finite_result(records: pd.DataFrame) -> pd.Series:
+    """Per record: whether its :data:`RESULT_KEY` is a finite number."""
+    if RESULT_KEY not in records:
+        return pd.Series(False, index=records.index)
+    values = pd.to_numeric(records[RESULT_KEY], errors="coerce").astype(float)
+    return pd.Series(np.isfinite(values.to_numpy()), index=records.index)
+
+
 def dedupe(records: pd.DataFrame) -> Collection:
     """Split records into counted runs (latest completed per identity) and excluded ones."""
     if records.empty:
         empty = records.assign(reason=pd.Series(dtype=object))
         return Collection(records.copy(), empty, records)
-    done = records[records["status"] == COMPLETED]
+    done = records[(records["status"] == COMPLETED) & _finite_result(records)]
     latest = done.sort_values(["time", "path"], kind="stable").drop_duplicates("run_id", keep="last")
     kept_path = dict(zip(latest["run_id"], latest["path"]))
     runs = records.loc[sorted(latest.index)].reset_index(drop=True)
     excluded = records.drop(index=latest.index).copy()
+    # a run's own "reason" (preempted, diverged) must not collide with the reason it is excluded
+    excluded = excluded.rename(columns={"reason": "summary/reason"})
     reasons = []
-    for _, r in excluded.iterrows():
-        if r["status"] == COMPLETED:
+    finite = _finite_result(excluded)
+    for idx, r in excluded.iterrows():
+        if r["status"] == COMPLETED and not finite[idx]:
+            reasons.append(f"completed, but its {RESULT_KEY} is not a finite number (a diverged run): not counted")
+        elif r["status"] == COMPLETED:
             reasons.append("superseded duplicate: same resolved config as a counted run (a requeued copy, or "
                            f"the same run in another sweep); the latest completed copy is counted: {kept_path[r['run_id']]}")
         elif r["run_id"] in kept_path:

@@ -29,6 +29,19 @@ import json
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from sparse_exp.cli import check_overrides, explain, refuse
+from sparse_exp.compose import compose
+from sparse_exp.data import DATASETS
+from sparse_exp.errors import UserError
+from sparse_exp.models import build_model
+from sparse_exp.preflight import preflight
+from sparse_exp.registries import SPARSIFIERS
+from sparse_exp.sparse.flops import expected_training_ratio, inference_ratio, layer_forward_profile
+from sparse_exp.sparse.masking import prunable_parameters
+
 
 def _input_shape(spec: Any) -> Tuple[int, ...]:
     size = spec.image_size
@@ -38,13 +51,6 @@ def _input_shape(spec: Any) -> Tuple[int, ...]:
 
 def compute(cfg: Any) -> Dict[str, Any]:
     """FLOP report of a composed, validated config (see module doc)."""
-    import sparse_exp.components  # noqa: F401  (every sparsifier registers itself)
-    from sparse_exp.data import DATASETS
-    from sparse_exp.models import build_model
-    from sparse_exp.registries import SPARSIFIERS
-    from sparse_exp.sparse.flops import expected_training_ratio, inference_ratio, layer_forward_profile
-    from sparse_exp.sparse.masking import prunable_parameters
-
     spec = DATASETS[cfg.dataset.name]
     model = build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
                         image_size=spec.image_size)
@@ -82,43 +88,21 @@ def compute(cfg: Any) -> Dict[str, Any]:
     return report
 
 
-def _one_line(exc: BaseException) -> str:
-    """The error as one line: Hydra's cause first line appended, its search-path dump dropped."""
-    text = str(exc).split("Config search path:")[0]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if len(lines) > 1 and lines[-1].startswith("To append to your config use"):
-        lines = lines[:-1]  # misleading for our structured configs: unknown keys are refused
-    cause = exc.__cause__
-    if cause is not None and str(cause).strip():
-        lines.append(str(cause).strip().splitlines()[0])
-    return " ".join(" ".join(lines).split())
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit code (0, or 2 for a bad key / value)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
         return 0
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from sparse_exp.errors import UserError
-
-    try:
-        from sparse_exp.compose import compose
-        from sparse_exp.validate import validate
-
+    try:  # the training CLI's pre-flight, without the data (FLOPs need only the data set's shape)
+        check_overrides(args)
         cfg = compose(args)
-
-        validate(cfg)
+        preflight(cfg, local=False)
         report = compute(cfg)
-    except (UserError, HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
-        return 2
-    except ValueError as exc:  # e.g. a distribution that cannot hold the dense layers
-        print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
-        return 2
+    except UserError as exc:
+        return refuse(str(exc))
+    except (HydraException, OmegaConfBaseException) as exc:
+        return refuse(explain(exc, args))
     print(json.dumps(report, indent=None), flush=True)
     return 0
 

@@ -40,6 +40,16 @@ class Preempted(Exception):
     """Training stopped on request (SLURM preemption / time limit); a checkpoint was written."""
 
 
+class Diverged(Exception):
+    """The training loss became NaN or infinite at (1-based) ``epoch`` and global ``step``."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        self.epoch, self.step, self.loss = epoch, step, loss
+        kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
+        super().__init__(f"diverged at epoch {epoch}, step {step}: the training loss became {loss}; {kept} (lower "
+                         "the learning rate or add a warm-up)")
+
+
 def make_train_step(run: Run) -> TrainStep:
     """One optimizer step on a batch: forward, loss, backward, optimizer step, mask application.
 
@@ -183,6 +193,7 @@ class Trainer:
         loss_sum = torch.full((), self._acc[0], device=r.device)
         correct = torch.full((), self._acc[1], device=r.device, dtype=torch.long)
         seen = self._acc[2]
+        nonfinite = torch.zeros(s.steps_per_epoch, dtype=torch.bool, device=r.device)  # per batch, no host sync
         r.callbacks.on_epoch_start(s)
         bar = tqdm(r.train_loader.iterate(s.epoch), total=s.steps_per_epoch, leave=False,
                    disable=not cfg.progress or not r.dist.is_main, desc=f"epoch {s.epoch + 1}/{r.total_epochs}")
@@ -192,6 +203,7 @@ class Trainer:
                     set_rng_state(self._resume_rng)  # undo what skipping the batches drew
                 continue
             loss, logits = self.train_step(x, y)
+            nonfinite[i] = ~torch.isfinite(loss)
             s.step += 1
             changed = False
             if s.main_step >= 1 and r.callbacks.allow_mask_update(s.main_step):
@@ -204,16 +216,28 @@ class Trainer:
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
             if cfg.progress and (i + 1) % cfg.log_every == 0:
+                self._raise_if_diverged(nonfinite, loss_sum)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
             if self.preemption is not None and self._preempt_now(i):
+                self._raise_if_diverged(nonfinite, loss_sum)  # never checkpoint a diverged model
                 self.batch_in_epoch, self._acc = i + 1, (loss_sum.item(), int(correct.item()), seen)
                 self.run_dir.save_checkpoint(self.state_dict())
                 bar.close()
                 raise Preempted(f"preempted at epoch {s.epoch} batch {i + 1} (step {s.step})")
         bar.close()
+        self._raise_if_diverged(nonfinite, loss_sum)
         self.batch_in_epoch, self._acc, self._resume_rng = 0, (0.0, 0, 0), None
         return {"train/loss": loss_sum.item() / max(seen, 1), "train/acc": 100.0 * correct.item() / max(seen, 1),
                 "lr": r.optimizer.param_groups[0]["lr"]}
+
+    def _raise_if_diverged(self, nonfinite: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        """Raise :class:`Diverged` if a batch of this epoch had a non-finite loss (one host sync)."""
+        if not bool(nonfinite.any()):
+            return
+        first = int(nonfinite.nonzero()[0, 0])
+        s = self.state
+        step = s.epoch * s.steps_per_epoch + first + 1
+        raise Diverged(s.epoch + 1, step, float(loss_sum))
 
     def _preempt_now(self, i: int) -> bool:
         """Whether to stop after batch ``i``: every step for one process; with DDP, all ranks agree
@@ -283,6 +307,12 @@ class Trainer:
             rd.write_summary(summary)
             logger.summary(summary)
             return summary
+        except Diverged as exc:  # recorded as failed; the last good checkpoint stays; never counted as a result
+            failed = {"status": "failed", **ident, "reason": "diverged", "error": str(exc), "epoch": exc.epoch,
+                      "step": exc.step}
+            rd.write_summary(failed)
+            log.error("%s", exc)
+            return failed
         except Preempted:
             rd.write_summary({"status": "stopped", **ident, "epoch": s.epoch, "step": s.step, "reason": "preempted"})
             log.info("preempted: checkpoint written at step %d; the requeued job resumes from it", s.step)

@@ -12,7 +12,10 @@ A :class:`Registry` is a read-only mapping ``name -> implementation`` (``sorted(
 schema in Hydra's ConfigStore as ``schema/<group>/<name>`` (the group YAMLs pull it in with
 ``- /schema/<group>@_here_: <name>``), and :func:`sparse_exp.validate.validate` runs the checks of the
 chosen option of every group. A check is ``check(cfg) -> None`` on the whole composed config and raises
-:class:`sparse_exp.errors.ConfigError` naming the key, the value and what is allowed.
+:class:`sparse_exp.errors.ConfigError` naming the key, the value and what is allowed. A *pre-flight*
+check, ``check(plan) -> None``, also sees what the run will be (:class:`sparse_exp.preflight.RunPlan`:
+steps per epoch, the model's prunable shapes, split sizes), still before any data is loaded; the
+pre-flight (:func:`sparse_exp.preflight.preflight`) runs them after the config checks.
 
 Pattern: jaxpruner's ``register_algorithm``; lightning-hydra-template's one config group per concern.
 """
@@ -40,12 +43,14 @@ class Entry:
         impl: what builds it (a class or a factory function).
         schema: its structured-config dataclass, or None to share the group's ``default_schema``.
         checks: functions ``check(cfg)`` run by :func:`sparse_exp.validate.validate` when it is chosen.
+        preflight: functions ``check(plan)`` run by :func:`sparse_exp.preflight.preflight` when it is chosen.
     """
 
     name: str
     impl: Any
     schema: Optional[type]
     checks: Tuple[Check, ...]
+    preflight: Tuple[Check, ...] = ()
 
 
 class Registry(Mapping):
@@ -72,11 +77,13 @@ class Registry(Mapping):
         self.default_schema = default_schema
         self._key = key
         self.group_checks: Tuple[Check, ...] = tuple(checks)
+        self.group_preflights: Tuple[Check, ...] = ()
         self._entries: Dict[str, Entry] = {}
         REGISTRIES[group] = self
 
     # -- registering
-    def register(self, name: str, *, schema: Optional[type] = None, checks: Sequence[Check] = ()) -> Callable:
+    def register(self, name: str, *, schema: Optional[type] = None, checks: Sequence[Check] = (),
+                 preflight: Sequence[Check] = ()) -> Callable:
         """Decorator: record the decorated class / function as option ``name`` (returned unchanged).
 
         Raises:
@@ -84,7 +91,7 @@ class Registry(Mapping):
         """
 
         def deco(impl: Any) -> Any:
-            self.add(name, impl, schema=schema, checks=checks)
+            self.add(name, impl, schema=schema, checks=checks, preflight=preflight)
             return impl
 
         return deco
@@ -94,11 +101,18 @@ class Registry(Mapping):
         self.group_checks += (check,)
         return check
 
-    def add(self, name: str, impl: Any, *, schema: Optional[type] = None, checks: Sequence[Check] = ()) -> None:
+    def group_preflight(self, check: Check) -> Check:
+        """Decorator: add a group-level pre-flight check ``check(plan)``; returns it unchanged."""
+        self.group_preflights += (check,)
+        return check
+
+    def add(self, name: str, impl: Any, *, schema: Optional[type] = None, checks: Sequence[Check] = (),
+            preflight: Sequence[Check] = ()) -> None:
         """Record ``impl`` as option ``name`` (the non-decorator form of :meth:`register`)."""
         if name in self._entries:
             raise ValueError(f"{self.group}={name!r} is registered twice")
-        self._entries[name] = Entry(name=name, impl=impl, schema=schema, checks=tuple(checks))
+        self._entries[name] = Entry(name=name, impl=impl, schema=schema, checks=tuple(checks),
+                                    preflight=tuple(preflight))
 
     # -- reading
     def __getitem__(self, name: str) -> Any:
@@ -152,6 +166,16 @@ class Registry(Mapping):
         for name in names:
             for check in self.entry(name).checks:
                 check(cfg)
+
+    def preflight(self, plan: Any) -> None:
+        """Run the group's and the chosen options' pre-flight checks on ``plan`` (a
+        :class:`sparse_exp.preflight.RunPlan`, whose ``cfg`` has passed :meth:`check`)."""
+        names = self.chosen(plan.cfg)
+        for check in self.group_preflights:
+            check(plan)
+        for name in names:
+            for check in self.entry(name).preflight:
+                check(plan)
 
     def __repr__(self) -> str:
         return f"Registry({self.group!r}, {sorted(self._entries)})"

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -60,6 +61,53 @@ def _atomic_write_bytes(path: Path, write) -> None:
         raise
 
 
+def read_summary(path: Path) -> Optional[Dict[str, Any]]:
+    """The parsed ``summary.json`` at ``path`` (None if absent).
+
+    Raises:
+        UserError: the file is not a JSON object; the message names it and says what to do.
+    """
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+        if not isinstance(summary, dict):
+            raise ValueError("not a JSON object")
+        return summary
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0]}): move it aside "
+                        f"(mv {path} {path}.bad) to resume from the checkpoint or retrain; nothing was "
+                        "changed") from None
+
+
+def check_checkpoint_file(path: Path) -> None:
+    """Refuse a ``checkpoint.pt`` that is not an intact torch zip archive (CRCs checked, nothing unpickled).
+
+    Raises:
+        UserError: empty, truncated or not a torch checkpoint; the message names it and says what to do.
+    """
+    if not path.exists():
+        return
+    problem = None
+    try:
+        if path.stat().st_size == 0:
+            problem = "empty file"
+        elif not zipfile.is_zipfile(path):
+            problem = "not a torch checkpoint (no zip archive)"
+        else:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+                if bad is not None:
+                    problem = f"corrupt member {bad}"
+                elif not any(n.endswith("data.pkl") for n in z.namelist()):
+                    problem = "not a torch checkpoint (no data.pkl)"
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        raise UserError(f"{path} is unreadable ({problem}): move it aside (mv {path} {path}.bad) to retrain this "
+                        "run from scratch, or restore it; nothing was changed")
+
+
 def _strict_json(value: Any) -> Any:
     """Replace non-finite floats by ``None`` recursively (JSON has no NaN)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -69,6 +117,32 @@ def _strict_json(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_strict_json(v) for v in value]
     return value
+
+
+def _flock_with_retry(f: Any, tries: int = 5, wait_s: float = 0.1) -> None:
+    """Exclusive non-blocking ``flock``, retried briefly: ``sparse_exp.status`` probes locks with a shared
+    lock for a moment, which must not make a starting run fail."""
+    for i in range(tries):
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if i == tries - 1:
+                raise
+            time.sleep(wait_s)
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether a process holds the run lock ``path`` (``<run>/.lock``), probed with a shared lock."""
+    if not path.exists():
+        return False
+    with open(path, "r") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 class RunDir:
@@ -91,10 +165,12 @@ class RunDir:
 
     # -------------------------------------------------------------- state of the run
     def summary(self) -> Optional[Dict[str, Any]]:
-        """The parsed ``summary.json`` or ``None``."""
-        if not self.summary_path.exists():
-            return None
-        return json.loads(self.summary_path.read_text())
+        """The parsed ``summary.json`` or ``None``.
+
+        Raises:
+            UserError: the file is unreadable (:func:`read_summary`).
+        """
+        return read_summary(self.summary_path)
 
     def is_completed(self) -> bool:
         """Whether ``summary.json`` exists and says ``status: completed``."""
@@ -127,7 +203,7 @@ class RunDir:
         f = open(self.path / ".lock", "a+")
         try:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock_with_retry(f)
             except BlockingIOError:
                 f.seek(0)
                 holder = f.read().strip() or "unknown process"
@@ -139,6 +215,7 @@ class RunDir:
             f.write(f"pid {os.getpid()} on {socket.gethostname()} since "
                     f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime())}\n")
             f.flush()
+            self.remove_stale_temporaries()
             try:
                 yield
             finally:
@@ -194,8 +271,26 @@ class RunDir:
         _atomic_write_bytes(self.checkpoint_path, lambda f: torch.save(state, f))
 
     def load_checkpoint(self, map_location: Any = "cpu") -> Dict[str, Any]:
-        """The state written by :meth:`save_checkpoint`, tensors mapped to ``map_location``."""
-        return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        """The state written by :meth:`save_checkpoint`, tensors mapped to ``map_location``.
+
+        Raises:
+            UserError: the file is not an intact checkpoint (named, with what to do; nothing is changed).
+        """
+        check_checkpoint_file(self.checkpoint_path)
+        try:
+            return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        except Exception as exc:  # unpickling can fail in many ways
+            raise UserError(f"{self.checkpoint_path} is unreadable ({type(exc).__name__}: "
+                            f"{(str(exc).splitlines() or [''])[0][:160]}): move it aside (mv {self.checkpoint_path} "
+                            f"{self.checkpoint_path}.bad) to retrain this run from scratch, or restore it") from None
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete ``.<file>.*.tmp`` left by a process killed while writing (only under the run's lock)."""
+        for tmp in self.path.glob(".*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
     def save_masks(self, masks: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
         """Final masks in the documented format (see module docstring); ``mask_file`` reads it."""

@@ -1,4 +1,5 @@
-"""Progress of a grid: how many runs are completed / running / stopped / failed / not started.
+"""Progress of a grid: how many runs are completed / running / interrupted / stopped / failed / unreadable /
+not started.
 
     python -m sparse_exp.status runs/table1                   # the run directories found there
     python -m sparse_exp.status runs/table1 --sweep table1    # ... against the grid of sweeps/table1.yaml
@@ -6,11 +7,13 @@
     python -m sparse_exp.status runs/table1 --json            # machine-readable
 
 The state of a run is the ``status`` of its ``summary.json`` (see :mod:`sparse_exp.rundir`):
-``completed``; ``running`` (also what a run killed with SIGKILL leaves behind -- the listing shows
-how long ago it last wrote anything); ``stopped`` (preempted, time limit or ``stop_after_epochs``:
-re-launching resumes it); ``failed`` (the error is listed; a checkpoint, if any, is resumed on
-re-launch). ``not started``: expected by the sweep but no ``summary.json`` yet (no directory, or
-the job has not reached training). Without ``--sweep`` only existing directories are counted.
+``completed``; ``running`` (a process holds the run's lock, ``<run>/.lock``); ``interrupted`` (the
+summary says running but no process holds the lock: killed, e.g. with SIGKILL or a node failure;
+re-launching resumes it from its checkpoint); ``stopped`` (preempted, time limit or ``stop_after_epochs``:
+re-launching resumes it); ``failed`` (the error is listed, e.g. a diverged run; a checkpoint, if any, is
+resumed on re-launch); ``unreadable`` (``summary.json`` is corrupt: the listing says what to do).
+``not started``: expected by the sweep but no ``summary.json`` yet (no directory, or the job has not
+reached training). Without ``--sweep`` only existing directories are counted.
 
 ``--sweep NAME [overrides]`` expands the grid exactly as ``python -m sparse_exp.train +sweep=NAME
 [overrides] -m`` would (Hydra's BasicSweeper on ``hydra.sweeper.params`` + the overrides) without
@@ -34,11 +37,15 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import open_dict, read_write
 
 from sparse_exp.compose import compose
+from sparse_exp.errors import UserError
+from sparse_exp.rundir import lock_is_held, read_summary
 
 #: the config directory of ``python -m sparse_exp.train``; its ``sweep`` group is ``sweeps/`` (``conf/sweep``
 #: is a link to it, see ``sweeps/README.md``)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-STATES = ("completed", "running", "stopped", "failed", "not started")
+#: ``interrupted``: the summary says running, but no process holds the run's lock (killed; resumable);
+#: ``unreadable``: ``summary.json`` is corrupt (move it aside to resume)
+STATES = ("completed", "running", "interrupted", "stopped", "failed", "unreadable", "not started")
 RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "checkpoint.pt")
 
 
@@ -142,12 +149,15 @@ def read_run(path: Path, name: str) -> RunState:
                   updated=max((f.stat().st_mtime for f in files), default=None))
     summary_path = path / "summary.json"
     if summary_path.exists():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, ValueError):  # being replaced right now (writes are atomic) or corrupt
-            summary = {"status": "running"}
+        try:  # writes are atomic (rename), so a file that does not parse is corrupt, not half-written
+            summary = read_summary(summary_path)
+        except UserError as exc:
+            st.status, st.error = "unreadable", str(exc)
+            return st
         status = summary.get("status", "running")
         st.status = status if status in STATES else "running"
+        if st.status == "running" and not lock_is_held(path / ".lock"):
+            st.status = "interrupted"
         st.epochs = summary.get("epochs")
         st.error = summary.get("error")
         st.reason = summary.get("reason")

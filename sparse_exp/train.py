@@ -5,9 +5,11 @@
     python -m sparse_exp.train sparsifier=granet sparsity=0.9,0.95 seed=0,1,2 -m
 
 The run directory is ``runs/<overrides>`` (``$SPARSE_EXP_RUNS`` replaces ``runs``). Re-running the
-same command resumes from its checkpoint, or does nothing if the run is completed. A bad
-config value prints one line naming the key and the allowed values and exits with code 2
-before anything is loaded or written.
+same command resumes from its checkpoint, or does nothing if the run is completed. Anything wrong
+with the command line, the config, the data or the run directory prints one line naming the key (or
+the file) and what is allowed and exits with code 2 before anything is loaded or written
+(:mod:`sparse_exp.cli`, :mod:`sparse_exp.preflight`). A run whose loss becomes non-finite stops as
+``failed`` (exit code 1) and keeps its last good checkpoint.
 """
 
 from __future__ import annotations
@@ -18,16 +20,17 @@ import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from sparse_exp.cli import one_line, preflight_cli
 from sparse_exp.compose import run_name, setup
-from sparse_exp.data import check_data_available
 from sparse_exp.distributed import any_rank
 from sparse_exp.errors import UserError
 from sparse_exp.loop import Trainer
+from sparse_exp.preflight import preflight
 from sparse_exp.rundir import RunDir
 from sparse_exp.summary import format_summary
-from sparse_exp.validate import validate
 
 log = logging.getLogger("sparse_exp")
 
@@ -36,14 +39,13 @@ setup()  # schemas and the run_name resolver, before Hydra composes
 
 
 def run(cfg: DictConfig, run_path: str) -> dict:
-    """Validate ``cfg``, then train into ``run_path``; returns the summary.
+    """Pre-flight-check ``cfg`` and ``run_path``, then train into ``run_path``; returns the summary.
 
     Raises:
-        UserError: invalid config, missing data (nothing is written in that case), or another
-            process is training into ``run_path`` (see :meth:`RunDir.exclusive`).
+        UserError: anything :func:`sparse_exp.preflight.preflight` refuses (nothing is written then), or
+            another process is training into ``run_path`` (see :meth:`RunDir.exclusive`).
     """
-    validate(cfg)
-    check_data_available(cfg.dataset)
+    preflight(cfg, run_path)
     rd = RunDir(run_path)
     if rd.is_completed():
         summary = rd.summary()
@@ -75,10 +77,14 @@ def run(cfg: DictConfig, run_path: str) -> dict:
 def main(cfg: DictConfig) -> None:
     """Hydra entrypoint: :func:`run` into Hydra's run directory; user errors -> one line, exit 2."""
     try:
-        run(cfg, HydraConfig.get().runtime.output_dir)
+        summary = run(cfg, HydraConfig.get().runtime.output_dir)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr, flush=True)
         sys.exit(2)
+    if summary.get("status") == "failed":  # diverged: the run is recorded as failed, its last good checkpoint kept
+        print(f"error: {one_line(summary.get('error', 'the run failed'))}", file=sys.stderr, flush=True)
+        if HydraConfig.get().mode != RunMode.MULTIRUN:  # a grid goes on with its other cells
+            sys.exit(1)
 
 
 def _multirun_flag_first(argv: list) -> list:
@@ -93,4 +99,7 @@ def _multirun_flag_first(argv: list) -> list:
 
 if __name__ == "__main__":
     sys.argv = _multirun_flag_first(sys.argv)
+    code = preflight_cli(sys.argv[1:])  # one-line refusals before Hydra creates any directory
+    if code:
+        sys.exit(code)
     main()

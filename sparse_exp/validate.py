@@ -9,13 +9,37 @@ and the option's own checks run (each registered beside its implementation). Eve
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Iterator, Tuple
+
+from omegaconf import OmegaConf
 
 import sparse_exp.components  # noqa: F401  (every component registers its checks)
 from sparse_exp.errors import ConfigError, one_of, require
 from sparse_exp.registry import REGISTRIES
 
 __all__ = ["validate", "require", "one_of", "ConfigError"]
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[Tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf of a plain container (lists as ``key[i]``)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _leaves(value, f"{prefix}[{i}]")
+    else:
+        yield prefix, node
+
+
+def validate_finite(cfg: Any) -> None:
+    """No number of the config may be NaN or infinite (none of them has a meaning for such a value)."""
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    plain.pop("hydra", None)
+    for key, value in _leaves(plain):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(key, value, "must be a finite number")
 
 
 def validate_top_level(cfg: Any) -> None:
@@ -32,8 +56,10 @@ def validate_top_level(cfg: Any) -> None:
     one_of("device", cfg.device.split(":")[0], {"auto", "cpu", "cuda", "mps"})
 
 
+
 def validate(cfg: Any) -> None:
     """Check every value of a composed config; raise :class:`ConfigError` on the first bad one."""
+    validate_finite(cfg)
     validate_top_level(cfg)
     for registry in REGISTRIES.values():
         registry.check(cfg)

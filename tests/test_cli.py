@@ -72,7 +72,8 @@ def test_bad_value_writes_nothing_into_an_existing_run_dir(tmp_path):
 @needs_data
 def test_finished_run_is_not_overwritten(tmp_path):
     runs = tmp_path / "runs"
-    args = TINY + ["epochs=1", "model=lenet_300_100", "superposer=none"]
+    # RigL with an update every 4 steps (the default delta_t=100 does not fit in 16 steps and is refused)
+    args = TINY + ["epochs=1", "model=lenet_300_100", "superposer=none", "sparsifier.delta_t=4"]
     first = run_cli(args, runs)
     assert first.returncode == 0, first.stderr[-2000:]
     (run_dir,) = [p.parent for p in runs.rglob("summary.json")]
@@ -110,7 +111,8 @@ def test_second_process_is_refused_while_a_run_trains(tmp_path):
     took the lock and hangs), the same command exits 2 naming the holder's pid and touches nothing;
     once the holder is killed (SIGKILL: no clean-up code runs), the command trains normally."""
     runs = tmp_path / "runs"
-    args = TINY + ["epochs=1", "model=lenet_300_100", "superposer=none"]
+    # RigL with an update every 4 steps (the default delta_t=100 does not fit in 16 steps and is refused)
+    args = TINY + ["epochs=1", "model=lenet_300_100", "superposer=none", "sparsifier.delta_t=4"]
     run_dir = cli_run_dir(runs, args)
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True)

@@ -78,7 +78,7 @@ def locked_worker(rank, world, port, run_dir, out_dir):
     from sparse_exp.train import run
 
     try:
-        run(compose_cfg(["epochs=1"]), run_dir)
+        run(compose_cfg(["epochs=1", "sparsifier.delta_t=4"]), run_dir)
         outcome = "trained"
     except UserError as exc:
         outcome = str(exc)

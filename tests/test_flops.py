@@ -384,8 +384,12 @@ def test_cli_mask_file_reads_the_densities(tmp_path, capsys):
         masks[name] = m.view_as(p)
     path = tmp_path / "masks.pt"
     torch.save({"format": "sparse_exp.masks/v1", "masks": masks}, path)
-    assert main(["model=lenet5", "dataset=fashion_mnist", "sparsifier=mask_file", f"sparsifier.path={path}",
-                 "sparsity=0.5"]) == 0
+    sparsity = 1 - sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+    args = ["model=lenet5", "dataset=fashion_mnist", "sparsifier=mask_file", f"sparsifier.path={path}"]
+    # the same pre-flight as training: a sparsity other than the file's is refused in one line
+    assert main(args + ["sparsity=0.5"]) == 2
+    assert "must match the mask file's sparsity" in capsys.readouterr().err
+    assert main(args + [f"sparsity={sparsity:.6f}"]) == 0
     report = json.loads(capsys.readouterr().out)
     expected = {n: float(m.float().mean()) for n, m in masks.items()}
     assert report["layers"] == pytest.approx(expected)

@@ -11,7 +11,7 @@ from sparse_exp.train import run
 def test_wandb_offline_run_id_is_reused_on_resume(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    overrides = ["logger=wandb", "epochs=2", "model=lenet_300_100"]
+    overrides = ["logger=wandb", "epochs=2", "model=lenet_300_100", "sparsifier.delta_t=4"]
     rd = RunDir(tmp_path / "run")
     run(compose_cfg(overrides + ["stop_after_epochs=1"]), rd.path)
     first_id = rd.wandb_id_path.read_text().strip()

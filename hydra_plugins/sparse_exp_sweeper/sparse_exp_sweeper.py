@@ -6,11 +6,15 @@
 It is Hydra's basic sweeper (same grid syntax, same job order, same ``hydra.sweeper.params``) with
 two steps before anything is launched:
 
-1. **Validate every cell.** Each job's config is composed exactly as the job will see it and checked
-   by :func:`sparse_exp.validate.validate`. If any cell is invalid, every bad cell is printed (its
-   overrides and the offending key) and the command exits with code 2 -- no job is launched, no run
-   directory is created. (Hydra's basic sweeper would run the valid cells in order and stop the
-   whole grid at the first bad one; a SLURM array would fail those tasks after queueing.)
+1. **Pre-flight every cell.** Each job's overrides are checked (:func:`sparse_exp.cli.check_overrides`),
+   its config is composed exactly as the job will see it and passed through the whole pre-flight
+   (:func:`sparse_exp.preflight.preflight`: config, data present, budgets in steps, distribution
+   feasibility, mask files, the run directory's files). If any cell is bad, every bad cell is printed
+   (its overrides and one line saying what is wrong) and the command exits with code 2 -- no job is
+   launched, no run directory is created. (Hydra's basic sweeper would run the valid cells in order and
+   stop the whole grid at the first bad one; a SLURM array would fail those tasks after queueing.)
+   ``hydra.sweeper.check_local=false`` skips the checks of the launching machine (data files, device),
+   for jobs that run elsewhere (SLURM nodes with data and GPUs the launching machine does not have).
 2. **Skip completed runs.** A cell whose run directory (``hydra.sweep.dir/hydra.sweep.subdir``, the
    directory the job would write) has a ``summary.json`` with ``status: completed`` is not launched,
    so re-launching a finished or half-finished grid on SLURM submits only the missing runs instead of
@@ -20,8 +24,8 @@ two steps before anything is launched:
 Hydra loads sweepers only from the ``hydra_plugins`` namespace package, hence this module's place
 (it ships with the ``sparse_exp`` distribution, see ``pyproject.toml``).
 
-Errors checked here are the ones :func:`validate` finds from the config alone; errors that need
-the data (e.g. a schedule longer than the run) are still raised by the job itself.
+A cell whose run directory holds an unreadable ``summary.json`` or ``checkpoint.pt`` is a bad cell too
+(named, with what to do).
 """
 
 # No ``from __future__ import annotations`` here: Hydra's plugin scanner executes this module before
@@ -52,6 +56,8 @@ class SparseExpSweeperConf:
     params: Optional[Dict[str, str]] = None
     #: do not launch cells whose run directory says ``status: completed``
     skip_completed: bool = True
+    #: check every cell's data files and device on the launching machine
+    check_local: bool = True
 
 
 def register_sweeper() -> None:
@@ -63,20 +69,24 @@ class SparseExpSweeper(BasicSweeper):
     """Hydra's :class:`BasicSweeper` that validates all cells first and skips completed runs."""
 
     def __init__(self, max_batch_size: Optional[int], params: Optional[Dict[str, str]] = None,
-                 skip_completed: bool = True) -> None:
+                 skip_completed: bool = True, check_local: bool = True) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.skip_completed = skip_completed
+        self.check_local = check_local
 
     def check_jobs(self, jobs: Sequence[Sequence[str]]) -> Tuple[List[Tuple[str, str]], List[List[str]], int]:
-        """Compose and validate every job's config.
+        """Compose and pre-flight-check every job's config and run directory.
 
         Returns:
             ``(errors, to_launch, n_completed)``: ``errors`` as ``(cell, message)`` pairs, the jobs
             to launch, and how many were skipped because their run is completed.
         """
+        # imported here, not at the top: Hydra's plugin scan imports this module while sparse_exp itself
+        # may still be importing (sparse_exp.compose starts Hydra)
+        from sparse_exp.cli import check_overrides, explain, one_line
         from sparse_exp.errors import UserError
+        from sparse_exp.preflight import preflight
         from sparse_exp.rundir import RunDir
-        from sparse_exp.validate import validate
 
         assert self.hydra_context is not None and self.config is not None
         errors: List[Tuple[str, str]] = []
@@ -85,18 +95,18 @@ class SparseExpSweeper(BasicSweeper):
         for job in jobs:
             cell = " ".join(job) or "(no overrides)"
             try:
+                check_overrides(list(job))
                 cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
-                validate(cfg)
                 run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+                preflight(cfg, run_dir, local=self.check_local)
+                completed = RunDir(run_dir).is_completed()
             except UserError as exc:
-                errors.append((cell, str(exc)))
+                errors.append((cell, one_line(str(exc))))
                 continue
             except (HydraException, OmegaConfBaseException) as exc:
-                text = str(exc).split("Config search path")[0]  # Hydra appends its search path
-                message = " ".join(line.strip() for line in text.splitlines() if line.strip())
-                errors.append((cell, message or type(exc).__name__))
+                errors.append((cell, explain(exc, list(job))))
                 continue
-            if self.skip_completed and RunDir(run_dir).is_completed():
+            if self.skip_completed and completed:
                 n_completed += 1
             else:
                 to_launch.append(list(job))

@@ -62,11 +62,16 @@ ENV_VAR = "SPARSE_EXP_DATA"
 #: ``dataset.name`` -> :class:`DatasetSpec`; every data set shares the :class:`~sparse_exp.config.DatasetConfig`
 #: schema and the group checks below
 for _spec in (
-    DatasetSpec("fashion_mnist", in_channels=1, num_classes=10, image_size=28, default_val_size=5000),
-    DatasetSpec("cifar10", in_channels=3, num_classes=10, image_size=32, default_val_size=5000),
-    DatasetSpec("cifar100", in_channels=3, num_classes=100, image_size=32, default_val_size=5000),
-    DatasetSpec("tiny_imagenet", in_channels=3, num_classes=200, image_size=64, default_val_size=10000),
-    DatasetSpec("imagenet", in_channels=3, num_classes=1000, image_size=224, default_val_size=10000),
+    DatasetSpec("fashion_mnist", in_channels=1, num_classes=10, image_size=28, default_val_size=5000,
+                train_size=60000, test_size=10000),
+    DatasetSpec("cifar10", in_channels=3, num_classes=10, image_size=32, default_val_size=5000,
+                train_size=50000, test_size=10000),
+    DatasetSpec("cifar100", in_channels=3, num_classes=100, image_size=32, default_val_size=5000,
+                train_size=50000, test_size=10000),
+    DatasetSpec("tiny_imagenet", in_channels=3, num_classes=200, image_size=64, default_val_size=10000,
+                train_size=100000, test_size=10000),
+    DatasetSpec("imagenet", in_channels=3, num_classes=1000, image_size=224, default_val_size=10000,
+                train_size=1281167, test_size=50000),
 ):
     DATASETS.add(_spec.name, _spec)
 

@@ -40,6 +40,8 @@ class DatasetSpec:
         num_classes: number of labels; the loaders' labels are in ``[0, num_classes)``.
         image_size: height = width ``H = W`` in pixels of the images the loaders yield.
         default_val_size: images held out of the official training set for validation by default.
+        train_size: images of the official training split (before the validation hold-out).
+        test_size: images of the official test split (ImageNet / Tiny-ImageNet: their validation split).
     """
 
     name: str
@@ -47,6 +49,8 @@ class DatasetSpec:
     num_classes: int
     image_size: int
     default_val_size: int
+    train_size: int = 0
+    test_size: int = 0
 
 
 @runtime_checkable

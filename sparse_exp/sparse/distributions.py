@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterable, Mapping, Sequence
 
-from sparse_exp.errors import require
+from sparse_exp.errors import ConfigError, require
 from sparse_exp.registries import DISTRIBUTIONS
 
 #: ``distribution.name`` -> raw layer score ``fn(shape, erk_power_scale) -> float`` (density is
@@ -35,6 +35,30 @@ def er_score(shape: Sequence[int], erk_power_scale: float) -> float:
 def erk_score(shape: Sequence[int], erk_power_scale: float) -> float:
     """ERK (RigL Sec. 3): ``(sum of the dims / product of the dims) ** erk_power_scale``."""
     return (sum(shape) / math.prod(shape)) ** erk_power_scale
+
+
+@DISTRIBUTIONS.group_preflight
+def check_feasible(plan: Any) -> None:
+    """The exact per-layer counts can be met for the run's model: the layers kept dense
+    (``dense_first_layer`` / ``dense_last_layer``) must fit in the density budget."""
+    cfg = plan.cfg
+    if not cfg.sparsity > 0:
+        return
+    target = int(round((1.0 - float(cfg.sparsity)) * plan.num_weights))
+    if target < len(plan.shapes):
+        raise ConfigError("sparsity", cfg.sparsity, f"keeps {target} of the {plan.num_weights} weights of "
+                          f"{cfg.model.name}, fewer than one per layer ({len(plan.shapes)} layers); allowed: at most "
+                          f"{1 - len(plan.shapes) / plan.num_weights:.6f}")
+    try:
+        layer_counts(plan.shapes, 1.0 - float(cfg.sparsity), cfg.distribution.name,
+                     float(cfg.distribution.erk_power_scale), plan.dense_layers)
+    except ValueError:
+        dense = sum(math.prod(plan.shapes[n]) for n in plan.dense_layers)
+        key = "distribution.dense_last_layer" if cfg.distribution.dense_last_layer else "distribution.dense_first_layer"
+        raise ConfigError(key, True, f"the layers kept dense ({', '.join(plan.dense_layers)}: {dense} weights) exceed "
+                          f"the budget of sparsity={cfg.sparsity} ({round((1 - cfg.sparsity) * plan.num_weights)} of "
+                          f"{plan.num_weights} weights of {cfg.model.name}); lower the sparsity or keep fewer "
+                          "layers dense") from None
 
 
 @DISTRIBUTIONS.group_check

@@ -111,7 +111,27 @@ def check_sup_tickets(cfg: Any) -> None:
     require(cfg.sparsity > 0, "sparsity", cfg.sparsity, "must be > 0 with superposer=sup_tickets")
 
 
-@SUPERPOSERS.register("sup_tickets", schema=SupTicketsConfig, checks=(check_sup_tickets,))
+def budget_of(cfg: Any, epochs: int, steps_per_epoch: int) -> CyclicBudget:
+    """The cyclic budget of ``superposer`` node ``cfg`` in a run of ``epochs`` x ``steps_per_epoch`` steps.
+
+    Raises:
+        ConfigError: naming ``superposer.cycle_epochs``: a cycle shorter than a step, no ticket, or no
+            normal phase.
+    """
+    try:
+        return make_budget(epochs, steps_per_epoch, cfg.cycle_epochs, cfg.phase_fraction, cfg.num_tickets)
+    except ValueError as exc:
+        raise ConfigError("superposer.cycle_epochs", cfg.cycle_epochs,
+                          f"{exc} ({steps_per_epoch} steps per epoch)") from None
+
+
+def preflight_sup_tickets(plan: Any) -> None:
+    """The cyclic budget in steps (a cycle of at least one step, at least one ticket, a normal phase)."""
+    budget_of(plan.cfg.superposer, int(plan.cfg.epochs), plan.steps_per_epoch)
+
+
+@SUPERPOSERS.register("sup_tickets", schema=SupTicketsConfig, checks=(check_sup_tickets,),
+                      preflight=(preflight_sup_tickets,))
 class SupTickets(BaseCallback):
     """The Sup-tickets booster as a callback (see the module doc).
 
@@ -138,11 +158,7 @@ class SupTickets(BaseCallback):
     def setup(self, state: TrainState) -> None:
         cfg = self.cfg
         self.state = state
-        try:
-            self.budget = make_budget(state.epochs, state.steps_per_epoch, cfg.cycle_epochs, cfg.phase_fraction,
-                                      cfg.num_tickets)
-        except ValueError as exc:
-            raise ConfigError("superposer.cycle_epochs", cfg.cycle_epochs, str(exc)) from None
+        self.budget = budget_of(cfg, state.epochs, state.steps_per_epoch)
         self.ticket_steps = self.budget.ticket_steps(collect_fraction(cfg.lr_schedule))
         self.explore_steps = self.budget.exploration_steps()
         growth = cfg.explore_growth

@@ -57,6 +57,15 @@ def check_dynamic(cfg: Any) -> None:
     require(0 < sp.stop_fraction <= 1, "sparsifier.stop_fraction", sp.stop_fraction, "must be in (0, 1]")
 
 
+def preflight_dynamic(plan: Any) -> None:
+    """ΔT must fit before the update stop, or the run would never change its mask (static training)."""
+    sp = plan.cfg.sparsifier
+    stop = DynamicSparsifier.update_interval(sp, plan.total_steps).stop_step
+    require(sp.delta_t <= stop, "sparsifier.delta_t", sp.delta_t,
+            f"must be at most stop_fraction x total steps = {stop} ({plan.total_steps} steps of "
+            f"{plan.steps_per_epoch} per epoch): no mask update would happen")
+
+
 class DynamicSparsifier(StaticSparsifier):
     """Fixed-density prune-and-regrow every ``cfg.delta_t`` steps (base of SET and RigL); the
     initial mask is :class:`StaticSparsifier`'s random exact-count mask."""
@@ -101,7 +110,8 @@ class DynamicSparsifier(StaticSparsifier):
 
 
 
-@SPARSIFIERS.register("set", schema=DynamicSparsifierConfig, checks=(check_sparse_target, check_dynamic))
+@SPARSIFIERS.register("set", schema=DynamicSparsifierConfig, checks=(check_sparse_target, check_dynamic),
+                      preflight=(preflight_dynamic,))
 class SETSparsifier(DynamicSparsifier):
     """SET: magnitude drop, random regrowth."""
 
@@ -109,7 +119,8 @@ class SETSparsifier(DynamicSparsifier):
     growth = "random"
 
 
-@SPARSIFIERS.register("rigl", schema=DynamicSparsifierConfig, checks=(check_sparse_target, check_dynamic))
+@SPARSIFIERS.register("rigl", schema=DynamicSparsifierConfig, checks=(check_sparse_target, check_dynamic),
+                      preflight=(preflight_dynamic,))
 class RigLSparsifier(DynamicSparsifier):
     """RigL: magnitude drop, dense-gradient regrowth."""
 

@@ -63,6 +63,9 @@ def check_gradual(cfg: Any) -> None:
     require(sp.delta_t >= 1, "sparsifier.delta_t", sp.delta_t, "must be an integer >= 1 (optimizer steps)")
     require(0 < sp.stop_fraction <= 1, "sparsifier.stop_fraction", sp.stop_fraction, "must be in (0, 1]")
     require(0 < sp.init_density <= 1, "sparsifier.init_density", sp.init_density, "must be in (0, 1]")
+    require(sp.init_density >= 1 - cfg.sparsity - 1e-9, "sparsifier.init_density", sp.init_density,
+            f"must be at least the target density 1 - sparsity = {1 - cfg.sparsity:g} (gradual pruning only "
+            "removes weights)")
     require(0 <= sp.prune_start_fraction < sp.prune_end_fraction <= 1, "sparsifier.prune_end_fraction",
             sp.prune_end_fraction,
             f"must satisfy 0 <= prune_start_fraction ({sp.prune_start_fraction}) < prune_end_fraction <= 1")
@@ -72,7 +75,26 @@ def check_gradual(cfg: Any) -> None:
     one_of("sparsifier.prune_rate_decay", sp.prune_rate_decay, {"cosine", "constant"})
 
 
-@SPARSIFIERS.register("gmp", schema=GradualSparsifierConfig, checks=(check_gradual,))
+def check_pruning_window(cfg: Any, total_steps: int) -> None:
+    """The last pruning update (``final_iter * delta_t``) must fall inside the run.
+
+    Raises:
+        ConfigError: ``delta_t`` too long for the pruning window of ``total_steps`` steps.
+    """
+    dt = int(cfg.delta_t)
+    final = GradualMagnitudeSparsifier.cubic_density(cfg, total_steps, 0.0).final_iter
+    if final * dt > total_steps:
+        raise ConfigError("sparsifier.delta_t", dt, f"must be at most prune_end_fraction x total steps "
+                          f"({int(cfg.prune_end_fraction * total_steps)} of {total_steps}), or the target sparsity is "
+                          "never reached")
+
+
+def preflight_gradual(plan: Any) -> None:
+    """The pruning window against the run's steps (:func:`check_pruning_window`)."""
+    check_pruning_window(plan.cfg.sparsifier, plan.total_steps)
+
+
+@SPARSIFIERS.register("gmp", schema=GradualSparsifierConfig, checks=(check_gradual,), preflight=(preflight_gradual,))
 class GradualMagnitudeSparsifier(Sparsifier):
     """GMP: dense start, cubic global magnitude pruning to the target density."""
 
@@ -81,15 +103,12 @@ class GradualMagnitudeSparsifier(Sparsifier):
 
     def __init__(self, cfg: Any, ctx) -> None:
         super().__init__(cfg, ctx)
-        dt = cfg.delta_t
         #: the cubic density schedule (its pruning iterations ``first_iter .. final_iter``)
         self.density_schedule = self.cubic_density(cfg, ctx.total_steps, ctx.density)
         self.first_iter = self.density_schedule.first_iter
         self.final_iter = self.density_schedule.final_iter
         self.init_density = self.density_schedule.initial
-        if self.final_iter * dt > ctx.total_steps:
-            raise ConfigError("sparsifier.delta_t", dt, f"must be at most prune_end_fraction x total steps "
-                              f"({int(cfg.prune_end_fraction * ctx.total_steps)}), or the target sparsity is never reached")
+        check_pruning_window(cfg, ctx.total_steps)
         #: neuroregeneration steps (GraNet) or None (GMP)
         self.regeneration = self.regeneration_interval(cfg, ctx.total_steps)
         #: neuroregeneration drop fraction: cosine to ``prune_rate_min`` over the run, or constant
@@ -162,7 +181,8 @@ class GradualMagnitudeSparsifier(Sparsifier):
 
 
 
-@SPARSIFIERS.register("granet", schema=GradualSparsifierConfig, checks=(check_sparse_target, check_gradual))
+@SPARSIFIERS.register("granet", schema=GradualSparsifierConfig, checks=(check_sparse_target, check_gradual),
+                      preflight=(preflight_gradual,))
 class GraNetSparsifier(GradualMagnitudeSparsifier):
     """GraNet: sparse start, gradual global magnitude pruning and gradient neuroregeneration."""
 

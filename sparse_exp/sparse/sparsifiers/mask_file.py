@@ -15,6 +15,7 @@ The mask fixes the topology (static training). Its sparsity must match ``sparsit
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -25,6 +26,7 @@ from omegaconf import MISSING
 from sparse_exp.config import SparsifierConfig
 from sparse_exp.errors import ConfigError
 from sparse_exp.registries import SPARSIFIERS
+from sparse_exp.rundir import MASKS_FORMAT
 from sparse_exp.sparse.flops import Allocation
 from sparse_exp.sparse.sparsifiers.base import Sparsifier, check_sparse_target
 
@@ -46,12 +48,21 @@ def load_mask_file(path: str | Path) -> Dict[str, torch.Tensor]:
     """Read masks as ``{parameter name: bool tensor}`` from any accepted format (see module doc).
 
     Raises:
-        ConfigError: the file does not exist or holds no tensors.
+        ConfigError: the file does not exist, is not a torch file, has another ``format`` than
+            ``sparse_exp.masks/v1``, or holds no tensors.
     """
     p = Path(path)
     if not p.is_file():
         raise ConfigError("sparsifier.path", str(path), "must be an existing mask file (e.g. runs/<run>/masks.pt)")
-    obj = torch.load(p, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises many kinds (EOFError, UnpicklingError, RuntimeError, ...)
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise ConfigError("sparsifier.path", str(path), f"is not a readable torch file ({type(exc).__name__}: "
+                          f"{first})") from None
+    if isinstance(obj, dict) and "format" in obj and obj["format"] != MASKS_FORMAT:
+        raise ConfigError("sparsifier.path", str(path), f"has format {obj['format']!r}; this version reads "
+                          f"{MASKS_FORMAT!r}")
     if isinstance(obj, dict) and "masks" in obj:
         obj = obj["masks"]
     elif isinstance(obj, dict) and "state_dict" in obj:
@@ -62,7 +73,43 @@ def load_mask_file(path: str | Path) -> Dict[str, torch.Tensor]:
     return masks
 
 
-@SPARSIFIERS.register("mask_file", schema=MaskFileSparsifierConfig, checks=(check_sparse_target,))
+def check_masks_fit(masks: Dict[str, torch.Tensor], shapes: Dict[str, Tuple[int, ...]], sparsity: float,
+                    path: str) -> Dict[str, int]:
+    """Refuse masks that do not fit a model: a layer missing, a shape differing, or another sparsity.
+
+    Args:
+        masks: from :func:`load_mask_file`; shapes: the model's prunable weight shapes;
+        sparsity: the run's target (the file's must match within 1e-3); path: named in the errors.
+
+    Returns:
+        ones per layer of ``shapes``.
+
+    Raises:
+        ConfigError: naming ``sparsifier.path`` (or ``sparsity``) and what differs.
+    """
+    missing = [n for n in shapes if n not in masks]
+    if missing:
+        raise ConfigError("sparsifier.path", path, f"has no mask for {missing[:3]}{'...' if len(missing) > 3 else ''}"
+                          " of this model (a mask of another model?)")
+    for n, shape in shapes.items():
+        if tuple(masks[n].shape) != tuple(shape):
+            raise ConfigError("sparsifier.path", path,
+                              f"mask {n} has shape {tuple(masks[n].shape)}, the model has {tuple(shape)}")
+    counts = {n: int(masks[n].count_nonzero()) for n in shapes}
+    found = 1 - sum(counts.values()) / sum(math.prod(s) for s in shapes.values())
+    if abs(found - sparsity) > 1e-3:
+        raise ConfigError("sparsity", sparsity, f"must match the mask file's sparsity {found:.4f} ({path})")
+    return counts
+
+
+def preflight_mask_file(plan: Any) -> None:
+    """The file loads, has the documented format and fits the run's model and sparsity."""
+    path = str(plan.cfg.sparsifier.path)
+    check_masks_fit(load_mask_file(path), plan.shapes, float(plan.cfg.sparsity), path)
+
+
+@SPARSIFIERS.register("mask_file", schema=MaskFileSparsifierConfig, checks=(check_sparse_target,),
+                      preflight=(preflight_mask_file,))
 class MaskFileSparsifier(Sparsifier):
     """Static training from a mask file (``cfg.path``)."""
 
@@ -84,18 +131,7 @@ class MaskFileSparsifier(Sparsifier):
     def init_masks(self) -> None:
         m = self.ctx.masking
         masks = load_mask_file(self.cfg.path)
-        missing = [n for n in m.names if n not in masks]
-        if missing:
-            raise ConfigError("sparsifier.path", self.cfg.path,
-                              f"has no mask for {missing[:3]}{'...' if len(missing) > 3 else ''} of this model")
-        for n in m.names:
-            if tuple(masks[n].shape) != tuple(m.shapes[n]):
-                raise ConfigError("sparsifier.path", self.cfg.path,
-                                  f"mask {n} has shape {tuple(masks[n].shape)}, the model has {tuple(m.shapes[n])}")
-        counts = {n: int(masks[n].count_nonzero()) for n in m.names}
-        sparsity = 1 - sum(counts.values()) / m.total
-        if abs(sparsity - self.ctx.sparsity) > 1e-3:
-            raise ConfigError("sparsity", self.ctx.sparsity, f"must match the mask file's sparsity {sparsity:.4f}")
+        counts = check_masks_fit(masks, {n: tuple(m.shapes[n]) for n in m.names}, self.ctx.sparsity, str(self.cfg.path))
         m.set_masks_({n: masks[n] for n in m.names})
         m.target_counts = counts
         m.apply_(self.ctx.optimizer)
