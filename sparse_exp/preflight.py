@@ -92,8 +92,15 @@ def plan_run(cfg: Any) -> RunPlan:
         raise ConfigError("dataset.val_size", val, f"must be smaller than the {spec.train_size} training images "
                           f"of {spec.name} (they are held out of the training split)")
     pool = spec.train_size - val
-    num_train = pool if ds.subset_train is None else min(pool, int(ds.subset_train))
-    num_test = spec.test_size if ds.subset_test is None else min(spec.test_size, int(ds.subset_test))
+    # never silently clamp a subset: a run must train on what its config says
+    if ds.subset_train is not None and int(ds.subset_train) > pool:
+        raise ConfigError("dataset.subset_train", int(ds.subset_train), f"must be at most {pool}: {spec.name} has "
+                          f"{spec.train_size} training images, {val} of them held out for validation")
+    if ds.subset_test is not None and int(ds.subset_test) > spec.test_size:
+        raise ConfigError("dataset.subset_test", int(ds.subset_test), f"must be at most the {spec.test_size} test "
+                          f"images of {spec.name}")
+    num_train = pool if ds.subset_train is None else int(ds.subset_train)
+    num_test = spec.test_size if ds.subset_test is None else int(ds.subset_test)
     steps = math.ceil(num_train / int(cfg.batch_size))
     shapes = prunable_shapes(cfg, spec)
     names = list(shapes)

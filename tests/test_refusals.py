@@ -149,6 +149,7 @@ CASES = {
                                  "distribution.dense_last_layer=true", "sparsity=0.99"],
                                 "distribution.dense_last_layer", {}, None),
     # 7. data
+    "subset-larger-than-data": (NONE + ["dataset.subset_train=100000"], "dataset.subset_train=100000", {}, None),
     "val-size-larger-than-data": (NONE + ["dataset.val_size=100000"], "dataset.val_size=100000", {}, None),
     "data-missing-cifar": (["dataset=cifar10", "superposer=none", "epochs=1"], "cifar10", {}, None),
     "data-root-missing": (["dataset.root=/nonexistent/fmnist"], "/nonexistent/fmnist", {}, None),

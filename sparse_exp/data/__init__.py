@@ -9,7 +9,8 @@ Splits. ``val_size`` images are held out of the official training set for valida
 permutation with the fixed split seed 0 (:data:`~sparse_exp.data.base.SPLIT_SEED`), so all run seeds
 validate on the same images; see :func:`~sparse_exp.data.base.split_indices`. ``subset_train`` keeps
 the first N images of the remaining training pool (in that permutation's order), ``subset_test``
-the first N test images (file order); both are for smoke runs and are clamped to what exists.
+the first N test images (file order); both are for smoke runs (the pre-flight refuses a subset larger than
+the official split, :mod:`sparse_exp.preflight`; the loaders clamp to what a smaller copy on disk holds).
 Validation images always get the evaluation transform, never the training augmentation.
 
 Determinism. Epoch ``e`` of the training loader is ordered (and augmented) from a
