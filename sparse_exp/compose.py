@@ -11,6 +11,7 @@ ConfigStore (``schema/<group>/<name>``) and registers the ``run_name`` resolver 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Sequence, Union
 
@@ -24,6 +25,7 @@ from sparse_exp.config import Config
 from sparse_exp.registry import REGISTRIES
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+_HYDRA_LOCK = threading.RLock()
 
 
 def run_name(override_dirname: str) -> str:
@@ -56,5 +58,6 @@ def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False,
         compose (unknown option or key, wrong type); values are checked by :mod:`sparse_exp.validate`.
     """
     setup()
-    with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+    with _HYDRA_LOCK:  # Hydra's global state holds one initialisation at a time: serialise threads
+        with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+            return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)

@@ -185,13 +185,18 @@ def snapshot(root: Path) -> dict:
     return out
 
 
-def _run(case_dir: Path, args, env_extra, setup):
+def _prepare(case_dir: Path, args, setup):
+    """The case's directory, its pre-existing files and its full command line (in the main thread)."""
     case_dir.mkdir(parents=True)
     args = with_base(args)
     if setup is not None:
         made = setup(case_dir)
         if made is not None:
             args.append(f"sparsifier.path={made}")
+    return args
+
+
+def _run(case_dir: Path, args, env_extra):
     env = {**os.environ, "SPARSE_EXP_RUNS": str(case_dir / "runs"), "WANDB_MODE": "disabled", **env_extra}
     before = snapshot(case_dir)
     res = subprocess.run([sys.executable, "-m", "sparse_exp.train", *args], cwd=ROOT, env=env, capture_output=True,
@@ -203,8 +208,9 @@ def _run(case_dir: Path, args, env_extra, setup):
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("refusals")
     jobs = {**{k: v for k, v in CASES.items()}, **{k: (a, c, {}, s) for k, (a, c, s) in GRIDS.items()}}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(_run, root / name, args, env, setup) for name, (args, _, env, setup) in jobs.items()}
+    commands = {name: _prepare(root / name, args, setup) for name, (args, _, _, setup) in jobs.items()}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two CLI processes at a time (2 cores)
+        futures = {name: pool.submit(_run, root / name, commands[name], jobs[name][2]) for name in jobs}
         return {name: f.result() for name, f in futures.items()}
 
 
