@@ -18,6 +18,8 @@ from typing import Any, Sequence, Union
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import OmegaConf
 
 import sparse_exp.components  # noqa: F401  (every component registers itself and its schema)
@@ -59,5 +61,10 @@ def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False,
     """
     setup()
     with _HYDRA_LOCK:  # Hydra's global state holds one initialisation at a time: serialise threads
-        with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
-            return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        backup = get_gh_backup()  # callable inside a running Hydra app too (the sweeper explains its errors)
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(str(Path(config_dir).resolve()), version_base="1.3"):
+                return hydra_compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        finally:
+            restore_gh_from_backup(backup)

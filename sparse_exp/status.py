@@ -32,7 +32,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import open_dict, read_write
 
@@ -90,7 +89,6 @@ def expand_sweep(name: str, overrides: Sequence[str] = (), config_dir: Path = CO
     fixed = [o.input_line for o in parsed_cli if not o.is_sweep_override()]
     task_args = [o.input_line for o, h in zip(parsed_cli, is_hydra) if not h]
 
-    GlobalHydra.instance().clear()
     cfg = compose(fixed, return_hydra_config=True, config_dir=config_dir)
     params = {str(k): str(v) for k, v in (cfg.hydra.sweeper.get("params") or {}).items()}
     arguments = [f"{k}={v}" for k, v in params.items()] + task_args

@@ -172,6 +172,7 @@ GRIDS = {
                            "logger=none"], "dataset=cifar10", None),
     "grid-bad-value": (["-m", *RUN, "sparsity=0.9,1.5"], "sparsity=1.5", None),
     "grid-unknown-option": (["-m", *RUN, "model=lenet5,resnet9000"], "model=resnet9000", None),
+    "grid-unknown-key": (["-m", *RUN, "sparsifier.nonexistent=1,2"], "sparsifier.nonexistent=1", None),
     "grid-corrupt-summary": (["-m", *RUN, "seed=0,1"], "seed=1",
                              _run_dir_with({"summary.json": b'{"status": "compl'}, with_base(RUN) + ["seed=1"])),
 }
