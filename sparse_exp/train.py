@@ -53,7 +53,7 @@ def run(cfg: DictConfig, run_path: str) -> dict:
                  "the overrides to train again.", rd.path, summary.get("test/acc", float("nan")))
         return summary
 
-    trainer = Trainer(cfg, rd)  # may still refuse the config (e.g. schedules longer than the run)
+    trainer = Trainer(cfg, rd)  # loads the data and builds the run (the pre-flight checked what it could)
     dist, device = trainer.run.dist, trainer.run.device
     with contextlib.ExitStack() as stack:
         busy = None
