@@ -69,6 +69,7 @@ class FlopMeter(BaseCallback):
                 "flops/train": self.flops.ratio(), "flops/dense_forward": self.flops.f_dense}
 
     def state_dict(self) -> Dict[str, Any]:
+        """The accumulated FLOPs and step count (:meth:`TrainingFlops.state_dict`)."""
         return self.flops.state_dict()
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:

@@ -142,6 +142,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
+        """Everything ``checkpoint.pt`` holds for a bitwise resume: model, optimizer, LR schedule, masks,
+        sparsifier, each callback's state (by name), the global RNG states, the step / epoch counters and,
+        mid-epoch, the batch position and the epoch's loss / accuracy accumulators."""
         r, s = self.run, self.state
         return {
             "model": r.model.state_dict(),
@@ -159,6 +162,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output (also a checkpoint of the engine before the callback protocol,
+        whose ``superposer`` / ``flops`` entries are mapped to the callbacks)."""
         r, s = self.run, self.state
         r.model.load_state_dict(state["model"])
         r.optimizer.load_state_dict(state["optimizer"])

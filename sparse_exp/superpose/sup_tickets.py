@@ -303,12 +303,15 @@ class SupTickets(BaseCallback):
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
+        """The running average, the tickets' metrics and test probabilities, the superposition timings and
+        the ultimate ticket's masks (CPU tensors), for a bitwise resume mid-cycle."""
         return {"averager": self.averager.state_dict(), "tickets": list(self.tickets),
                 "ticket_probs": list(self.ticket_probs), "superpose_seconds": list(self.superpose_seconds),
                 "ultimate_masks": None if self.ultimate_masks is None else
                 {k: v.cpu() for k, v in self.ultimate_masks.items()}}
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
+        """Restore :meth:`state_dict`'s output, tensors moved to ``device``."""
         self.averager.load_state_dict(state["averager"], device)
         self.tickets = list(state["tickets"])
         self.ticket_probs = list(state["ticket_probs"])
