@@ -30,7 +30,7 @@ import yaml
 
 # IDENTITY: the identifying choices as written into ``summary.json`` (IDENTITY_GROUPS are read from
 # ``<group>.name``); the single source of these and of the result-neutral keys is sparse_exp.identity
-from sparse_exp.identity import IDENTITY, IDENTITY_GROUPS, result_neutral_keys
+from sparse_exp.identity import IDENTITY, IDENTITY_DEFAULTS, IDENTITY_GROUPS, result_neutral_keys
 
 COMPLETED = "completed"
 
@@ -115,7 +115,7 @@ def make_record(config: Optional[Mapping[str, Any]], summary: Optional[Mapping[s
     rec["status"] = status or summary.get("status") or "no summary"
     for k in IDENTITY:  # the resolved config first: a W&B summary's "sparsity" may be a logged metric
         v = flat.get(f"{k}.name") if k in IDENTITY_GROUPS else flat.get(k)
-        rec[k] = summary.get(k) if v is None else v
+        rec[k] = summary.get(k, IDENTITY_DEFAULTS.get(k)) if v is None else v  # no report key: "last"
     if rec["sparsity"] is not None:
         rec["sparsity"] = round(float(rec["sparsity"]), 6)
     for k in ("seed", "epochs"):
@@ -124,6 +124,8 @@ def make_record(config: Optional[Mapping[str, Any]], summary: Optional[Mapping[s
     ident = {k: v for k, v in flat.items() if not _is_volatile(k)}
     if not ident:  # no config: the summary's identifying choices are all we know
         ident = {k: rec[k] for k in IDENTITY}
+    # a key at its default identifies as the key's absence (runs from before it existed: same run / cell)
+    ident = {k: v for k, v in ident.items() if not (k in IDENTITY_DEFAULTS and v == IDENTITY_DEFAULTS[k])}
     rec["run_id"] = identity_hash(ident)
     rec["cell_id"] = identity_hash({k: v for k, v in ident.items() if k != "seed"})
     for k, v in summary.items():

@@ -5,7 +5,7 @@ Data flows one way: config -> :func:`build_run` -> :class:`sparse_exp.loop.Train
 consumed by the model's initialisation only):
 
 1. seed, device, distributed environment, data;
-2. callbacks from the config (the superposer group; later the training tweaks), then the model, which
+2. callbacks from the config (the training tweaks, then the superposer group), then the model, which
    each callback may transform (``transform_model``), then the optimizer with the callbacks'
    parameter groups, the masks, the FLOP meter (itself a callback);
 3. the sparsifier (:class:`~sparse_exp.sparse.sparsifiers.base.SparseContext`), the callbacks'
@@ -32,11 +32,13 @@ from sparse_exp.flop_meter import FlopMeter
 from sparse_exp.models import build_model, reinitialize_
 from sparse_exp.optim import build_optimizer
 from sparse_exp.registries import SUPERPOSERS
+from sparse_exp.report import BestValReport
 from sparse_exp.schedules import lr_factor_fn
 from sparse_exp.seeding import seed_everything
 from sparse_exp.sparse.flops import layer_forward_flops
 from sparse_exp.sparse.masking import Masking
 from sparse_exp.sparse.sparsifiers import SparseContext, Sparsifier, build_sparsifier
+from sparse_exp.tweaks import build_tweaks
 
 #: epoch id used to draw batches for pruning-at-init scores (never a training epoch)
 INIT_BATCHES_EPOCH = 1_000_000
@@ -106,11 +108,18 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def build_callbacks(cfg: Any) -> List[Any]:
-    """The config's callbacks, in call order: the superposer's (``superposer=none`` builds none)."""
-    out = []
+    """The config's callbacks, in call order: the training tweaks (:func:`sparse_exp.tweaks.build_tweaks`),
+    then the superposer's (``superposer=none`` builds none); last,
+    with ``report=best_val``, :class:`~sparse_exp.report.BestValReport` (it sees the epoch rows and final
+    metrics of every callback before it; the FLOP meter, added after them by :func:`build_run`, reads no
+    ``val/*`` or ``test/*``)."""
+    out = build_tweaks(cfg)
     booster = SUPERPOSERS.build(cfg.superposer.name, cfg.superposer)
     if booster is not None:
         out.append(booster)
+    # keep last: which model the run reports (after every other callback)
+    if cfg.report == "best_val":
+        out.append(BestValReport())
     return out
 
 
@@ -188,7 +197,7 @@ def build_run(cfg: Any) -> Run:
     ctx = SparseContext(model=model, masking=masking, optimizer=optimizer, sparsity=float(cfg.sparsity),
                         distribution=cfg.distribution, total_steps=cfg.epochs * steps_per_epoch,
                         steps_per_epoch=steps_per_epoch, seed=int(cfg.seed), device=device, batches=init_batches,
-                        loss_fn=cross_entropy)
+                        loss_fn=hooks.wrap_score_loss(cross_entropy))
     sparsifier = build_sparsifier(cfg.sparsifier, ctx)
     phases = list(sparsifier.lr_phases()) + [("main", int(cfg.epochs))]
     pre_steps = sum(epochs for _, epochs in phases[:-1]) * steps_per_epoch
@@ -203,6 +212,7 @@ def build_run(cfg: Any) -> Run:
 
     main = hooks.lr_factor(base, state.main_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, phased_lr(phases, steps_per_epoch, base, main))
+    state.scheduler = scheduler
     return Run(cfg=cfg, device=device, dist=dist, data=data, train_loader=train_loader, model=model,
                train_model=train_model, optimizer=optimizer, masking=masking, sparsifier=sparsifier,
                callbacks=hooks, loss_fn=loss_fn, scheduler=scheduler, phases=phases, state=state)

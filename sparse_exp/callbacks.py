@@ -10,10 +10,12 @@ hook                   when / what                                              
 ``transform_model``    once, after the model is built, before the optimizer and the masks     a model
 ``param_groups``       once, before the optimizer: extra groups (claimed params leave group 0) groups
 ``wrap_loss``          once: wrap or replace the training loss ``loss(logits, y) -> scalar``  a loss
+``wrap_score_loss``    once: wrap the loss of pruning-at-init scores (plain CE by default)    a loss
 ``lr_schedule``        once: replace the main phase's LR multiplier (``base(n)`` = base        fn or None
                        schedule over ``n`` steps); at most one callback may
 ``lr_multiplier``      per step: a factor multiplied into the LR                              float
 ``setup``              once, after the sparsifier is built (before masks are initialised)      --
+``before_init_masks``  once, on a fresh start only, before the sparsifier's initial masks     --
 ``allow_mask_update``  per main-phase step: may veto the sparsifier's update this step         bool
 ``on_epoch_start``     before each training epoch                                             --
 ``on_step_end``        after each optimizer step, mask application and sparsifier update      --
@@ -26,6 +28,9 @@ hook                   when / what                                              
 ``state_dict`` /       checkpointing: everything needed to resume bitwise                     dict
 ``load_state_dict``
 =====================  =====================================================================  ==========
+
+Row key convention: ``on_epoch_end`` sets ``row["report/eligible"] = False`` when the epoch's network is
+not the final architecture; ``report=best_val`` never reports such an epoch (:mod:`sparse_exp.report`).
 
 Callbacks see a :class:`TrainState`, a narrow documented view of the run, never the loop itself.
 Subclass :class:`BaseCallback` (every hook a no-op) and override what you need; see
@@ -68,6 +73,7 @@ class TrainState:
         epoch: epochs completed in the whole run.
         elapsed: training seconds so far, over all sessions of the run.
         log: ``log(row)`` sends scalars to the experiment logger at the current step.
+        scheduler: the per-step LR scheduler (``LambdaLR``; set once it exists, after ``setup``).
         reported_masks: set at the end of training: the masks of the reported model if a callback
             replaced the individual model (``final_masks``), else None.
     """
@@ -88,6 +94,7 @@ class TrainState:
     epoch: int = 0
     elapsed: float = 0.0
     log: Callable[[Dict[str, Any]], None] = field(default=lambda row: None, repr=False)
+    scheduler: Any = None
     reported_masks: Optional[Masks] = None
 
     @property
@@ -110,9 +117,11 @@ class Callback(Protocol):
     def transform_model(self, model: nn.Module) -> nn.Module: ...
     def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]: ...
     def wrap_loss(self, loss: LossFn) -> LossFn: ...
+    def wrap_score_loss(self, loss: LossFn) -> LossFn: ...
     def lr_schedule(self, base: Callable[[int], LRFactor], total_steps: int) -> Optional[LRFactor]: ...
     def lr_multiplier(self, step: int) -> float: ...
     def setup(self, state: TrainState) -> None: ...
+    def before_init_masks(self, state: TrainState) -> None: ...
     def allow_mask_update(self, main_step: int) -> bool: ...
     def on_epoch_start(self, state: TrainState) -> None: ...
     def on_step_end(self, state: TrainState, mask_changed: bool) -> None: ...
@@ -138,6 +147,9 @@ class BaseCallback:
     def wrap_loss(self, loss: LossFn) -> LossFn:
         return loss
 
+    def wrap_score_loss(self, loss: LossFn) -> LossFn:
+        return loss
+
     def lr_schedule(self, base: Callable[[int], LRFactor], total_steps: int) -> Optional[LRFactor]:
         return None
 
@@ -145,6 +157,9 @@ class BaseCallback:
         return 1.0
 
     def setup(self, state: TrainState) -> None:
+        pass
+
+    def before_init_masks(self, state: TrainState) -> None:
         pass
 
     def allow_mask_update(self, main_step: int) -> bool:
@@ -207,6 +222,11 @@ class CallbackList:
             loss = cb.wrap_loss(loss)
         return loss
 
+    def wrap_score_loss(self, loss: LossFn) -> LossFn:
+        for cb in self.callbacks:
+            loss = cb.wrap_score_loss(loss)
+        return loss
+
     def lr_factor(self, base: Callable[[int], LRFactor], total_steps: int) -> LRFactor:
         """The main phase's LR multiplier: a callback's ``lr_schedule`` (at most one), else
         ``base(total_steps)``; times every callback's ``lr_multiplier`` if any overrides it.
@@ -233,6 +253,10 @@ class CallbackList:
     def setup(self, state: TrainState) -> None:
         for cb in self.callbacks:
             cb.setup(state)
+
+    def before_init_masks(self, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.before_init_masks(state)
 
     def allow_mask_update(self, main_step: int) -> bool:
         return all(cb.allow_mask_update(main_step) for cb in self.callbacks)

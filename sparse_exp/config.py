@@ -14,7 +14,7 @@ This module imports no method and no plugin.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -127,7 +127,8 @@ class Config:
     """Top-level config (``conf/config.yaml``).
 
     ``sparsity`` is the target fraction of zeros among the prunable weights (conv and linear
-    weights), in [0, 1). ``epochs`` counts passes over the training split.
+    weights), in [0, 1). ``epochs`` counts passes over the training split. ``report``: ``last`` (the
+    final model's test metrics) | ``best_val`` (those of the best-validation epoch, :mod:`sparse_exp.report`).
     """
 
     model: ModelConfig = MISSING
@@ -138,9 +139,12 @@ class Config:
     optimizer: OptimizerConfig = MISSING
     schedule: ScheduleConfig = MISSING
     logger: LoggerConfig = MISSING
+    #: chosen training tweaks, ``{name: node}`` (``tweaks=[soft_neurons,ghost_skip]``; empty: none)
+    tweaks: Dict[str, Any] = field(default_factory=dict)
     sparsity: float = 0.9
     seed: int = 0
     epochs: int = 20
+    report: str = "last"
     batch_size: int = 128
     eval_batch_size: int = 1000
     device: str = "auto"

@@ -19,8 +19,13 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 IDENTITY_GROUPS: Tuple[str, ...] = ("model", "dataset", "sparsifier", "superposer", "distribution")
 #: top-level numbers that identify a run
 IDENTITY_VALUES: Tuple[str, ...] = ("sparsity", "seed", "epochs")
+#: top-level choices that identify a run, written into ``summary.json`` only when not at their default
+#: (:data:`IDENTITY_DEFAULTS`), so that the summaries of runs at the default read as before
+IDENTITY_CHOICES: Tuple[str, ...] = ("report", "tweaks")
+#: what a summary or config without the key means (runs from before the key existed)
+IDENTITY_DEFAULTS: Dict[str, Any] = {"report": "last", "tweaks": "none"}
 #: every identity key, in the order of ``summary.json``
-IDENTITY: Tuple[str, ...] = IDENTITY_GROUPS + IDENTITY_VALUES
+IDENTITY: Tuple[str, ...] = IDENTITY_GROUPS + IDENTITY_VALUES + IDENTITY_CHOICES
 
 #: keys that never reach run-directory names but are not config choices either
 _NOT_CONFIG = ("hydra", "run_dir")
@@ -33,11 +38,23 @@ def identity(cfg: Any) -> Dict[str, Any]:
         cfg: a composed config (``conf/config.yaml``).
 
     Returns:
-        ``{"model": name, "dataset": name, ..., "sparsity": float, "seed": int, "epochs": int}``.
+        ``{"model": name, "dataset": name, ..., "sparsity": float, "seed": int, "epochs": int}``, then
+        ``"report": str`` unless it is ``last`` and ``"tweaks": "a+b"`` unless no tweak is chosen (the
+        defaults: such summaries are unchanged).
     """
     out: Dict[str, Any] = {k: cfg[k].name for k in IDENTITY_GROUPS}
     out.update(sparsity=float(cfg.sparsity), seed=int(cfg.seed), epochs=int(cfg.epochs))
+    for k in IDENTITY_CHOICES:
+        value = tweaks_label(cfg) if k == "tweaks" else cfg.get(k, IDENTITY_DEFAULTS[k])
+        if value != IDENTITY_DEFAULTS[k]:
+            out[k] = value
     return out
+
+
+def tweaks_label(cfg: Any) -> str:
+    """The chosen training tweaks as one label, names sorted and joined by ``+`` (``"none"`` if none)."""
+    names = sorted(cfg.get("tweaks") or {})
+    return "+".join(names) if names else "none"
 
 
 @lru_cache(maxsize=1)

@@ -163,17 +163,20 @@ class Trainer:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (also a checkpoint of the engine before the callback protocol,
-        whose ``superposer`` / ``flops`` entries are mapped to the callbacks)."""
+        whose ``superposer`` / ``flops`` entries are mapped to the callbacks).
+
+        The callbacks are restored first: one that changed the model's structure during training (a tweak
+        that removed modules) restores that structure, so the model, optimizer and scheduler states fit."""
         r, s = self.run, self.state
+        callbacks = state.get("callbacks")
+        if callbacks is None:  # a checkpoint of the engine before the callback protocol (issue 9)
+            callbacks = {"flops": state["flops"], self.cfg.superposer.name: state.get("superposer", {})}
+        r.callbacks.load_state_dict(callbacks, r.device)
         r.model.load_state_dict(state["model"])
         r.optimizer.load_state_dict(state["optimizer"])
         r.scheduler.load_state_dict(state["scheduler"])
         r.masking.load_state_dict(state["masking"])
         r.sparsifier.load_state_dict(state["sparsifier"])
-        callbacks = state.get("callbacks")
-        if callbacks is None:  # a checkpoint of the engine before the callback protocol (issue 9)
-            callbacks = {"flops": state["flops"], self.cfg.superposer.name: state.get("superposer", {})}
-        r.callbacks.load_state_dict(callbacks, r.device)
         set_rng_state(state["rng"])
         s.epoch, s.step, s.elapsed = state["epoch"], state["step"], state["elapsed"]
         self.batch_in_epoch = state.get("batch_in_epoch", 0)
@@ -285,6 +288,7 @@ class Trainer:
             log.info("resumed from %s at epoch %d batch %d (step %d)", rd.checkpoint_path, s.epoch,
                      self.batch_in_epoch, s.step)
         else:
+            r.callbacks.before_init_masks(s)
             r.sparsifier.init_masks()
             rd.truncate_metrics(before_epoch=0)
         rd.write_summary({"status": "running", **ident})

@@ -15,6 +15,7 @@ group           implementations                                        registere
 ``optimizer``   ``fn(cfg, param_groups) -> torch.optim.Optimizer``      :mod:`sparse_exp.optim`
 ``schedule``    ``fn(cfg, total_steps) -> (step -> LR multiplier)``     :mod:`sparse_exp.schedules`
 ``logger``      ``fn(cfg, run_dir, config, name) -> logger``            :mod:`sparse_exp.loggers`
+``tweaks``      callback class ``cls(node) -> Callback`` (several at once)  :mod:`sparse_exp.tweaks`
 ==============  =====================================================  ==============================
 """
 
@@ -32,5 +33,7 @@ SUPERPOSERS = Registry("superposer")
 OPTIMIZERS = Registry("optimizer", default_schema=OptimizerConfig)
 SCHEDULES = Registry("schedule", default_schema=ScheduleConfig)
 LOGGERS = Registry("logger", default_schema=LoggerConfig)
+#: list-valued group: ``tweaks=[a,b]`` selects several options, each configured under ``tweaks.<name>``
+TWEAKS = Registry("tweaks", key=lambda cfg: list(cfg.tweaks or {}))
 
-__all__ = ["MODELS", "DATASETS", "DISTRIBUTIONS", "SPARSIFIERS", "SUPERPOSERS", "OPTIMIZERS", "SCHEDULES", "LOGGERS"]
+__all__ = ["MODELS", "DATASETS", "DISTRIBUTIONS", "SPARSIFIERS", "SUPERPOSERS", "OPTIMIZERS", "SCHEDULES", "LOGGERS", "TWEAKS"]

@@ -43,7 +43,7 @@ def validate_finite(cfg: Any) -> None:
 
 
 def validate_top_level(cfg: Any) -> None:
-    """Ranges of the top-level keys (``sparsity``, ``epochs``, batch sizes, ``seed``, ``device``, ...)."""
+    """Ranges of the top-level keys (``sparsity``, ``epochs``, batch sizes, ``seed``, ``device``, ``report``, ...)."""
     require(isinstance(cfg.sparsity, (int, float)) and 0.0 <= cfg.sparsity < 1.0, "sparsity", cfg.sparsity,
             "must be in [0, 1) (fraction of zeros among prunable weights)")
     require(cfg.epochs >= 1, "epochs", cfg.epochs, "must be an integer >= 1")
@@ -54,6 +54,10 @@ def validate_top_level(cfg: Any) -> None:
     if cfg.stop_after_epochs is not None:
         require(cfg.stop_after_epochs >= 1, "stop_after_epochs", cfg.stop_after_epochs, "must be >= 1 or null")
     one_of("device", cfg.device.split(":")[0], {"auto", "cpu", "cuda", "mps"})
+    one_of("report", cfg.report, {"last", "best_val"})
+    if cfg.report == "best_val":
+        require(cfg.dataset.val_size >= 1, "report", cfg.report,
+                "best_val chooses the epoch on the validation split: needs dataset.val_size >= 1")
 
 
 

@@ -73,6 +73,11 @@ def test_every_option_composes_and_has_a_schema(group):
         assert registry.entry(name).schema is not None or registry.default_schema is not None, (group, name)
         extra = ["sparsity=0"] if (group, name) == ("sparsifier", "dense") else []
         extra += ["sparsifier.path=x.pt"] if (group, name) == ("sparsifier", "mask_file") else []
+        if group == "tweaks":  # list-valued: each option is one sub-node, selected with tweaks=[name]
+            extra += ["model=resnet32"]
+            cfg = compose([f"tweaks=[{name}]", *extra])
+            assert list(cfg.tweaks) == [name] and registry.chosen(cfg) == [name]
+            continue
         cfg = compose([f"{group}={name}", *extra])
         assert cfg[group].name == name
 

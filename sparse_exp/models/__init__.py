@@ -10,7 +10,10 @@ Conventions the sparse core (:mod:`sparse_exp.sparse.masking`) relies on:
   pruned); normalisation is ``nn.BatchNorm2d`` (plus ``nn.BatchNorm1d`` in the VGG classifier);
 * modules are registered in forward order, so the first Conv2d/Linear in ``model.modules()``
   is the input layer and the last one the classifier;
-* activations are ``nn.ReLU`` modules (not ``F.relu``), one per use, so they can be swapped.
+* activations are ``nn.ReLU`` modules (not ``F.relu``), one per use, so they can be swapped
+  (ghost soft neurons, :mod:`sparse_exp.tweaks.soft_neurons`);
+* a module may declare its ``conv -> BN -> activation`` units as ``ghost_units``, ``(conv, bn)`` child
+  paths (ghost skip connections, :mod:`sparse_exp.tweaks.ghost_skip`); LeNets declare none (no BN).
 
 =====================  =======================================================================
 name                   architecture (source)

@@ -28,6 +28,9 @@ def resnet50_imagenet(in_channels: int, num_classes: int, image_size: int) -> nn
         A module mapping ``(N, C, H, W)`` to logits ``(N, num_classes)``.
     """
     model = torchvision.models.resnet50(weights=None, num_classes=num_classes)
+    for block in model.modules():  # conv -> BN -> activation units (ghost skip paths), as the CIFAR Bottleneck
+        if isinstance(block, torchvision.models.resnet.Bottleneck):
+            block.ghost_units = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")

@@ -37,6 +37,8 @@ class InvertedResidual(nn.Module):
         super().__init__()
         planes = expansion * in_planes
         self.stride = stride
+        #: conv -> BN -> activation units (ghost skip connections); conv3 -> bn3 is linear (no activation)
+        self.ghost_units = (("conv1", "bn1"), ("conv2", "bn2"))
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu1 = nn.ReLU()
@@ -71,6 +73,8 @@ class MobileNetV2(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, 32, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(32)
         self.relu1 = nn.ReLU()
+        #: conv -> BN -> activation units of the stem and the last conv (the blocks declare their own)
+        self.ghost_units = (("conv1", "bn1"), ("conv2", "bn2"))
         blocks: List[nn.Module] = []
         in_planes = 32
         for expansion, out_planes, num_blocks, stride in cfg:

@@ -41,6 +41,8 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``."""
 
     expansion = 1
+    #: conv -> BN -> activation units (ghost skip connections, :mod:`sparse_exp.tweaks.ghost_skip`)
+    ghost_units = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -62,6 +64,8 @@ class Bottleneck(nn.Module):
     """1x1 reduce -> 3x3 (carries the stride) -> 1x1 expand (x4), plus shortcut, then ReLU."""
 
     expansion = 4
+    #: conv -> BN -> activation units (ghost skip connections, :mod:`sparse_exp.tweaks.ghost_skip`)
+    ghost_units = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()

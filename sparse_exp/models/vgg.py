@@ -55,6 +55,9 @@ class VGG(nn.Module):
                            nn.ReLU()]
                 channels = int(v)
         self.features = nn.Sequential(*layers)
+        #: conv -> BN -> activation units (ghost skip connections, :mod:`sparse_exp.tweaks.ghost_skip`)
+        self.ghost_units = tuple((f"features.{i}", f"features.{i + 1}") for i, m in enumerate(layers)
+                                 if isinstance(m, nn.Conv2d))
         self.pool = nn.AdaptiveAvgPool2d((1, 1))
         self.flatten = nn.Flatten()
         self.classifier = nn.Sequential(

@@ -28,6 +28,8 @@ class WideBasicBlock(nn.Module):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.relu1 = nn.ReLU()
+        #: the block's conv -> BN -> activation unit (pre-activation: conv1 -> bn2 -> relu2); ghost skip paths
+        self.ghost_units = (("conv1", "bn2"),)
         self.conv1 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.relu2 = nn.ReLU()

@@ -1,0 +1,38 @@
+"""Any-mask training tweaks (``tweaks=[...]``): Jaiswal et al., "Training Your Sparse Neural Network
+Better with Any Mask", ICML 2022 (reference code VITA-Group/ToST).
+
+Any subset of the four, each a callback registered in :data:`sparse_exp.registries.TWEAKS` with its
+schema and checks beside it, composable with every sparsifier and with ``superposer=sup_tickets``:
+
+=====================  ==================================================  ===============================
+option                 what                                                 module
+=====================  ==================================================  ===============================
+``ghost_skip``         dense 1x1 conv + BN paths beside conv -> BN units    :mod:`.ghost_skip`
+``soft_neurons``       ReLU -> swish / mish / ... (constant or annealed)    :mod:`.soft_neurons`
+``lrsi``               GradInit layer-wise rescaling of the initial weights  :mod:`.lrsi`, :mod:`.gradinit`
+``label_smoothing``    smoothed training labels (alpha 0.1)                 :mod:`.label_smoothing`
+``tost`` (preset)      all four with the released code's settings           ``conf/tweaks/tost.yaml``
+=====================  ==================================================  ===============================
+
+They are built in the table's order whatever the command's order (the note's order for "all": insert
+ghosts, swap activations, mask and rescale, train with smoothed labels). Schedules count epochs of the
+run's own training (:mod:`.base`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparse_exp.registries import TWEAKS
+from sparse_exp.tweaks.ghost_skip import GhostSkip
+from sparse_exp.tweaks.soft_neurons import SoftNeurons
+from sparse_exp.tweaks.lrsi import LRsI
+from sparse_exp.tweaks.label_smoothing import LabelSmoothing
+
+__all__ = ["TWEAKS", "GhostSkip", "SoftNeurons", "LRsI", "LabelSmoothing", "build_tweaks"]
+
+
+def build_tweaks(cfg: Any) -> list:
+    """The chosen tweaks' callbacks, in registration order (the module table)."""
+    chosen = cfg.tweaks or {}
+    return [TWEAKS.build(name, chosen[name]) for name in TWEAKS if name in chosen]

@@ -1,0 +1,130 @@
+"""Layer-wise rescaled initialization (LRsI): GradInit once, before training, on the masked (or dense) network.
+
+    python -m sparse_exp.train model=resnet32 sparsifier=snip sparsity=0.95 tweaks=[lrsi]
+    python -m sparse_exp.train tweaks=[lrsi] tweaks.lrsi.when=before_mask tweaks.lrsi.mask_lookahead=true
+
+Source: Jaiswal et al., ICML 2022 (initialization changes), reference code VITA-Group/ToST, which runs
+GradInit (Zhu et al., NeurIPS 2021; :mod:`sparse_exp.tweaks.gradinit`) with the README's settings (the
+defaults here: 180 iterations, lr 1e-2, eta 0.1, gamma 1, normalised look-ahead, minimum scale 0.01,
+gradient clip 1). One learned scalar per parameter tensor; a scalar rescale keeps masked weights exactly 0.
+
+* ``when=after_mask`` (default; the code's after-mask variant): on the masked network, once, at the start
+  of the run's own training (after the initial mask; with ``sparsifier=lth``, after the last IMP round's
+  rewinding, on the ticket). ``mask_lookahead=false`` is the code: the look-ahead step uses the dense
+  gradient, so pruned positions are temporarily non-zero inside GradInit's objective; ``true`` masks it.
+* ``when=before_mask``: on the dense network before the sparsifier chooses the initial mask (pruning-at-init
+  scores then see the rescaled network).
+
+The main optimizer has no state yet when it runs (``after_mask`` with LTH: the run's optimizer keeps its
+state across rounds; GradInit does not touch it). Batches come from a training-loader epoch that training
+never uses, so the run's data order and RNG are unchanged; it adds ``~3 x iterations`` forward/backward
+passes on two batches each (``summary.json``: ``tweaks/lrsi/seconds``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from sparse_exp.callbacks import BaseCallback, TrainState
+from sparse_exp.errors import one_of, require
+from sparse_exp.registries import TWEAKS
+from sparse_exp.tweaks.gradinit import GradInitSettings, gradinit_
+
+#: first training-loader epoch id GradInit draws batches from (never a training epoch)
+GRADINIT_EPOCH = 2_000_000
+
+
+@dataclass
+class LRsIConfig:
+    """``tweaks.lrsi``: ``when`` (``after_mask`` | ``before_mask``) and GradInit's settings
+    (:class:`~sparse_exp.tweaks.gradinit.GradInitSettings`)."""
+
+    when: str = "after_mask"
+    iterations: int = 180
+    lr: float = 1e-2
+    eta: float = 0.1
+    gamma: float = 1.0
+    normalize: bool = True
+    min_scale: float = 0.01
+    grad_clip: float = 1.0
+    mask_lookahead: bool = False
+    second_order: bool = False
+
+
+def check_lrsi(cfg: Any) -> None:
+    """Positive iterations, rates and bounds; ``when``."""
+    node = cfg.tweaks.lrsi
+    one_of("tweaks.lrsi.when", node.when, {"after_mask", "before_mask"})
+    require(node.iterations >= 1, "tweaks.lrsi.iterations", node.iterations, "must be >= 1 (the code's README: 180)")
+    for key in ("lr", "eta", "gamma", "grad_clip"):
+        require(getattr(node, key) > 0, f"tweaks.lrsi.{key}", getattr(node, key), "must be > 0")
+    require(0 <= node.min_scale <= 1, "tweaks.lrsi.min_scale", node.min_scale, "must be in [0, 1] (README: 0.01)")
+
+
+def settings_of(node: Any) -> GradInitSettings:
+    """The :class:`GradInitSettings` of a ``tweaks.lrsi`` node."""
+    return GradInitSettings(**{f.name: getattr(node, f.name) for f in fields(GradInitSettings)})
+
+
+@TWEAKS.register("lrsi", schema=LRsIConfig, checks=(check_lrsi,))
+class LRsI(BaseCallback):
+    """The LRsI tweak as a callback: runs GradInit once (``before_init_masks`` or the first main-phase
+    epoch start) and records the scales; resumed runs never run it again."""
+
+    name = "lrsi"
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.done = False
+        self.result: Dict[str, Any] = {}
+
+    def batches(self, state: TrainState) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """Training batches from epochs training never visits (deterministic per seed)."""
+        return itertools.chain.from_iterable(state.data.train.iterate(GRADINIT_EPOCH + i) for i in itertools.count())
+
+    def run(self, state: TrainState, masked: bool) -> None:
+        start = time.perf_counter()
+        masks = None
+        if masked:
+            m = state.masking
+            masks = {n: m.masks[n] for n in m.names}
+        res = gradinit_(state.model, self.batches(state), settings_of(self.cfg), masks=masks)
+        scales = list(res.scales.values())
+        self.result = {"tweaks/lrsi/constraint_steps": res.constraint_steps,
+                       "tweaks/lrsi/objective_steps": res.objective_steps,
+                       "tweaks/lrsi/scale_min": min(scales), "tweaks/lrsi/scale_max": max(scales),
+                       "tweaks/lrsi/tensors": len(scales), "tweaks/lrsi/seconds": time.perf_counter() - start}
+        self.done = True
+        if masked:
+            state.masking.apply_(state.optimizer)
+
+    def before_init_masks(self, state: TrainState) -> None:
+        if self.cfg.when == "before_mask" and not self.done:
+            self.run(state, masked=False)
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        if self.cfg.when == "after_mask" and not self.done and state.main_step == 0:
+            self.run(state, masked=True)
+
+    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+        return dict(self.result)
+
+    def summary_lines(self, summary: Dict[str, Any]) -> List[str]:
+        if "tweaks/lrsi/tensors" not in summary:
+            return []
+        return [f"LRsI (GradInit, {self.cfg.when}): {summary['tweaks/lrsi/tensors']} tensors rescaled, scales "
+                f"{summary['tweaks/lrsi/scale_min']:.3f}-{summary['tweaks/lrsi/scale_max']:.3f}, "
+                f"{summary['tweaks/lrsi/seconds']:.1f} s"]
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Whether GradInit ran and what it reported (its effect is in the model's weights)."""
+        return {"done": self.done, "result": dict(self.result)}
+
+    def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
+        self.done = bool(state.get("done", False))
+        self.result = dict(state.get("result", {}))
