@@ -41,10 +41,12 @@ GRADINIT_EPOCH = 2_000_000
 
 @dataclass
 class LRsIConfig:
-    """``tweaks.lrsi``: ``when`` (``after_mask`` | ``before_mask``) and GradInit's settings
-    (:class:`~sparse_exp.tweaks.gradinit.GradInitSettings`)."""
+    """``tweaks.lrsi``: ``when`` (``after_mask`` | ``before_mask``), ``batch_size`` of GradInit's batches
+    (``null``: half the training batch, as ToST, so that the two batches of ``S`` make one training batch)
+    and GradInit's settings (:class:`~sparse_exp.tweaks.gradinit.GradInitSettings`)."""
 
     when: str = "after_mask"
+    batch_size: Optional[int] = None
     iterations: int = 180
     lr: float = 1e-2
     eta: float = 0.1
@@ -84,8 +86,13 @@ class LRsI(BaseCallback):
         self.result: Dict[str, Any] = {}
 
     def batches(self, state: TrainState) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """Training batches from epochs training never visits (deterministic per seed)."""
-        return itertools.chain.from_iterable(state.data.train.iterate(GRADINIT_EPOCH + i) for i in itertools.count())
+        """Batches of ``batch_size`` images cut from training batches of epochs training never visits
+        (deterministic per seed; a short remainder is dropped)."""
+        size = self.cfg.batch_size or max(1, state.data.train.batch_size // 2)
+        for i in itertools.count():
+            for x, y in state.data.train.iterate(GRADINIT_EPOCH + i):
+                for start in range(0, x.shape[0] - size + 1, size):
+                    yield x[start:start + size], y[start:start + size]
 
     def run(self, state: TrainState, masked: bool) -> None:
         start = time.perf_counter()
