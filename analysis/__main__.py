@@ -1,4 +1,4 @@
-"""``python -m analysis``: collect runs, write Tables 1-7, Figures 2-5 and the status report.
+"""``python -m analysis``: collect runs, write Tables 1-7, the any-mask tables, Figures 2-5 and the status report.
 
     python -m analysis --runs runs [more_runs ...] --out results [--compare-paper]
     python -m analysis --source wandb --project ENTITY/PROJECT --out results \\
@@ -8,6 +8,9 @@ Writes into ``--out``: ``table1.md`` ... ``table7.md`` and ``.tex``, ``figure2.p
 ``figure5.pdf``, ``runs.csv`` (every counted run), ``excluded.csv`` (incomplete, failed and
 superseded runs, with the reason), ``cells.csv`` (every table cell: mean, std, n, runs),
 ``status.md`` (what it prints), and with ``--compare-paper`` ``compare_paper.md`` / ``.csv``.
+Where runs with any-mask training tweaks exist (Jaiswal et al., ICML 2022): ``anymask.md`` / ``.tex``
+(static masks) and ``anymask_dst.md`` / ``.tex`` (RigL / GraNet / SET ± Sup-tickets ± the tweaks), their
+cells in ``anymask_cells.csv`` (:mod:`analysis.anymask`; no published numbers offline to compare with).
 Exit status 0, or 1 with ``--strict`` when a table is incomplete.
 """
 
@@ -18,6 +21,7 @@ import json
 import sys
 from typing import List, Optional
 
+from analysis.anymask import ANYMASK_BUILDERS
 from analysis.collect import collect
 from analysis.layouts import BUILDERS
 from analysis.tables import write_tables
@@ -30,13 +34,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--source", choices=["local", "wandb"], default="local")
     p.add_argument("--project", default=None, help="W&B ENTITY/PROJECT (with --source wandb)")
     p.add_argument("--filters", default=None, help="W&B run filters as JSON (MongoDB syntax)")
-    p.add_argument("--tables", default=",".join(map(str, BUILDERS)), help="which tables (default: 1,2,3,4,5,6,7)")
+    default_tables = ",".join([*map(str, BUILDERS), *ANYMASK_BUILDERS])
+    p.add_argument("--tables", default=default_tables, help=f"which tables (default: {default_tables}; the "
+                   "any-mask ones are written only where their runs exist)")
     p.add_argument("--compare-paper", action="store_true", help="print ours next to the published numbers")
     p.add_argument("--no-figures", action="store_true", help="skip Figures 2-5")
     p.add_argument("--strict", action="store_true", help="exit 1 when a table is incomplete")
     args = p.parse_args(argv)
     if args.source == "wandb" and not args.project:
         p.error("--source wandb needs --project ENTITY/PROJECT")
+    keys = [x.strip() for x in args.tables.split(",") if x.strip()]
+    unknown = [k for k in keys if not (k.isdigit() and int(k) in BUILDERS) and k not in ANYMASK_BUILDERS]
+    if unknown:
+        p.error(f"--tables: unknown table(s) {', '.join(unknown)}; allowed: {default_tables}")
+    args.table_keys = [int(k) if k.isdigit() else k for k in keys]
     return args
 
 
@@ -48,23 +59,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    numbers = [int(x) for x in args.tables.split(",") if x.strip()]
-    results = write_tables(coll, args.out, numbers)
+    results = write_tables(coll, args.out, args.table_keys)
     print((open(f"{args.out}/status.md").read()).rstrip("\n"))
     if args.compare_paper:
+        from analysis.anymask import PAPER_NOTE
         from analysis.paper_numbers import summary_lines, write_comparison
         from analysis.tables import cells_frame
 
-        cmp = write_comparison(cells_frame(results), args.out)
+        cmp = write_comparison(cells_frame([r for r in results if isinstance(r.spec.number, int)]), args.out)
         print()
         print("\n".join(summary_lines(cmp)))
         print(f"(all {len(cmp)} published cells: {args.out}/compare_paper.md)")
+        anymask = [r.spec.file_stem for r in results if isinstance(r.spec.number, str)]
+        if anymask:
+            print(f"Any-mask tables ({', '.join(anymask)}): {PAPER_NOTE}")
     if not args.no_figures:
         from analysis.figures import write_figures
 
         paths = write_figures(coll.runs, args.out)
         print(f"\nFigures: {', '.join(p.name for p in paths)}")
-    print(f"Tables: {', '.join(f'table{n}.md/.tex' for n in numbers)} in {args.out}/")
+    print(f"Tables: {', '.join(f'{r.spec.file_stem}.md/.tex' for r in results)} in {args.out}/")
     return 1 if args.strict and not all(r.complete for r in results) else 0
 
 

@@ -2,7 +2,10 @@
 
 * :func:`method_filters` -- the column filters of a method key (``rigl``, ``rigl+sup``,
   ``rigl+sup/C=4``, ...; the rules are in :mod:`analysis.tables`), :func:`select` -- the runs
-  matching them.
+  matching them. Every method key of the Sup-tickets paper also requires its protocol
+  (:data:`PAPER_PROTOCOL`: no any-mask training tweak, the final model reported), so runs of the
+  any-mask family (``tweaks`` set, ``report=best_val``) never enter Tables 1-7 or Figures 3-5;
+  they have their own tables (:mod:`analysis.anymask`).
 * :func:`pick_variant` -- runs of one cell that differ in anything but the seed are not averaged
   together: the config variant (``cell_id``) with the most seeds, then the most recent, is used.
 * :func:`finite_values` / :func:`mean_std` -- the finite values of a metric, one per seed, and their
@@ -19,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.labels import fmt_num
+from sparse_exp.identity import IDENTITY_DEFAULTS
 
 
 def numeric(s: pd.Series) -> pd.Series:
@@ -62,6 +66,29 @@ def _default_tickets(df: pd.DataFrame) -> pd.Series:
 DEFAULT_TICKETS = Pred("superposer.num_tickets=null (4 on ImageNet)", _default_tickets)
 
 
+def choice_is(key: str, want: str) -> Pred:
+    """``key == want`` for an identifying choice with a default (``tweaks``, ``report``): a missing
+    column or value reads as the default (:data:`sparse_exp.identity.IDENTITY_DEFAULTS`), as
+    :func:`analysis.collect.make_record` does."""
+
+    def fn(df: pd.DataFrame) -> pd.Series:
+        if key not in df.columns:
+            return pd.Series(want == IDENTITY_DEFAULTS[key], index=df.index)
+        return df[key].where(df[key].notna(), IDENTITY_DEFAULTS[key]).astype(str) == want
+
+    return Pred(f"{key}={want}", fn)
+
+
+def _paper_protocol(df: pd.DataFrame) -> pd.Series:
+    return choice_is("tweaks", "none").fn(df) & choice_is("report", "last").fn(df)
+
+
+#: the Sup-tickets paper's protocol: no any-mask training tweak (``tweaks=none``) and the final
+#: model reported (``report=last``); runs with ``tweaks`` or ``report=best_val`` are left out of
+#: its tables and figures (they are in :mod:`analysis.anymask`'s tables)
+PAPER_PROTOCOL = Pred("tweaks=none report=last", _paper_protocol)
+
+
 def method_filters(method: str) -> Optional[Dict[str, Any]]:
     """Column filters of a method key (``rigl``, ``rigl+sup``, ``rigl+sup/C=4``, ``rigl+sup/lr=fge``,
     ``rigl+sup/avg=cima:0.8``, ``rigl+sup/any_tickets``, ``rigl+sup/any``); ``None`` when not implemented here."""
@@ -79,10 +106,10 @@ def method_filters(method: str) -> Optional[Dict[str, Any]]:
     else:
         return None
     if not sup:
-        f["superposer"] = "none"
+        f.update({"superposer": "none", "protocol": PAPER_PROTOCOL})
         return f
-    f.update({"superposer": "sup_tickets", "cfg.superposer.averaging": "cia",
-              "cfg.superposer.lr_schedule": "triangle", "tickets": DEFAULT_TICKETS, "cycle": DEFAULT_CYCLE})
+    f.update({"superposer": "sup_tickets", "cfg.superposer.averaging": "cia", "cfg.superposer.lr_schedule":
+              "triangle", "tickets": DEFAULT_TICKETS, "cycle": DEFAULT_CYCLE, "protocol": PAPER_PROTOCOL})
     if variant.startswith("C="):
         del f["cycle"]
         f["cfg.superposer.cycle_epochs"] = float(variant[2:])
@@ -96,7 +123,7 @@ def method_filters(method: str) -> Optional[Dict[str, Any]]:
     elif variant == "any_tickets":  # Figure 4: the ticket count varies
         del f["tickets"]
     elif variant == "any":  # any Sup-tickets setting (which extra groups exist)
-        f = {k: v for k, v in f.items() if k in ("sparsifier", "distribution", "superposer")}
+        f = {k: v for k, v in f.items() if k in ("sparsifier", "distribution", "superposer", "protocol")}
     elif variant:
         raise ValueError(f"unknown method variant {method!r}")
     return f

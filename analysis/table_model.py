@@ -9,7 +9,7 @@ seeds of the counted runs that match (:mod:`analysis.selection`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import pandas as pd
 
@@ -27,7 +27,7 @@ class CellSpec:
     ``paper_numbers.csv``. ``paper`` marks the cells of the paper's own layout (they decide
     whether a table is complete); ``where`` names the column for messages."""
 
-    table: int
+    table: Union[int, str]  # 1-7: the Sup-tickets paper's; a name (``anymask``) for the other families
     method: str
     dataset: str
     model: str
@@ -38,6 +38,7 @@ class CellSpec:
     where: str = ""
     filters: Optional[Dict[str, Any]] = None
     optional: bool = False  # filled when runs exist, never reported missing (rows the paper quotes)
+    show_n: bool = False  # always print the seed count "(n=k)", not only below the paper's seeds
 
     def __post_init__(self) -> None:
         if self.filters is None:
@@ -55,7 +56,7 @@ class CellSpec:
         return self.implemented and not self.optional
 
     @property
-    def key(self) -> Tuple[int, str, str, str, float, str]:
+    def key(self) -> Tuple[Union[int, str], str, str, str, float, str]:
         return (self.table, self.method, self.dataset, self.model, round(float(self.sparsity), 6), self.metric)
 
 
@@ -76,13 +77,23 @@ class Block:
 
 @dataclass
 class TableSpec:
-    number: int
+    number: Union[int, str]  # 1-7: Table N of the Sup-tickets paper (tableN.md); a name: <name>.md
     caption: str
     label_headers: List[str]
     header_rows: List[Tuple[List[str], List[Tuple[str, int]]]]
     blocks: List[Block]
     bold: str = "pairs"  # pairs | vs_dense
     notes: List[str] = field(default_factory=list)
+
+    @property
+    def file_stem(self) -> str:
+        """The output file name without suffix: ``table1`` ... ``table7``, or the table's name."""
+        return f"table{self.number}" if isinstance(self.number, int) else str(self.number)
+
+    @property
+    def title(self) -> str:
+        """The bold lead of the caption: ``Table 1``, ``Table anymask``."""
+        return f"Table {self.number}"
 
     @property
     def ncols(self) -> int:
@@ -114,6 +125,11 @@ class CellValue:
     @property
     def few_seeds(self) -> bool:
         return self.n < PAPER_SEEDS
+
+    @property
+    def shows_n(self) -> bool:
+        """Whether the cell prints its seed count: fewer than the paper's seeds, or always (``show_n``)."""
+        return self.few_seeds or self.spec.show_n
 
     @property
     def status(self) -> str:

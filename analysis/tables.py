@@ -26,6 +26,12 @@ deviation (ddof=1) over the seeds of the counted (completed, deduplicated) runs 
   column -- the paper's "in each setting" -- or of a block (Tables 5-7); Table 4 bolds the
   GraNet+Sup-tickets cells above the dense network. "(n=k)" follows a cell with fewer than the
   paper's 3 seeds; "–" is a missing cell.
+* The paper's protocol only: runs with an any-mask training tweak (``tweaks`` other than ``none``)
+  or reported at the best-validation epoch (``report=best_val``) are never counted in Tables 1-7
+  or Figures 3-5 (:data:`analysis.selection.PAPER_PROTOCOL`, part of every method key); they go to
+  the any-mask tables ``anymask`` / ``anymask_dst`` (:mod:`analysis.anymask`), written as
+  ``anymask.md`` / ``.tex`` and ``anymask_dst.md`` / ``.tex`` (cells in ``anymask_cells.csv``) only
+  when such runs exist; otherwise they are not written (a stale copy from an earlier call is removed).
 
 Modules: :mod:`analysis.selection` (which runs a cell counts, mean ± std), :mod:`analysis.table_model`
 (the table and cell model), :mod:`analysis.layouts` (the seven layouts, :data:`BUILDERS`),
@@ -36,10 +42,11 @@ builds the tables and writes them (:func:`write_tables`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Sequence, Union
 
 import pandas as pd
 
+from analysis.anymask import ANYMASK_BUILDERS, finish
 from analysis.layouts import BUILDERS
 from analysis.render import cell_markdown, mark_bold, to_latex, to_markdown
 from analysis.report import report
@@ -49,6 +56,12 @@ from analysis.table_model import TableResult, evaluate_table
 def build_tables(runs: pd.DataFrame, numbers: Sequence[int] = tuple(BUILDERS)) -> List[TableResult]:
     """Tables ``numbers`` filled from ``runs``, best cells in bold."""
     return [mark_bold(evaluate_table(BUILDERS[n](runs), runs)) for n in numbers]
+
+
+def build_anymask_tables(runs: pd.DataFrame, names: Sequence[str] = tuple(ANYMASK_BUILDERS)) -> List[TableResult]:
+    """The any-mask tables ``names`` that have runs, filled from ``runs``, best cells in bold."""
+    specs = [ANYMASK_BUILDERS[n](runs) for n in names]
+    return [finish(mark_bold(evaluate_table(s, runs)), runs) for s in specs if s is not None]
 
 
 def cells_frame(results: Sequence[TableResult]) -> pd.DataFrame:
@@ -65,16 +78,31 @@ def cells_frame(results: Sequence[TableResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_tables(collection: Any, out: str | Path, numbers: Sequence[int] = tuple(BUILDERS)) -> List[TableResult]:
-    """Write ``tableN.md`` / ``tableN.tex``, ``cells.csv``, ``runs.csv``, ``excluded.csv``, ``status.md``."""
+def write_tables(collection: Any, out: str | Path,
+                 numbers: Sequence[Union[int, str]] = (*BUILDERS, *ANYMASK_BUILDERS)) -> List[TableResult]:
+    """Write ``tableN.md`` / ``tableN.tex``, ``cells.csv``, ``runs.csv``, ``excluded.csv``, ``status.md``,
+    and the any-mask tables named in ``numbers`` that have runs (``anymask.md``, ..., ``anymask_cells.csv``).
+
+    Returns:
+        the paper's tables, then the any-mask tables written (``spec.number`` is their name).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = build_tables(collection.runs, numbers)
-    for res in results:
-        (out / f"table{res.spec.number}.md").write_text(to_markdown(res))
-        (out / f"table{res.spec.number}.tex").write_text(to_latex(res))
+    names = [n for n in numbers if isinstance(n, str)]
+    results = build_tables(collection.runs, [n for n in numbers if not isinstance(n, str)])
+    extra = build_anymask_tables(collection.runs, names)
+    for res in results + extra:
+        (out / f"{res.spec.file_stem}.md").write_text(to_markdown(res))
+        (out / f"{res.spec.file_stem}.tex").write_text(to_latex(res))
+    for stale in set(names) - {r.spec.file_stem for r in extra}:  # no runs now: no table
+        for suffix in (".md", ".tex"):
+            (out / f"{stale}{suffix}").unlink(missing_ok=True)
     cells_frame(results).to_csv(out / "cells.csv", index=False)
+    if extra:
+        cells_frame(extra).to_csv(out / "anymask_cells.csv", index=False)
+    elif set(names) >= set(ANYMASK_BUILDERS):
+        (out / "anymask_cells.csv").unlink(missing_ok=True)
     collection.runs.to_csv(out / "runs.csv", index=False)
     collection.excluded.to_csv(out / "excluded.csv", index=False)
-    (out / "status.md").write_text("\n".join(report(results, collection)) + "\n")
-    return results
+    (out / "status.md").write_text("\n".join(report(results + extra, collection)) + "\n")
+    return results + extra

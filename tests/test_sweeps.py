@@ -36,8 +36,20 @@ EXPECTED_JOBS = {
     "table7": 3 * 2 * 3 * 3,  # LR schedules x models x sparsities x seeds = 54
     "fig3": 7 * 3 * 3,  # CIA, CAA, CIMA x 5 betas x sparsities x seeds = 63
     "fig4": 3 * 3 * 3,  # ticket counts x sparsities x seeds = 27
+    # the any-mask paper (Jaiswal et al. ICML 2022) in its code's protocol; rows = baseline, 4 tweaks, all
+    "anymask": 2 * 4 * 4 * 6 * 3,  # data sets x PaI masks x IMP levels x rows x seeds = 576
+    "anymask_lth": 2 * 4 * 6 * 3,  # data sets x IMP levels x rows x seeds = 144
+    "anymask_dst": 2 * 2 * 2 * 2 * 2 * 3,  # data sets x RigL/GraNet x +-Sup-tickets x +-tweaks x 2 sparsities x seeds
+    # the CPU measurement of the README (Fashion-MNIST, ResNet-32)
+    "anymask_fmnist": 2 * 2 * 3,  # random/SNIP x baseline/all x seeds = 12
+    "anymask_fmnist_single": 4,  # each tweak alone, SNIP, seed 0
 }
-PAPER = [n for n in EXPECTED_JOBS if n != "smoke"]
+#: grids in the any-mask code's protocol (sweeps/anymask_protocol/tost.yaml)
+ANYMASK = ("anymask", "anymask_lth", "anymask_dst")
+#: small grids that run on a CPU (not a paper protocol)
+CPU = ("smoke", "anymask_fmnist", "anymask_fmnist_single")
+SINGLE_SEED = ("smoke", "anymask_fmnist_single")
+PAPER = [n for n in EXPECTED_JOBS if n not in CPU]
 CIFAR = {"cifar10", "cifar100"}
 
 
@@ -77,7 +89,7 @@ def test_sweep_expands_to_the_papers_grid(plans, name):
     hcfg = compose([f"+sweep={name}"], return_hydra_config=True)
     excluded = set(hcfg.hydra.job.config.override_dirname.exclude_keys)
     varying = [k for k, v in plan.params.items() if "," in v]
-    assert "seed" in varying
+    assert "seed" in varying or name in SINGLE_SEED
     for key in varying:
         assert key.lstrip("+~") not in excluded, f"grid key {key} is excluded from the run directory name"
     for job in plan.jobs:
@@ -85,7 +97,7 @@ def test_sweep_expands_to_the_papers_grid(plans, name):
             key = o.split("=", 1)[0]
             if key in varying:
                 assert o.replace("/", "_") in job.subdir.split(","), (o, job.subdir)
-    if name != "smoke":
+    if name not in SINGLE_SEED:
         assert plan.params["seed"] == "0,1,2", "3 seeds, as in the paper"
 
 
@@ -114,6 +126,28 @@ def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
         ds = cfg.dataset.name
         if name == "smoke":
             assert (cfg.epochs, ds, cfg.logger.name, cfg.schedule.warmup_epochs) == (2, "fashion_mnist", "none", 1)
+            continue
+        if name in ("anymask_fmnist", "anymask_fmnist_single"):
+            assert (cfg.model.name, ds, cfg.epochs, cfg.sparsity, cfg.report) == ("resnet32", "fashion_mnist", 10,
+                                                                                  0.95, "best_val")
+            assert cfg.superposer.name == "none" and cfg.dataset.subset_train == 3072
+            continue
+        if name in ANYMASK:  # the ToST code's protocol (../shared/notes/any-mask-tweaks.md sec. 5)
+            assert (cfg.model.name, cfg.epochs, cfg.batch_size, cfg.report) == ("resnet18", 182, 128, "best_val")
+            assert list(cfg.schedule.milestones) == [0.494505, 0.741758] and cfg.schedule.warmup_epochs == 0
+            assert round(0.494505 * 182 * 352) == 90 * 352 and round(0.741758 * 182 * 352) == 135 * 352
+            assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.1, 0.9, 2e-4)
+            assert cfg.dataset.val_size == 5000 and cfg.distribution.dense_last_layer and ds in CIFAR
+            if cfg.sparsifier.name == "lth":
+                assert abs(cfg.sparsity - (1 - 0.8 ** cfg.sparsifier.rounds)) < 1e-6, "20 % per IMP round"
+            else:
+                assert round(cfg.sparsity, 6) in {0.790285, 0.892626, 0.945024, 0.971853, 0.9, 0.95}
+            if "lrsi" in cfg.tweaks:
+                assert cfg.tweaks.lrsi.iterations == 180, "GradInit with the ToST README's settings"
+            if cfg.superposer.name == "sup_tickets":  # the paper's CIFAR setting: 8-epoch cycles in the last 10 %
+                sp = cfg.superposer
+                budget = make_budget(cfg.epochs, 352, sp.cycle_epochs, sp.phase_fraction, sp.num_tickets)
+                assert (sp.cycle_epochs, sp.phase_fraction, budget.num_tickets) == (8, 0.1, 2)
             continue
         assert cfg.schedule.warmup_epochs == 0, "the paper's protocols have no LR warm-up"
         if ds in CIFAR:
