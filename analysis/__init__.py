@@ -12,6 +12,9 @@
   (table and cell dataclasses), :mod:`analysis.layouts` (the seven layouts, ``BUILDERS``),
   :mod:`analysis.render` (Markdown, LaTeX, bold), :mod:`analysis.report` (``status.md``),
   :mod:`analysis.labels` (the paper's names and number formats).
+* :mod:`analysis.anymask` -- the any-mask tables (Jaiswal et al., ICML 2022): ``anymask`` (static
+  masks × tweaks) and ``anymask_dst`` (RigL / GraNet / SET ± Sup-tickets ± the tweaks), written only
+  where such runs exist; the Sup-tickets tables never count a tweaked or ``report=best_val`` run.
 * :mod:`analysis.paper_numbers` -- the published numbers (``paper_numbers.csv``) next to ours.
 * :mod:`analysis.figures` -- Figures 2-5 as PNG and PDF, reproducible byte for byte.
 """

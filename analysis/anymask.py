@@ -11,10 +11,12 @@ Better with Any Mask" (ICML 2022; reference code VITA-Group/ToST), laid out like
   (data set, model) × sparsity. "+ Sup-tickets" is the Sup-tickets paper's default setting
   (:func:`analysis.selection.method_filters`, ``<method>+sup``).
 
-A table is built only when a run of its family has a tweak (``tweaks`` other than ``none``), and only
-for the (data set, model) pairs that have one; the untweaked runs of those pairs fill the baseline
-rows. A cell is ``test/acc``, mean ± sample std over seeds, always with its seed count ``(n=k)``;
-bold is the best row of each column in a block (anymask) or of each method (anymask_dst). Runs of
+A table is built only for the (data set, model) pairs with a run of its family that the Sup-tickets
+tables leave out (:data:`analysis.selection.PAPER_PROTOCOL`: a tweak, or ``report=best_val``; for
+``anymask`` also any LTH, GraSP, SynFlow or Random mask), and not at all without one; the other runs
+of those pairs fill the baseline rows (so Table 2's SNIP runs alone make no any-mask table). A cell
+is ``test/acc``, mean ± sample std over seeds, always with its seed count ``(n=k)``; bold is the
+best row of each column in a block (anymask) or of each method (anymask_dst). Runs of
 any reporting rule are counted (a cell never mixes two: they differ in ``report`` and are separate
 config variants); the caption says which rule the counted runs used. Ghost skip connections add
 dense parameters outside the mask: a note per block gives them relative to the kept (non-zero)
@@ -29,8 +31,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from analysis.labels import SHORT, ds_label, model_label, pct
-from analysis.selection import choice_is, method_filters, numeric, select
+from analysis.labels import SHORT, ds_label, model_label
+from analysis.labels import pct as _pct_g
+from analysis.selection import PAPER_PROTOCOL, choice_is, method_filters, numeric, select
 from analysis.table_model import Block, CellSpec, Row, TableResult, TableSpec
 
 MASKS = {"lth": "LTH", "snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow", "random": "Random"}
@@ -49,6 +52,13 @@ REPORT_PLACEHOLDER = "{report}"
 
 
 # ---------------------------------------------------------------------------- run columns
+def pct(s: float) -> str:
+    """A sparsity as the tables print it: ``95%``; levels that are not whole per cents (the IMP levels
+    1 - 0.8^k of the ToST code: 0.790285, ...) with one decimal, ``79.0%``."""
+    v = 100 * float(s)
+    return _pct_g(s) if abs(v - round(v)) < 1e-6 else f"{v:.1f}%"
+
+
 def tweaks_of(df: pd.DataFrame) -> pd.Series:
     """Each run's ``tweaks`` label (a missing one reads ``none``)."""
     if "tweaks" not in df.columns:
@@ -64,12 +74,14 @@ def _pairs(df: pd.DataFrame) -> List[Tuple[str, str]]:
     return sorted({(str(d), str(m)) for d, m in zip(df["dataset"], df["model"])})
 
 
-def _family(runs: pd.DataFrame, keep: Callable[[pd.DataFrame], pd.Series]) -> Tuple[pd.DataFrame, List]:
-    """The runs of a family (``keep``) on the (data set, model) pairs that have a tweaked run."""
+def _family(runs: pd.DataFrame, keep: Callable[[pd.DataFrame], pd.Series],
+            own: Sequence[str] = ()) -> Tuple[pd.DataFrame, List]:
+    """The runs of a family (``keep``) on the (data set, model) pairs that have one of its own runs:
+    outside the Sup-tickets paper's protocol, or of a sparsifier in ``own``."""
     if runs.empty or "sparsifier" not in runs.columns:
         return runs.iloc[0:0], []
     sub = runs[keep(runs).astype(bool)]
-    groups = _pairs(sub[tweaks_of(sub) != "none"])
+    groups = _pairs(sub[~PAPER_PROTOCOL.fn(sub).astype(bool) | sub["sparsifier"].isin(list(own))])
     at = pd.Series([(str(d), str(m)) in groups for d, m in zip(sub["dataset"], sub["model"])], index=sub.index,
                    dtype=bool)
     return sub[at], groups
@@ -162,8 +174,9 @@ def _cell(table: str, method: str, ds: str, model: str, s: float, filters: Dict[
 
 
 def anymask(runs: pd.DataFrame) -> Optional[TableSpec]:
-    """Table ``anymask`` (static masks × tweaks); ``None`` when no static-mask run has a tweak."""
-    sub, groups = _family(runs, lambda r: (r["superposer"] == "none") & r["sparsifier"].isin(list(MASKS)))
+    """Table ``anymask`` (static masks × tweaks); ``None`` without a static-mask run of its own."""
+    sub, groups = _family(runs, lambda r: (r["superposer"] == "none") & r["sparsifier"].isin(list(MASKS)),
+                          own=[m for m in MASKS if m != "snip"])
     if not groups:
         return None
     masks = [m for m in MASKS if (sub["sparsifier"] == m).any()]
@@ -213,7 +226,8 @@ def dst_filters(method: str, tweaks: str, sup: bool) -> Dict[str, Any]:
 
 
 def anymask_dst(runs: pd.DataFrame) -> Optional[TableSpec]:
-    """Table ``anymask_dst`` (RigL / GraNet / SET × Sup-tickets × tweaks); ``None`` without a tweaked DST run."""
+    """Table ``anymask_dst`` (RigL / GraNet / SET × Sup-tickets × tweaks); ``None`` without a DST run
+    outside the Sup-tickets paper's protocol."""
     sub, groups = _family(runs, lambda r: r["sparsifier"].isin(list(DST_METHODS)))
     if not groups:
         return None

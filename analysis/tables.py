@@ -31,7 +31,8 @@ deviation (ddof=1) over the seeds of the counted (completed, deduplicated) runs 
   or Figures 3-5 (:data:`analysis.selection.PAPER_PROTOCOL`, part of every method key); they go to
   the any-mask tables ``anymask`` / ``anymask_dst`` (:mod:`analysis.anymask`), written as
   ``anymask.md`` / ``.tex`` and ``anymask_dst.md`` / ``.tex`` (cells in ``anymask_cells.csv``) only
-  when such runs exist; otherwise they are not written (a stale copy from an earlier call is removed).
+  when such runs exist (or LTH / GraSP / SynFlow / Random masks, which no Sup-tickets table has);
+  otherwise they are not written (a stale copy from an earlier call is removed).
 
 Modules: :mod:`analysis.selection` (which runs a cell counts, mean ± std), :mod:`analysis.table_model`
 (the table and cell model), :mod:`analysis.layouts` (the seven layouts, :data:`BUILDERS`),

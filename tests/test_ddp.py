@@ -50,7 +50,10 @@ def worker(rank, world, port, out_dir, overrides):
     ["sparsifier=rigl", "sparsifier.delta_t=4", "epochs=4", "superposer=sup_tickets",
      "superposer.phase_fraction=0.5", "superposer.cycle_epochs=1"],
     ["sparsifier=set", "sparsifier.delta_t=4", "epochs=2"],
-], ids=["rigl+sup_tickets", "set"])
+    # every tweak (ghost paths: a dense parameter group outside the mask; GradInit on each rank)
+    ["sparsifier=rigl", "sparsifier.delta_t=2", "epochs=2", "model=resnet32", "dataset.subset_train=128",
+     "tweaks=tost", "tweaks.lrsi.iterations=1"],
+], ids=["rigl+sup_tickets", "set", "rigl+tweaks"])
 def test_ranks_stay_identical(tmp_path, overrides):
     mp.spawn(worker, args=(2, free_port(), str(tmp_path), overrides), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))

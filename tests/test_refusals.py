@@ -98,6 +98,10 @@ CASES = {
     "plus-key-another-method-has": (["+sparsifier.path=x.pt"], "+sparsifier.path=x.pt", {}, None),
     "key-given-twice": (["sparsity=0.9", "sparsity=0.95"], "sparsity", {}, None),
     "sweep-value-without-m": (["sparsity=0.9,0.95"], "sparsity=0.9,0.95", {}, None),
+    "unknown-tweak": (["tweaks=[ghost_skip,nope]"], "tweaks=nope", {}, None),
+    "tweak-on-a-model-without-bn": (["tweaks=[ghost_skip]"], "model=lenet5", {}, None),
+    "tweak-schedule-without-end": (["model=resnet32", "tweaks=[soft_neurons]", "tweaks.soft_neurons.schedule=step"],
+                                   "tweaks.soft_neurons.end_epoch", {}, None),
     "delete-a-schema-key": (["~sparsity"], "~sparsity", {}, None),
     # 3. ranges, non-finite numbers, values never silently changed
     "sparsity-above-1": (["sparsity=1.5"], "sparsity=1.5", {}, None),

@@ -290,7 +290,9 @@ class SupTickets(BaseCallback):
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]:
         """The ultimate ticket, the last individual model and each cheap ticket side by side."""
         idx = sorted({int(k.split("/")[1]) for k in summary if k.startswith("tickets/") and k.split("/")[1].isdigit()})
-        rows = [("ultimate ticket", summary["test/acc"], summary["test/nll"], summary["test/ece"])]
+        # with report=best_val a best-validation epoch may be the reported model: the ticket's own are final/*
+        u = "final/" if "final/test/acc" in summary else ""
+        rows = [("ultimate ticket", summary[f"{u}test/acc"], summary[f"{u}test/nll"], summary[f"{u}test/ece"])]
         rows.append(("last individual model", summary["last/test/acc"], summary["last/test/nll"],
                      summary["last/test/ece"]))
         rows += [(f"cheap ticket {i}", summary[f"tickets/{i}/test/acc"], summary[f"tickets/{i}/test/nll"],

@@ -96,4 +96,4 @@ def check_settled_before_cycles(cfg: Any, plan: Any, settles_at: Optional[float]
     start = budget.start_step / plan.steps_per_epoch
     require(settles_at <= start + 1e-9, key, settles_at,
             f"must be <= {start:g}, the epoch where superposer=sup_tickets starts collecting tickets: {what} "
-            "would differ between the cheap tickets that are averaged")
+            "would differ between the cheap tickets that are averaged (or use superposer=none)")
