@@ -149,10 +149,12 @@ def remove_ghosts(model: nn.Module, handles: List[Any]) -> int:
     return n
 
 
-def ghost_forward_flops(model: nn.Module, input_shape: Tuple[int, int, int]) -> float:
-    """Dense forward FLOPs per sample of every ghost 1x1 conv (2 per multiply-add; BN not counted, as
-    for the base layers in :mod:`sparse_exp.sparse.flops`), measured on a ``meta`` copy."""
+def ghost_forward_flops(model: nn.Module, input_shape: Tuple[int, int, int]) -> Tuple[float, float]:
+    """``(ghost, base)``: dense forward FLOPs per sample of every ghost 1x1 conv (2 per multiply-add; BN not
+    counted, as for the base layers in :mod:`sparse_exp.sparse.flops`) and of the base model's prunable
+    layers (:func:`~sparse_exp.sparse.flops.layer_forward_flops`), measured on one ``meta`` copy."""
     probe = copy.deepcopy(model).to("meta")
+    base = float(sum(layer_forward_flops(probe, input_shape).values()))
     total = [0.0]
 
     def count(conv: nn.Module, args: Any, out: torch.Tensor) -> None:
@@ -164,7 +166,7 @@ def ghost_forward_flops(model: nn.Module, input_shape: Tuple[int, int, int]) -> 
             m.conv.register_forward_hook(count)
     with torch.no_grad():
         probe(torch.empty(1, *input_shape, device="meta"))
-    return total[0]
+    return total[0], base
 
 
 def check_ghost_skip(cfg: Any) -> None:
@@ -231,8 +233,7 @@ class GhostSkip(BaseCallback):
                             "parameters without gradients); use a constant or non-zero alpha")
         spec = state.data.spec
         shape = (spec.in_channels, spec.image_size, spec.image_size)
-        self.f_ghost = ghost_forward_flops(self.model, shape)
-        self.f_dense = float(sum(layer_forward_flops(self.model, shape).values()))
+        self.f_ghost, self.f_dense = ghost_forward_flops(self.model, shape)
         self._update(state)
 
     def alpha_at(self, t: float) -> float:
