@@ -45,6 +45,9 @@ class DatasetConfig:
     subset_test: Optional[int] = None
     num_workers: int = 0
     augment: bool = True
+    #: ``auto`` (CIFAR: ``device``; others: ``torchvision``), ``device`` (the split as uint8 on the training
+    #: device, batched crop / flip: :mod:`sparse_exp.data.device_loader`), ``torchvision`` (per-sample PIL)
+    loader: str = "auto"
     # the Sup-tickets protocol per data set (paper Sec. 4.1 / reference README): cycle length in
     # epochs and cyclic LR range; conf/superposer/sup_tickets.yaml reads them.
     sup_cycle_epochs: float = 8.0

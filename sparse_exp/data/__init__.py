@@ -45,8 +45,9 @@ from sparse_exp.data import fashion_mnist as fm
 from sparse_exp.data import vision
 from sparse_exp.data.base import (SPLIT_SEED, DataBundle, DataError, DatasetSpec, Loader, cfg_get, epoch_seed,
                                   split_indices)
+from sparse_exp.data.device_loader import DeviceImageLoader
 from sparse_exp.data.loaders import TensorLoader, TorchLoader
-from sparse_exp.errors import require
+from sparse_exp.errors import one_of, require
 from sparse_exp.registries import DATASETS
 
 __all__ = [
@@ -85,6 +86,10 @@ def _check_dataset(cfg: Any) -> None:
     for key in ("subset_train", "subset_test"):
         require(ds[key] is None or ds[key] >= 1, f"dataset.{key}", ds[key], "must be >= 1 or null")
     require(ds.num_workers >= 0, "dataset.num_workers", ds.num_workers, "must be >= 0")
+    one_of("dataset.loader", ds.loader, {"auto", "device", "torchvision"})
+    if ds.loader == "device":
+        require(ds.name in vision.CIFAR_CLASSES or ds.name == "fashion_mnist", "dataset.loader", ds.loader,
+                f"dataset={ds.name} is read through torchvision (ImageFolder); allowed: auto, torchvision")
 
 
 _ALIASES = {
@@ -269,10 +274,23 @@ def build_data(cfg: Any, seed: int, batch_size: int, eval_batch_size: int, devic
         train_idx, val_idx = split_indices(len(train_ds), val_size, name)
         train_idx = _subset(train_idx, subset_train)
         test_idx = _subset(torch.arange(len(test_ds)), subset_test)
-        workers = int(cfg_get(cfg, "num_workers", 0))
-        train = TorchLoader(train_ds, train_idx, batch_size, True, seed, workers, device)
-        val = TorchLoader(val_ds, val_idx, eval_batch_size, False, seed, workers, device)
-        test = TorchLoader(test_ds, test_idx, eval_batch_size, False, seed, workers, device)
+        if cfg_get(cfg, "loader", "auto") != "torchvision" and name in vision.CIFAR_CLASSES:
+            mean, std = vision.CIFAR_STATS[name]
+            pad = 4 if augment else 0
+
+            def on_device(ds: Any, idx: torch.Tensor, bs: int, shuffle: bool) -> DeviceImageLoader:
+                x = torch.from_numpy(ds.data[idx.numpy()]).permute(0, 3, 1, 2).contiguous().to(device)
+                y = torch.as_tensor(ds.targets, dtype=torch.long)[idx].to(device)
+                return DeviceImageLoader(x, y, idx, bs, shuffle, seed, mean, std, pad=pad, flip=augment)
+
+            train = on_device(train_ds, train_idx, batch_size, True)
+            val = on_device(train_ds, val_idx, eval_batch_size, False)
+            test = on_device(test_ds, test_idx, eval_batch_size, False)
+        else:
+            workers = int(cfg_get(cfg, "num_workers", 0))
+            train = TorchLoader(train_ds, train_idx, batch_size, True, seed, workers, device)
+            val = TorchLoader(val_ds, val_idx, eval_batch_size, False, seed, workers, device)
+            test = TorchLoader(test_ds, test_idx, eval_batch_size, False, seed, workers, device)
 
     bundle = DataBundle(train=train, val=val, test=test, spec=spec, num_train=train.num_samples,
                         num_val=val.num_samples, num_test=test.num_samples)
