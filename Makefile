@@ -39,6 +39,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/epoch_time.py
 
 clean-venv:
 	rm -rf $(VENV)
