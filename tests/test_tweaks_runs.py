@@ -110,3 +110,21 @@ def test_resume_mid_schedule_is_bitwise(tmp_path, cut):
     assert_same_run(full, part)
     for key in ("ghost/flops_train", "tweaks/lrsi/scale_min", "tweaks/lrsi/scale_max", "flops/train"):
         assert full.summary()[key] == part.summary()[key], key
+
+
+@needs_data
+@pytest.mark.parametrize("scores", ["plain", "trained"])
+def test_a_pruning_at_init_mask_is_the_methods_own_whatever_is_trained_on_it(tmp_path, scores):
+    """SNIP scores the plain ReLU network by default (as the code's separate models): the mask with the
+    ghost paths and soft neurons is bit-identical to the mask without them; ``scores_network=trained``
+    scores the tweaked network, and the mask differs."""
+    base = [o for o in SMALL if not o.startswith("tweaks")] + ["sparsifier=snip", "sparsity=0.95", "epochs=1"]
+    plain, _ = fit(tmp_path / "plain", base)
+    tweaked, summary = fit(tmp_path / "tweaked", base + [
+        "tweaks=[ghost_skip,soft_neurons]", f"tweaks.ghost_skip.scores_network={scores}",
+        f"tweaks.soft_neurons.scores_network={scores}"])
+    same = all(torch.equal(plain.masking.masks[n], tweaked.masking.masks[n]) for n in plain.masking.names)
+    assert same == (scores == "plain")
+    assert summary["ghost/scores_network"] == scores
+    assert summary["tweaks/soft_neurons/scores_network"] == ("relu" if scores == "plain" else "swish")
+    assert sum(isinstance(m, torch.nn.ReLU) for m in tweaked.model.modules()) == 0, "trained with soft neurons"

@@ -17,9 +17,10 @@ published length, so the other schedules need their end epoch set (``end_epoch``
 
 ``pswish`` is ``x * sigmoid(beta * x)`` (the code fixes ``beta = 2``); sup over x of
 ``|x sigmoid(beta x) - relu(x)|`` is ``0.27846 / beta``. The code's in-place Softplus crashes; here
-Softplus is out of place. Pruning-at-init scores (SNIP, GraSP, SynFlow) see the network as it trains,
-i.e. with the soft activations (the code scored separate ReLU models); ``summary.json`` records it
-(``tweaks/soft_neurons/scores_network``).
+Softplus is out of place. Pruning-at-init scores (SNIP, GraSP, SynFlow) see the ReLU network by default
+(``scores_network=plain``: the ReLU modules are back while the initial mask is chosen), as the code, which
+scored separate ReLU models (SynFlow's linearisation also assumes ReLU's homogeneity); ``trained`` scores
+the soft network. ``summary.json`` records it (``tweaks/soft_neurons/scores_network``).
 
 A model that applies ReLU functionally (``F.relu`` / ``torch.relu`` / ``Tensor.relu`` in ``forward``)
 cannot be converted by swapping modules: it is refused before the run starts (:func:`functional_relu_calls`).
@@ -62,13 +63,15 @@ SCHEDULES = ("constant", "step", "linear_blend")
 @dataclass
 class SoftNeuronsConfig:
     """``tweaks.soft_neurons``: ``activation`` (one of :data:`ACTIVATIONS`), ``beta`` (pswish),
-    ``schedule`` (module doc), ``start_epoch`` / ``end_epoch`` in main-phase epochs."""
+    ``schedule`` (module doc), ``start_epoch`` / ``end_epoch`` in main-phase epochs, ``scores_network``:
+    ``plain`` (pruning-at-init scores see the ReLU network, as the code) | ``trained`` (the soft one)."""
 
     activation: str = "swish"
     beta: float = 2.0
     schedule: str = "constant"
     start_epoch: float = 0.0
     end_epoch: Optional[float] = None
+    scores_network: str = "plain"
 
 
 class SoftNeuron(nn.Module):
@@ -109,6 +112,15 @@ def swap_relus(model: nn.Module, activation: str, beta: float) -> List[SoftNeuro
         setattr(parent, name, soft)
         swapped.append(soft)
     return swapped
+
+
+def reinstall(model: nn.Module, modules: List[SoftNeuron]) -> int:
+    """Put ``modules`` back in place of the ReLU modules they replaced (after :func:`restore_relus`)."""
+    by_original = {id(m._original): m for m in modules}
+    found = _children_where(model, lambda m: id(m) in by_original)
+    for parent, name, child in found:
+        setattr(parent, name, by_original[id(child)])
+    return len(found)
 
 
 def restore_relus(model: nn.Module) -> int:
@@ -175,6 +187,7 @@ def check_soft_neurons(cfg: Any) -> None:
     one_of("tweaks.soft_neurons.activation", node.activation, set(ACTIVATIONS))
     require(node.beta > 0, "tweaks.soft_neurons.beta", node.beta, "must be > 0")
     one_of("tweaks.soft_neurons.schedule", node.schedule, set(SCHEDULES))
+    one_of("tweaks.soft_neurons.scores_network", node.scores_network, {"plain", "trained"})
     if node.schedule != "constant":
         check_window("tweaks.soft_neurons", node.start_epoch, node.end_epoch, int(cfg.epochs), end_required=True)
 
@@ -213,6 +226,7 @@ class SoftNeurons(BaseCallback):
         self.cfg = cfg
         self.modules: List[SoftNeuron] = []
         self.restored = False
+        self.scoring = False  # the ReLU modules are back while the initial mask is chosen
         self.model: Optional[nn.Module] = None
 
     def transform_model(self, model: nn.Module) -> nn.Module:
@@ -229,7 +243,17 @@ class SoftNeurons(BaseCallback):
             return 1.0 if t >= c.end_epoch else 0.0
         return ramp(t, c.start_epoch, c.end_epoch)
 
+    def before_init_masks(self, state: TrainState) -> None:
+        """``scores_network=plain``: the ReLU network while the sparsifier chooses the initial mask (the
+        first epoch start puts the soft neurons back)."""
+        if self.cfg.scores_network == "plain" and not self.restored:
+            restore_relus(self.model)
+            self.scoring = True
+
     def _update(self, state: TrainState) -> None:
+        if self.scoring:
+            reinstall(self.model, self.modules)
+            self.scoring = False
         if self.restored:
             return
         blend = self.blend_at(schedule_epoch(state))
@@ -258,7 +282,8 @@ class SoftNeurons(BaseCallback):
     def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
         return {"tweaks/soft_neurons/final_activation": "relu" if self.restored else self.cfg.activation,
                 "tweaks/soft_neurons/modules": len(self.modules),
-                "tweaks/soft_neurons/scores_network": self.cfg.activation}
+                "tweaks/soft_neurons/scores_network": "relu" if self.cfg.scores_network == "plain"
+                else self.cfg.activation}
 
     def state_dict(self) -> Dict[str, Any]:
         """Whether the ReLUs are back (``blend`` itself is a function of the step, recomputed)."""
