@@ -180,7 +180,8 @@ def build_run(cfg: Any) -> Run:
     train_model = model
     if dist.enabled:
         ids = [device.index] if device.type == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        # buffers are broadcast after every step instead (sparse_exp.distributed.broadcast_buffers_)
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
     steps_per_epoch = len(data.train)
     masking = Masking(model)
     # FLOP accounting (sparse_exp.flop_meter): per-layer dense forward FLOPs, once

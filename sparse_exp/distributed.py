@@ -76,6 +76,18 @@ class ShardedLoader:
             yield x[r::w], y[r::w]
 
 
+def broadcast_buffers_(buffers: "list[torch.Tensor]", env: DistEnv) -> None:
+    """Copy rank 0's ``buffers`` (BatchNorm running statistics) to every rank, in place (no-op for one
+    process or no buffers). Each rank's BN sees only its shard of a batch, so without this the ranks'
+    running statistics drift apart after every step (DDP's own broadcast happens only at the next forward)."""
+    if not env.enabled or not buffers:
+        return
+    flat = torch._utils._flatten_dense_tensors(buffers)  # one collective per step, not one per buffer
+    dist.broadcast(flat, src=0)
+    for b, synced in zip(buffers, torch._utils._unflatten_dense_tensors(flat, buffers)):
+        b.copy_(synced)
+
+
 def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:
     """True on every rank if ``flag`` is True on any rank (one all-reduce; no-op for one process)."""
     if not env.enabled:

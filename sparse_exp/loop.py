@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from sparse_exp.build import Run, build_run
-from sparse_exp.distributed import any_rank
+from sparse_exp.distributed import any_rank, broadcast_buffers_
 from sparse_exp.identity import identity
 from sparse_exp.loggers import build_logger
 from sparse_exp.metrics import evaluate
@@ -197,6 +197,9 @@ class Trainer:
         """
         r, s, cfg = self.run, self.state, self.cfg
         r.train_model.train()
+        # DDP: rank 0's BN statistics after every step, so callbacks (tickets), evaluation and checkpoints
+        # see the same model on every rank
+        buffers = [b for b in r.model.buffers() if b.is_floating_point()] if r.dist.enabled else []  # same dtype: one flat tensor
         start = self.batch_in_epoch
         loss_sum = torch.full((), self._acc[0], device=r.device)
         correct = torch.full((), self._acc[1], device=r.device, dtype=torch.long)
@@ -211,6 +214,7 @@ class Trainer:
                     set_rng_state(self._resume_rng)  # undo what skipping the batches drew
                 continue
             loss, logits = self.train_step(x, y)
+            broadcast_buffers_(buffers, r.dist)
             nonfinite[i] = ~torch.isfinite(loss)
             s.step += 1
             changed = False

@@ -1,5 +1,6 @@
-"""Two CPU processes (gloo): masks, weights and the ultimate ticket stay identical on every rank
-through RigL updates, SET's random regrowth and a Sup-tickets phase; only rank 0 writes."""
+"""Two CPU processes (gloo): masks, weights, BN statistics and the ultimate ticket stay identical on every
+rank through RigL updates, SET's random regrowth, a Sup-tickets phase and every training tweak on a BN
+model; only rank 0 writes."""
 
 import os
 import socket
@@ -52,7 +53,7 @@ def worker(rank, world, port, out_dir, overrides):
     ["sparsifier=set", "sparsifier.delta_t=4", "epochs=2"],
     # every tweak (ghost paths: a dense parameter group outside the mask; GradInit on each rank)
     ["sparsifier=rigl", "sparsifier.delta_t=2", "epochs=2", "model=resnet32", "dataset.subset_train=128",
-     "tweaks=tost", "tweaks.lrsi.iterations=1"],
+     "tweaks=tost", "tweaks.lrsi.iterations=1", "dataset.val_size=64", "dataset.subset_test=64"],
 ], ids=["rigl+sup_tickets", "set", "rigl+tweaks"])
 def test_ranks_stay_identical(tmp_path, overrides):
     mp.spawn(worker, args=(2, free_port(), str(tmp_path), overrides), nprocs=2, join=True)

@@ -92,7 +92,7 @@ def test_a_cifar_run_on_the_device_loader_resumes_bitwise(tmp_path, fake_cifar_r
     from test_resume import assert_same_run
 
     ov = ["dataset=cifar10", f"dataset.root={fake_cifar_root}", "dataset.val_size=32", "dataset.subset_test=64",
-          "batch_size=16", "eval_batch_size=64", "model=resnet32", "sparsifier=rigl", "sparsifier.delta_t=2",
+          "batch_size=16", "eval_batch_size=64", "model=lenet5", "sparsifier=rigl", "sparsifier.delta_t=2",
           "epochs=3"]
     full, part = RunDir(tmp_path / "full"), RunDir(tmp_path / "part")
     run(compose_cfg(ov), full.path)

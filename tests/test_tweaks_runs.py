@@ -16,9 +16,9 @@ from test_resume import assert_same_run
 
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
 
-#: 2 steps of 32 images per epoch, 128 validation and 128 test images; GradInit for 1 iteration
-SMALL = ["model=resnet32", "dataset.subset_train=64", "batch_size=32", "dataset.val_size=128",
-         "dataset.subset_test=128", "tweaks=tost", "tweaks.lrsi.iterations=1", "check_invariants=true"]
+#: 2 steps of 32 images per epoch, 64 validation and 64 test images; GradInit for 1 iteration
+SMALL = ["model=resnet32", "dataset.subset_train=64", "batch_size=32", "dataset.val_size=64",
+         "dataset.subset_test=64", "tweaks=tost", "tweaks.lrsi.iterations=1", "check_invariants=true"]
 FAST = {"set": ["sparsifier.delta_t=1"], "rigl": ["sparsifier.delta_t=1"], "granet": ["sparsifier.delta_t=1"],
         "gmp": ["sparsifier.delta_t=1"], "lth": ["sparsifier.rounds=2", "sparsifier.round_epochs=1"], "synflow": ["sparsifier.iterations=10"]}
 METHODS = sorted(n for n in SPARSIFIERS if n != "mask_file")  # mask_file: test_mask_file_with_every_tweak
