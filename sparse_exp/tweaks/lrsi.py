@@ -40,22 +40,13 @@ GRADINIT_EPOCH = 2_000_000
 
 
 @dataclass
-class LRsIConfig:
-    """``tweaks.lrsi``: ``when`` (``after_mask`` | ``before_mask``), ``batch_size`` of GradInit's batches
-    (``null``: half the training batch, as ToST, so that the two batches of ``S`` make one training batch)
-    and GradInit's settings (:class:`~sparse_exp.tweaks.gradinit.GradInitSettings`)."""
+class LRsIConfig(GradInitSettings):
+    """``tweaks.lrsi``: GradInit's settings (the fields of :class:`~sparse_exp.tweaks.gradinit.GradInitSettings`,
+    the ToST README's values), plus ``when`` (``after_mask`` | ``before_mask``) and ``batch_size`` of GradInit's
+    batches (``null``: half the training batch, as ToST, so that the two batches of ``S`` make one training batch)."""
 
     when: str = "after_mask"
     batch_size: Optional[int] = None
-    iterations: int = 180
-    lr: float = 1e-2
-    eta: float = 0.1
-    gamma: float = 1.0
-    normalize: bool = True
-    min_scale: float = 0.01
-    grad_clip: float = 1.0
-    mask_lookahead: bool = False
-    second_order: bool = False
 
 
 def check_lrsi(cfg: Any) -> None:
