@@ -126,6 +126,22 @@ class SuperposerConfig:
 
 
 @dataclass
+class FastConfig:
+    """``fast`` block: how the train step runs (:mod:`sparse_exp.fast`); every option off is the eager fp32 step.
+
+    ``compile``: ``torch.compile`` the step; ``cuda_graphs``: capture it as one CUDA graph (CUDA only) after
+    ``graph_warmup_steps`` eager steps; ``dtype``: ``fp32`` | ``bf16`` (autocast, fp32 master weights and masks);
+    ``channels_last``: NHWC weights and inputs.
+    """
+
+    compile: bool = False
+    cuda_graphs: bool = False
+    dtype: str = "fp32"
+    channels_last: bool = False
+    graph_warmup_steps: int = 3
+
+
+@dataclass
 class Config:
     """Top-level config (``conf/config.yaml``).
 
@@ -144,6 +160,8 @@ class Config:
     logger: LoggerConfig = MISSING
     #: chosen training tweaks, ``{name: node}`` (``tweaks=[soft_neurons,ghost_skip]``; empty: none)
     tweaks: Dict[str, Any] = field(default_factory=dict)
+    #: how the train step runs (compile, CUDA graphs, bf16, channels_last): :mod:`sparse_exp.fast`
+    fast: FastConfig = field(default_factory=FastConfig)
     sparsity: float = 0.9
     seed: int = 0
     epochs: int = 20

@@ -1,4 +1,4 @@
-"""The training loop: epochs of :func:`train_step`, callbacks at fixed points, a checkpoint every epoch.
+"""The training loop: epochs of the train step (:mod:`sparse_exp.fast`), callbacks at fixed points, a checkpoint every epoch.
 
 ``Trainer(cfg, run_dir).fit()`` builds the run (:func:`sparse_exp.build.build_run`), resumes from
 ``checkpoint.pt`` if there is one, trains, and writes ``summary.json`` (:mod:`sparse_exp.summary`).
@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from sparse_exp.build import Run, build_run
+from sparse_exp.build import build_run
 from sparse_exp.distributed import any_rank, broadcast_buffers_
+from sparse_exp.fast import current_lr, make_train_step, optimizer_state_dict
 from sparse_exp.identity import identity
 from sparse_exp.loggers import build_logger
 from sparse_exp.metrics import evaluate
@@ -31,10 +32,6 @@ from sparse_exp.seeding import rng_state, set_rng_state
 from sparse_exp.summary import final_summary
 
 log = logging.getLogger("sparse_exp")
-
-#: ``train_step(x, y) -> (loss, logits)``, both detached
-TrainStep = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
-
 
 class Preempted(Exception):
     """Training stopped on request (SLURM preemption / time limit); a checkpoint was written."""
@@ -48,32 +45,6 @@ class Diverged(Exception):
         kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
         super().__init__(f"diverged at epoch {epoch}, step {step}: the training loss became {loss}; {kept} (lower "
                          "the learning rate or add a warm-up)")
-
-
-def make_train_step(run: Run) -> TrainStep:
-    """One optimizer step on a batch: forward, loss, backward, optimizer step, mask application.
-
-    Args (of the returned function):
-        x: input batch ``(B, C, H, W)`` on the run's device; y: labels ``(B,)``.
-
-    Returns:
-        ``(loss, logits)``: the batch's mean training loss (scalar) and logits ``(B, classes)``, detached.
-
-    Free of Python bookkeeping (no counters, no host synchronisation), so that it can be compiled or
-    captured as a whole; mask updates, tickets and evaluation happen outside it.
-    """
-    model, loss_fn, opt, masking = run.train_model, run.loss_fn, run.optimizer, run.masking
-
-    def train_step(x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        masking.apply_(opt)
-        return loss.detach(), logits.detach()
-
-    return train_step
 
 
 class Trainer:
@@ -95,7 +66,7 @@ class Trainer:
         run_dir.writable = run_dir.writable and self.run.dist.is_main
         self.state = self.run.state
         self.state.log = self.log_metrics
-        self.train_step = make_train_step(self.run)
+        self.train_step = make_train_step(self.run)  # the fast.* block's step (sparse_exp.fast)
         self.logger = None
         self.batch_in_epoch = 0  # batches done in the current epoch (non-zero only in a preemption checkpoint)
         self._acc = (0.0, 0, 0)  # loss sum, correct, seen of the current epoch (for mid-epoch resume)
@@ -148,7 +119,7 @@ class Trainer:
         r, s = self.run, self.state
         return {
             "model": r.model.state_dict(),
-            "optimizer": r.optimizer.state_dict(),
+            "optimizer": optimizer_state_dict(r.optimizer),
             "scheduler": r.scheduler.state_dict(),
             "masking": r.masking.state_dict(),
             "sparsifier": r.sparsifier.state_dict(),
@@ -174,6 +145,7 @@ class Trainer:
         r.callbacks.load_state_dict(callbacks, r.device)
         r.model.load_state_dict(state["model"])
         r.optimizer.load_state_dict(state["optimizer"])
+        self.train_step.refresh()  # a compiled / captured step's LR tensor and captured tensors
         r.scheduler.load_state_dict(state["scheduler"])
         r.masking.load_state_dict(state["masking"])
         r.sparsifier.load_state_dict(state["sparsifier"])
@@ -206,6 +178,7 @@ class Trainer:
         seen = self._acc[2]
         nonfinite = torch.zeros(s.steps_per_epoch, dtype=torch.bool, device=r.device)  # per batch, no host sync
         r.callbacks.on_epoch_start(s)
+        self.train_step.refresh()
         bar = tqdm(r.train_loader.iterate(s.epoch), total=s.steps_per_epoch, leave=False,
                    disable=not cfg.progress or not r.dist.is_main, desc=f"epoch {s.epoch + 1}/{r.total_epochs}")
         for i, (x, y) in enumerate(bar):
@@ -220,6 +193,8 @@ class Trainer:
             changed = False
             if s.main_step >= 1 and r.callbacks.allow_mask_update(s.main_step):
                 changed = r.sparsifier.after_step(s.main_step)
+                if changed:
+                    self.train_step.refresh()
             r.callbacks.on_step_end(s, changed)
             r.scheduler.step()
             if cfg.check_invariants:
@@ -240,7 +215,7 @@ class Trainer:
         self._raise_if_diverged(nonfinite, loss_sum)
         self.batch_in_epoch, self._acc, self._resume_rng = 0, (0.0, 0, 0), None
         return {"train/loss": loss_sum.item() / max(seen, 1), "train/acc": 100.0 * correct.item() / max(seen, 1),
-                "lr": r.optimizer.param_groups[0]["lr"]}
+                "lr": current_lr(r.optimizer)}
 
     def _raise_if_diverged(self, nonfinite: torch.Tensor, loss_sum: torch.Tensor) -> None:
         """Raise :class:`Diverged` if a batch of this epoch had a non-finite loss (one host sync)."""

@@ -33,6 +33,7 @@ import sparse_exp.components  # noqa: F401  (every component registers its check
 from sparse_exp.data import DATASETS, check_data_available
 from sparse_exp.data.base import DatasetSpec
 from sparse_exp.errors import ConfigError, UserError, require
+from sparse_exp.fast import preflight_fast
 from sparse_exp.models import build_model
 from sparse_exp.registry import REGISTRIES
 from sparse_exp.rundir import check_checkpoint_file, read_summary
@@ -183,6 +184,7 @@ def preflight(cfg: Any, run_dir: Optional[Path] = None, local: bool = True) -> R
     plan = plan_run(cfg)
     for registry in REGISTRIES.values():
         registry.preflight(plan)
+    preflight_fast(cfg)
     if run_dir is not None:
         check_run_dir(Path(run_dir))
     return plan

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 import sparse_exp.components  # noqa: F401  (every component registers its checks)
 from sparse_exp.errors import ConfigError, one_of, require
+from sparse_exp.fast import check_fast
 from sparse_exp.registry import REGISTRIES
 
 __all__ = ["validate", "require", "one_of", "ConfigError"]
@@ -65,5 +66,6 @@ def validate(cfg: Any) -> None:
     """Check every value of a composed config; raise :class:`ConfigError` on the first bad one."""
     validate_finite(cfg)
     validate_top_level(cfg)
+    check_fast(cfg)
     for registry in REGISTRIES.values():
         registry.check(cfg)

@@ -103,6 +103,8 @@ CASES = {
     "tweak-schedule-without-end": (["model=resnet32", "tweaks=[soft_neurons]", "tweaks.soft_neurons.schedule=step"],
                                    "tweaks.soft_neurons.end_epoch", {}, None),
     "delete-a-schema-key": (["~sparsity"], "~sparsity", {}, None),
+    "fast-dtype-unknown": (["fast.dtype=fp16"], "fast.dtype", {}, None),
+    "cuda-graphs-on-cpu": (["fast.cuda_graphs=true"], "fast.cuda_graphs", {}, None),
     # 3. ranges, non-finite numbers, values never silently changed
     "sparsity-above-1": (["sparsity=1.5"], "sparsity=1.5", {}, None),
     "sparsity-negative": (["sparsity=-0.1"], "sparsity=-0.1", {}, None),

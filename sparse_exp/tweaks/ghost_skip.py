@@ -214,6 +214,15 @@ class GhostSkip(BaseCallback):
 
     name = "ghost_skip"
 
+    @staticmethod
+    def step_varies(cfg: Any) -> Optional[str]:
+        """Why the train step changes during training with this config (an alpha ramp, removal), else None."""
+        if cfg.remove_at_end:
+            return "remove_at_end deletes the paths during training"
+        if cfg.alpha.end is not None and float(cfg.alpha.end) != float(cfg.alpha.start):
+            return "alpha ramps from alpha.start to alpha.end"
+        return None
+
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.paths: List[GhostPath] = []

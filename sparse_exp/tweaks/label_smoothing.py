@@ -69,6 +69,13 @@ class LabelSmoothing(BaseCallback):
 
     name = "label_smoothing"
 
+    @staticmethod
+    def step_varies(cfg: Any) -> Optional[str]:
+        """Why the loss changes during training with this config (an epoch window), else None."""
+        if cfg.start_epoch != 0 or cfg.end_epoch is not None:
+            return "the smoothing is switched on / off by its epoch window"
+        return None
+
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.active = cfg.start_epoch == 0

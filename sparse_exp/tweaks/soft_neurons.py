@@ -222,6 +222,11 @@ class SoftNeurons(BaseCallback):
 
     name = "soft_neurons"
 
+    @staticmethod
+    def step_varies(cfg: Any) -> Optional[str]:
+        """Why the train step changes during training with this config (a non-constant schedule), else None."""
+        return None if cfg.schedule == "constant" else f"schedule={cfg.schedule} changes the activations"
+
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.modules: List[SoftNeuron] = []
