@@ -173,4 +173,5 @@ class Config:
     check_invariants: bool = False
     log_every: int = 50
     stop_after_epochs: Optional[int] = None
+    #: a tqdm bar per epoch, drawn only when stderr is a terminal (logs get one line per epoch either way)
     progress: bool = True

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from typing import Any, Dict, Optional
 
@@ -32,6 +33,13 @@ from sparse_exp.seeding import rng_state, set_rng_state
 from sparse_exp.summary import final_summary
 
 log = logging.getLogger("sparse_exp")
+
+def show_progress(cfg: Any, is_main: bool) -> bool:
+    """Whether to draw a progress bar: ``progress=true``, rank 0, and stderr a terminal. In a SLURM log, CI or
+    ``make train > log`` a bar writes a carriage-return update many times a second; there the per-epoch log
+    line (``fit``) is the progress report."""
+    return bool(cfg.progress) and is_main and sys.stderr.isatty()
+
 
 class Preempted(Exception):
     """Training stopped on request (SLURM preemption / time limit); a checkpoint was written."""
@@ -180,7 +188,7 @@ class Trainer:
         r.callbacks.on_epoch_start(s)
         self.train_step.refresh()
         bar = tqdm(r.train_loader.iterate(s.epoch), total=s.steps_per_epoch, leave=False,
-                   disable=not cfg.progress or not r.dist.is_main, desc=f"epoch {s.epoch + 1}/{r.total_epochs}")
+                   disable=not show_progress(cfg, r.dist.is_main), desc=f"epoch {s.epoch + 1}/{r.total_epochs}")
         for i, (x, y) in enumerate(bar):
             if i < start:
                 if i + 1 == start and self._resume_rng is not None:
@@ -202,7 +210,7 @@ class Trainer:
             loss_sum += loss * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
-            if cfg.progress and (i + 1) % cfg.log_every == 0:
+            if not bar.disable and (i + 1) % cfg.log_every == 0:
                 self._raise_if_diverged(nonfinite, loss_sum)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
             if self.preemption is not None and self._preempt_now(i):

@@ -130,3 +130,18 @@ def test_second_process_is_refused_while_a_run_trains(tmp_path):
     res = run_cli(args, runs)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+@needs_data
+def test_log_outside_a_terminal_has_one_line_per_epoch_and_no_progress_bar(tmp_path):
+    """``make train > log 2>&1``, SLURM and CI logs: stderr is not a terminal, so no tqdm bar (which writes
+    carriage-return updates) even with ``progress=true``; one log line per epoch."""
+    args = [o for o in TINY if not o.startswith("progress")] + [
+        "progress=true", "epochs=3", "model=lenet_300_100", "superposer=none", "sparsifier.delta_t=4", "log_every=2"]
+    out = run_cli(args, tmp_path / "runs")
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = out.stdout + out.stderr
+    assert "\r" not in log, "a progress bar was drawn into a log that is not a terminal"
+    epoch_lines = [line for line in log.splitlines() if " epoch " in f" {line}" and "/3 " in line]
+    assert len(epoch_lines) == 3, epoch_lines
+    assert len(log.splitlines()) < 60, log
