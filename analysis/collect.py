@@ -16,13 +16,14 @@ superseded copies are returned separately with the reason (:class:`Collection`).
 from __future__ import annotations
 
 import hashlib
+import copy
 import json
 import math
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -240,6 +241,48 @@ def read_run_dir(path: Path) -> Dict[str, Any]:
     return make_record(config, summary, source="local", path=str(path), name=path.name, time=time, status=status)
 
 
+#: summary keys an offline superposition replaces (the ultimate ticket's); the rest (the individual model's
+#: ``last/*``, each cheap ticket's ``tickets/<i>/*``, diversity) is the same run's
+OFFLINE_KEYS = ("test/acc", "test/nll", "test/ece", "val/acc", "val/nll", "val/ece", "sparsity/global", "tickets/count")
+#: the variant fields of ``superposed/<variant>.json`` (:class:`sparse_exp.superpose.tickets.Variant`)
+VARIANT_FIELDS = ("averaging", "beta", "reprune", "count_normal_phase_ticket", "prune_running_average", "bn")
+
+
+def read_offline_records(path: Path) -> List[Dict[str, Any]]:
+    """One record per offline superposition of a completed run (``<run>/superposed/<variant>.json``, written by
+    ``python -m sparse_exp.superpose`` or ``superposer.offline``): the run's config with the variant's
+    ``superposer.*`` values, the run's summary with the variant's ultimate-ticket metrics, and
+    ``superposed/offline = 1`` (tables and figures mark such cells). The same run trained with that variant has
+    the same identity (saving tickets changes no result), so the two count once."""
+    files = sorted((path / "superposed").glob("*.json"))
+    if not files or not (path / "summary.json").exists() or not (path / "config.yaml").exists():
+        return []
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        summary = json.loads((path / "summary.json").read_text())
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError):
+        return []
+    if summary.get("status") != COMPLETED:
+        return []
+    out = []
+    for f in files:
+        try:
+            doc = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        own = config.get("superposer", {})
+        if all(own.get(k) == doc.get(k) for k in VARIANT_FIELDS):
+            continue  # the run's own variant: the run itself is the record
+        cfg = copy.deepcopy(config)
+        cfg.setdefault("superposer", {}).update({k: doc[k] for k in VARIANT_FIELDS if k in doc})
+        summ = {k: v for k, v in summary.items() if not k.startswith(("superpose/", "final/"))}
+        summ.update({k: doc[k] for k in OFFLINE_KEYS if k in doc})
+        summ["superposed/offline"] = 1
+        out.append(make_record(cfg, summ, source="offline", path=str(f), name=f"{path.name}#{f.stem}",
+                               time=f.stat().st_mtime))
+    return out
+
+
 def collect_local(roots: Sequence[str | os.PathLike]) -> Collection:
     """All run directories under ``roots``.
 
@@ -254,6 +297,7 @@ def collect_local(roots: Sequence[str | os.PathLike]) -> Collection:
             if p.resolve() not in seen:  # overlapping roots list a directory once
                 seen.add(p.resolve())
                 records.append(read_run_dir(p))
+                records.extend(read_offline_records(p))
     return dedupe(to_frame(records))
 
 

@@ -173,18 +173,28 @@ def figure3(runs: pd.DataFrame, out: Path) -> List[Path]:
     for ax, (ds, model) in zip(axes[0], groups):
         levels = sorted({float(s) for d in sel.values() for s in _at(d, ds, model)["sparsity"]}, reverse=True)
         x = np.arange(len(levels))
+        any_offline = False
         for k, (_, _, lab) in enumerate(AVERAGING):
             pts = [point(_at(sel[lab], ds, model, s), "test/acc") for s in levels]
             m = np.array([p[0] for p in pts])
+            offline = _offline(_at(sel[lab], ds, model))
+            any_offline |= offline
             if np.isfinite(m).any():
                 ax.errorbar(x, m, yerr=[p[1] for p in pts], marker="os^v<>d"[k % 7], ms=4, capsize=2, lw=1,
-                            label=lab, color=f"C{k}")
+                            label=lab + (" (offline)" if offline else ""), color=f"C{k}",
+                            mfc="none" if offline else None)
         ax.set_xticks(x, [pct(s) for s in levels])
         ax.set_xlabel("sparsity")
         ax.set_ylabel("test accuracy (%) of the ultimate ticket")
-        ax.set_title(f"RigL+Sup-tickets, {model_label(model)} on {ds_label(ds)}")
-        ax.legend(frameon=False)
+        ax.set_title(f"RigL+Sup-tickets, {model_label(model)} on {ds_label(ds)}"
+                     + ("\nopen markers: superposed offline from saved tickets" if any_offline else ""), fontsize=9)
+        ax.legend(frameon=False, fontsize=7)
     return save(fig, out, "figure3", "Figure 3: averaging methods")
+
+
+def _offline(df: pd.DataFrame) -> bool:
+    """Whether any run of ``df`` is an offline superposition (``superposed/offline``, :mod:`analysis.collect`)."""
+    return "superposed/offline" in df.columns and bool((numeric(df["superposed/offline"]) == 1).any())
 
 
 # ---------------------------------------------------------------------------- Figure 4

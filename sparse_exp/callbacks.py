@@ -40,6 +40,7 @@ Subclass :class:`BaseCallback` (every hook a no-op) and override what you need; 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
@@ -76,6 +77,8 @@ class TrainState:
         scheduler: the per-step LR scheduler (``LambdaLR``; set once it exists, after ``setup``).
         reported_masks: set at the end of training: the masks of the reported model if a callback
             replaced the individual model (``final_masks``), else None.
+        run_dir: the run directory a callback may write its own files into (None in processes that do not
+            write: DDP ranks > 0, in-memory runs).
     """
 
     model: nn.Module
@@ -96,6 +99,7 @@ class TrainState:
     log: Callable[[Dict[str, Any]], None] = field(default=lambda row: None, repr=False)
     scheduler: Any = None
     reported_masks: Optional[Masks] = None
+    run_dir: Optional[Path] = None
 
     @property
     def main_step(self) -> int:

@@ -29,6 +29,9 @@ IDENTITY: Tuple[str, ...] = IDENTITY_GROUPS + IDENTITY_VALUES + IDENTITY_CHOICES
 
 #: keys that never reach run-directory names but are not config choices either
 _NOT_CONFIG = ("hydra", "run_dir")
+#: keys that name a run's directory but do not change its result: saving the cheap tickets and the offline
+#: superposition variants computed from them (:mod:`sparse_exp.superpose.tickets`)
+_NAMED_BUT_NEUTRAL = ("superposer.save_tickets", "superposer.offline")
 
 
 def identity(cfg: Any) -> Dict[str, Any]:
@@ -60,7 +63,8 @@ def tweaks_label(cfg: Any) -> str:
 @lru_cache(maxsize=1)
 def result_neutral_keys() -> Tuple[str, ...]:
     """Config keys (and their children) that do not change a run's result: ``conf/config.yaml``'s
-    ``override_dirname.exclude_keys`` plus ``hydra`` and ``run_dir``.
+    ``override_dirname.exclude_keys`` plus ``hydra``, ``run_dir`` and the ticket store's keys (which are in the
+    directory name but change no result).
 
     Raises:
         FileNotFoundError: ``conf/config.yaml`` is missing (the package runs from a checkout).
@@ -69,4 +73,4 @@ def result_neutral_keys() -> Tuple[str, ...]:
 
     cfg = yaml.safe_load((CONF_DIR / "config.yaml").read_text())
     keys = cfg["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
-    return tuple(keys) + _NOT_CONFIG
+    return tuple(keys) + _NOT_CONFIG + _NAMED_BUT_NEUTRAL

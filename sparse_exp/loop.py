@@ -74,6 +74,7 @@ class Trainer:
         run_dir.writable = run_dir.writable and self.run.dist.is_main
         self.state = self.run.state
         self.state.log = self.log_metrics
+        self.state.run_dir = run_dir.path if run_dir.writable else None
         self.train_step = make_train_step(self.run)  # the fast.* block's step (sparse_exp.fast)
         self.logger = None
         self.batch_in_epoch = 0  # batches done in the current epoch (non-zero only in a preemption checkpoint)

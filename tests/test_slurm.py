@@ -7,6 +7,12 @@
   ``hydra/launcher=slurm`` completes; re-launching it submits nothing (and, forced, trains nothing); a job sent
   ``scancel --signal=USR2`` after its first checkpoint is requeued, resumes from the checkpoint
   and ends exactly like the uninterrupted run.
+* Several runs per GPU (``hydra.launcher.runs_per_gpu``, ``hydra_plugins/sparse_exp_launcher``): a bad value is
+  refused by the real CLI before anything is written; without SLURM, a packed job's failing runs fail alone and
+  the results come back in order, and a stop signal sent to the job's process only reaches every run, is handed
+  to submitit's real handler after they stopped, and the requeued job runs only the unfinished ones; with SLURM,
+  a 2-run grid packed into one job, sent ``scancel --signal=USR2``, is requeued and both runs resume and end
+  exactly like their uninterrupted runs.
 
 The SLURM tests skip only where SLURM cannot be started here: not Linux, not root, or (outside CI)
 no SLURM and no apt-get to install it. In CI (CI=true) as root they must run.
@@ -39,6 +45,9 @@ SUMMARY_KEYS = ("test/", "val/", "last/", "tickets/", "sparsity/", "diversity/",
 #: one run whose epochs take seconds on a CPU (128 steps each), so a signal lands mid-run
 PREEMPT_RUN = ["+sweep=smoke", "seed=0", "sparsifier=rigl", "epochs=5", "dataset.subset_train=8192", "device=cpu"]
 STEPS_PER_EPOCH = 8192 // 64
+#: PREEMPT_RUN and the same run with seed 1, as one 2-cell grid (cells in this order)
+PACKED_GRID = [("seed=0,1" if o == "seed=0" else o) for o in PREEMPT_RUN]
+PACKED_CELLS = [PREEMPT_RUN, [("seed=1" if o == "seed=0" else o) for o in PREEMPT_RUN]]
 
 
 # ================================================================ PreemptionGuard (no SLURM)
@@ -233,14 +242,24 @@ def _engine_integrated():
     return "PreemptionGuard" in src
 
 
+def _reference(tmp_path_factory, overrides):
+    runs = tmp_path_factory.mktemp("reference")
+    res = subprocess.run(_train_cmd(*overrides), cwd=ROOT, env=_env(runs), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return _run_dir(runs, overrides)
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     """PREEMPT_RUN uninterrupted, with Hydra's basic launcher (no SLURM)."""
-    runs = tmp_path_factory.mktemp("reference")
-    res = subprocess.run(_train_cmd(*PREEMPT_RUN), cwd=ROOT, env=_env(runs), capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return _run_dir(runs, PREEMPT_RUN)
+    return _reference(tmp_path_factory, PREEMPT_RUN)
+
+
+@pytest.fixture(scope="module")
+def reference_run_seed1(tmp_path_factory):
+    """PREEMPT_RUN with seed 1 (the packed grid's second cell) uninterrupted, without SLURM."""
+    return _reference(tmp_path_factory, PACKED_CELLS[1])
 
 
 # ================================================================ launchers without SLURM
@@ -287,6 +306,147 @@ def test_sigterm_checkpoints_and_the_rerun_resumes(tmp_path, reference_run):
     _assert_same_result(run_dir, reference_run)
 
 
+# ================================================================ several runs per GPU, without SLURM
+def test_bad_runs_per_gpu_is_refused_before_anything(tmp_path):
+    """The real CLI: one line naming the key, exit code 2, nothing written (no SLURM needed: the launcher
+    refuses when Hydra builds it, before the grid is checked or anything submitted)."""
+    cmd = _train_cmd("+sweep=smoke", "device=cpu", "hydra/launcher=slurm", "hydra.launcher.runs_per_gpu=0")
+    res = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stderr.strip().splitlines() == [
+        "error: hydra.launcher.runs_per_gpu=0 is not allowed: it is the number of grid cells run together in one "
+        "SLURM job, sharing its GPU; allowed: an integer >= 1 (1 = one job per run, the default)"], res.stderr
+    assert list(tmp_path.iterdir()) == [], "something was written"
+
+
+def test_packing_refuses_what_cannot_share_a_gpu():
+    from hydra_plugins.sparse_exp_launcher.sparse_exp_launcher import packing_problem
+
+    assert packing_problem({"runs_per_gpu": 1, "tasks_per_node": 4, "gpus_per_node": 4}) is None  # DDP, unpacked
+    assert packing_problem({"runs_per_gpu": 4, "tasks_per_node": 1, "nodes": 1, "gpus_per_node": 1}) is None
+    assert packing_problem({"runs_per_gpu": 4, "tasks_per_node": 1, "nodes": 1, "gpus_per_node": None}) is None
+    for params, says in [({"runs_per_gpu": -1}, "runs_per_gpu=-1 is not allowed: "),
+                         ({"runs_per_gpu": True}, "runs_per_gpu=True is not allowed: "),
+                         ({"runs_per_gpu": 2, "tasks_per_node": 2}, "with hydra.launcher.tasks_per_node=2"),
+                         ({"runs_per_gpu": 2, "nodes": 2}, "with hydra.launcher.nodes=2"),
+                         ({"runs_per_gpu": 2, "gpus_per_node": 2}, "with hydra.launcher.gpus_per_node=2")]:
+        problem = packing_problem(params)
+        assert problem and problem.startswith("hydra.launcher.runs_per_gpu=") and says in problem, (params, problem)
+        assert "\n" not in problem and "allowed: " in problem
+
+
+def test_packed_runs_fail_alone_and_come_back_in_order(restore_signals, tmp_path, monkeypatch):
+    """Four child processes in one pack: one completes (while the others have already failed), one exits
+    with code 2 (a refused run directory), one raises before its Hydra job, one is Hydra's failed job.
+    Each cell gets its own JobReturn, in order, with its error; CPU threads are split between the runs."""
+    from hydra.core.utils import JobStatus
+    from hydra_plugins.sparse_exp_launcher.sparse_exp_launcher import CellPack, PackedRun, PackedRunError
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+
+    def cell(k):  # local, so that cloudpickle sends it to the child by value
+        import os
+        import sys
+        import time
+        from hydra.core.utils import JobReturn, JobStatus
+
+        if k == 1:
+            print("error: run directory runs/x is in use by another process", file=sys.stderr, flush=True)
+            sys.exit(2)
+        if k == 2:
+            raise ValueError("the cell could not even start")
+        if k == 3:
+            return JobReturn(overrides=["k=3"], status=JobStatus.FAILED, _return_value=KeyError("from the task"))
+        time.sleep(2)  # the others have ended by now
+        return JobReturn(overrides=["k=0"], status=JobStatus.COMPLETED,
+                         _return_value=(os.environ["OMP_NUM_THREADS"], os.environ["SLURM_CPUS_PER_TASK"]))
+
+    pack = CellPack([PackedRun.of(cell, k, overrides=[f"k={k}"], label=f"#{k} (k={k})") for k in range(4)],
+                    cpus=8, folder=tmp_path)
+    rets = pack()
+    assert [r.status for r in rets] == [JobStatus.COMPLETED] + [JobStatus.FAILED] * 3
+    assert rets[0].return_value == ("2", "2"), "8 CPUs split between 4 runs"
+    assert rets[1].overrides == ["k=1"]
+    with pytest.raises(PackedRunError, match=r"(?s)run #1 \(k=1\) exited with code 2; last lines of "
+                                             r"\S+pack_cell1_log\.out:.*error: run directory runs/x is in use"):
+        rets[1].return_value
+    with pytest.raises(PackedRunError, match=r"(?s)#2 \(k=2\) raised.*ValueError: the cell could not even start"):
+        rets[2].return_value
+    with pytest.raises(KeyError, match="from the task"):
+        rets[3].return_value
+
+
+def test_packed_job_stops_every_run_then_requeues_the_unfinished(restore_signals, tmp_path, monkeypatch):
+    """SIGUSR2 to the packed job's process only: it is forwarded to the two runs still going, both stop
+    through their own PreemptionGuard, then submitit's real handler (the `scontrol requeue` mocked)
+    pickles the pack with the run that had completed; the requeued pack runs only the other two."""
+    from hydra.core.utils import JobStatus
+    from submitit.core.job_environment import JobEnvironment
+    from submitit.core.utils import DelayedSubmission, JobPaths
+
+    from hydra_plugins.sparse_exp_launcher.sparse_exp_launcher import CellPack, PackedRun
+
+    def cell(k, d):  # local, so that cloudpickle sends it to the child by value
+        import time
+        from pathlib import Path
+        from hydra.core.utils import JobReturn, JobStatus
+        from sparse_exp.preemption import PreemptionGuard
+
+        d = Path(d)
+        with open(d / f"ran{k}", "a") as f:
+            f.write("x\n")
+        if k == 0 or (d / f"stopped{k}").exists():  # done at once, or resumed after the requeue
+            return JobReturn(overrides=[f"k={k}"], status=JobStatus.COMPLETED, _return_value=k)
+        guard = PreemptionGuard()  # as the trainer does
+        (d / f"ready{k}").touch()
+        t0 = time.time()
+        while not guard.requested and time.time() - t0 < 60:
+            time.sleep(0.02)
+        (d / f"stopped{k}").write_text(guard.signum.name if guard.requested else "no signal")
+        guard.finish()  # "checkpoint written": hands over, exits
+        return JobReturn(overrides=[f"k={k}"], status=JobStatus.FAILED, _return_value=RuntimeError("no signal"))
+
+    calls = []
+
+    class FakeEnv(JobEnvironment):
+        _env = {k: f"FAKE_{k.upper()}" for k in ("job_id", "num_tasks", "num_nodes", "node", "global_rank",
+                                                 "local_rank")}
+
+        def _requeue(self, countdown):
+            calls.append(countdown)
+
+    monkeypatch.setenv("FAKE_JOB_ID", "42")
+    d, folder = tmp_path / "cells", tmp_path / "pack"
+    d.mkdir()
+    pack = CellPack([PackedRun.of(cell, k, str(d), overrides=[f"k={k}"], label=f"#{k}") for k in range(3)],
+                    folder=folder)
+    paths = JobPaths(tmp_path, job_id="42", task_id=0)
+    delayed = DelayedSubmission(pack)
+    delayed.set_timeout(60, 3)
+    FakeEnv()._handle_signals(paths, delayed)
+
+    def signal_when_ready():  # to this process only: the children get it from the pack
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            if all(p.exists() for p in (d / "ready1", d / "ready2", folder / "pack_cell0_result.pkl")):
+                os.kill(os.getpid(), signal.SIGUSR2)
+                return
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=signal_when_ready, daemon=True)
+    sender.start()
+    with pytest.raises(SystemExit) as exc:
+        delayed.result()
+    sender.join(timeout=5)
+    assert exc.value.code == -1 and calls == [3], "requeued by submitit's handler after the runs stopped"
+    assert [(d / f"stopped{k}").read_text() for k in (1, 2)] == ["SIGUSR2", "SIGUSR2"]
+    again = DelayedSubmission.load(paths.submitted_pickle)
+    assert sorted(again.function.finished) == [0], "the completed run travels with the requeued job"
+    rets = again.result()  # the requeued job (same process, submitit's handlers still installed)
+    assert [(r.status, r.return_value) for r in rets] == [(JobStatus.COMPLETED, k) for k in range(3)]
+    assert [len((d / f"ran{k}").read_text().split()) for k in range(3)] == [1, 2, 2]
+
+
 # ================================================================ a real SLURM on this machine
 def _slurm_startable():
     """None if SLURM can be started here, else why not."""
@@ -328,6 +488,18 @@ def _submitit_logs(sweep_dir, only=None):
         if only is None or f.parent.name in only:
             parts.append(f"----- {f.parent.name}/{f.name}\n{f.read_text(errors='replace')}")
     return "\n".join(parts)
+
+
+def _job_ids(name, env):
+    """The ids of the SLURM jobs named ``name`` (polled briefly: squeue lags sbatch by a moment)."""
+    out = ""
+    for _ in range(100):
+        out = subprocess.run(["squeue", "-h", "--name", name, "-o", "%i"], env=env, capture_output=True,
+                             text=True).stdout.strip()
+        if out:
+            break
+        time.sleep(0.1)
+    return out.split()
 
 
 def _launch_slurm(overrides, runs, slurm_env, name, timeout):
@@ -413,14 +585,9 @@ def test_preempted_job_is_requeued_and_resumes(slurm, tmp_path, reference_run):
                 return launcher_log.read_text()[-3000:] + _submitit_logs(sweep_dir)[-5000:]
 
             _wait_for(run_dir / "checkpoint.pt", proc, 300, "SLURM job", logs)
-            job_id = ""
-            for _ in range(100):
-                job_id = subprocess.run(["squeue", "-h", "--name", name, "-o", "%i"], env=env, capture_output=True,
-                                        text=True).stdout.strip()
-                if job_id:
-                    break
-                time.sleep(0.1)
-            assert job_id and "\n" not in job_id, f"squeue: {job_id!r}\n{logs()}"
+            ids = _job_ids(name, env)
+            assert len(ids) == 1, f"squeue: {ids!r}\n{logs()}"
+            job_id = ids[0]
             done = len(_metrics(run_dir))
             assert done < 5, "the run finished before it could be signalled: make its epochs longer"
             subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
@@ -445,3 +612,64 @@ def test_preempted_job_is_requeued_and_resumes(slurm, tmp_path, reference_run):
     assert int(m.group(2)) > done * STEPS_PER_EPOCH, (m.group(0), done)
     assert [r["epoch"] for r in _metrics(run_dir)] == [1, 2, 3, 4, 5], "the epoch counter continued"
     _assert_same_result(run_dir, reference_run)
+
+
+@needs_data
+def test_packed_grid_shares_one_job_is_requeued_and_resumes(slurm, tmp_path, reference_run, reference_run_seed1):
+    """`hydra.launcher.runs_per_gpu=2`: both cells of a 2-run grid train in one SLURM job (one job id) at the
+    same time; `scancel --signal=USR2` after both wrote a checkpoint stops both at their next step, submitit
+    requeues the job, and both runs resume and end exactly like their uninterrupted runs."""
+    name = "sx_packed"
+    env = _env(tmp_path, slurm)
+    sweep_dir = tmp_path / "smoke"
+    run_dirs = [_run_dir(tmp_path, cell) for cell in PACKED_CELLS]
+    launcher_log = tmp_path / "launcher.log"
+    cmd = _train_cmd(*PACKED_GRID, "hydra/launcher=slurm", f"hydra.launcher.name={name}",
+                     "hydra.launcher.runs_per_gpu=2", "hydra.launcher.cpus_per_task=2")
+    t0 = time.time()
+    with open(launcher_log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            def logs():
+                return launcher_log.read_text()[-3000:] + _submitit_logs(sweep_dir)[-6000:]
+
+            for run_dir in run_dirs:
+                _wait_for(run_dir / "checkpoint.pt", proc, 300, "packed SLURM job", logs)
+            ids = _job_ids(name, env)
+            assert len(ids) == 1, f"both runs must train in one SLURM job; squeue: {ids!r}\n{logs()}"
+            job_id = ids[0]
+            done = [len(_metrics(d)) for d in run_dirs]
+            assert max(done) < 5, "a run finished before it could be signalled: make its epochs longer"
+            subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
+            rc = proc.wait(timeout=420)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the packed job did not finish in time\n{logs()}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                subprocess.run(["scancel", "--name", name], env=env)
+    elapsed = time.time() - t0
+    text = logs()
+    assert rc == 0, text
+    jobs = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir())
+    assert jobs == [job_id], f"one SLURM job for the grid, not {jobs}"
+    job_log = (sweep_dir / ".submitit" / job_id / f"{job_id}_0_log.out").read_text()
+    # the job's process got the signal, passed it on, and once the runs had stopped handed it to submitit
+    assert "SIGUSR2 received: forwarding it to" in job_log, job_log
+    assert "PreemptionGuard: SIGUSR2" in job_log and "Requeued job" in job_log, job_log
+    show = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
+    assert re.search(r"Restarts=1\b", show), show
+    resumed = {}
+    for k in range(2):
+        cell_log = (sweep_dir / ".submitit" / job_id / f"{job_id}_cell{k}_log.out").read_text()
+        assert "PreemptionGuard: SIGUSR2" in cell_log, cell_log  # checkpointed at its next step
+        m = re.search(r"resumed from (\S+)/checkpoint\.pt at epoch \d+.*?\(step (\d+)\)", cell_log)
+        assert m, cell_log
+        resumed[Path(m.group(1))] = int(m.group(2))
+    assert sorted(resumed) == sorted(run_dirs), resumed
+    for run_dir, ref, n_done in zip(run_dirs, (reference_run, reference_run_seed1), done):
+        # from the preemption checkpoint, not from scratch nor from the last epoch end
+        assert resumed[run_dir] > n_done * STEPS_PER_EPOCH, (run_dir.name, resumed[run_dir], n_done)
+        assert [r["epoch"] for r in _metrics(run_dir)] == [1, 2, 3, 4, 5], "the epoch counter continued"
+        _assert_same_result(run_dir, ref)
+    print(f"\npacked 2-run grid through SLURM, preempted and requeued: {elapsed:.0f} s", file=sys.stderr)

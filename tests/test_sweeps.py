@@ -35,6 +35,7 @@ EXPECTED_JOBS = {
     "table6": 2 * 3,  # SET/RigL + Sup-tickets x seeds = 6
     "table7": 3 * 2 * 3 * 3,  # LR schedules x models x sparsities x seeds = 54
     "fig3": 7 * 3 * 3,  # CIA, CAA, CIMA x 5 betas x sparsities x seeds = 63
+    "fig3_offline": 3 * 3,  # sparsities x seeds, the 7 rules superposed offline from saved tickets
     "fig4": 3 * 3 * 3,  # ticket counts x sparsities x seeds = 27
     # the any-mask paper (Jaiswal et al. ICML 2022) in its code's protocol; rows = baseline, 4 tweaks, all
     "anymask": 2 * 4 * 4 * 6 * 3,  # data sets x PaI masks x IMP levels x rows x seeds = 576
@@ -43,11 +44,12 @@ EXPECTED_JOBS = {
     # the CPU measurement of the README (Fashion-MNIST, ResNet-32)
     "anymask_fmnist": 2 * 2 * 3,  # random/SNIP x baseline/all x seeds = 12
     "anymask_fmnist_single": 4,  # each tweak alone, SNIP, seed 0
+    "fig3_fmnist": 3 * 3,  # Figure 3 the cheap way in the default experiment's protocol
 }
 #: grids in the any-mask code's protocol (sweeps/anymask_protocol/tost.yaml)
 ANYMASK = ("anymask", "anymask_lth", "anymask_dst")
 #: small grids that run on a CPU (not a paper protocol)
-CPU = ("smoke", "anymask_fmnist", "anymask_fmnist_single")
+CPU = ("smoke", "anymask_fmnist", "anymask_fmnist_single", "fig3_fmnist")
 SINGLE_SEED = ("smoke", "anymask_fmnist_single")
 PAPER = [n for n in EXPECTED_JOBS if n not in CPU]
 CIFAR = {"cifar10", "cifar100"}
@@ -132,6 +134,12 @@ def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
                                                                                   0.95, "best_val")
             assert cfg.superposer.name == "none" and cfg.dataset.subset_train == 3072
             continue
+        if name == "fig3_fmnist":  # the default experiment's protocol, with saved tickets
+            default = compose([f"sparsity={cfg.sparsity}", f"seed={cfg.seed}", "logger=none", "progress=false",
+                               "superposer.save_tickets=true"])
+            for key in ("model", "dataset", "sparsifier", "distribution", "optimizer", "schedule", "epochs"):
+                assert cfg[key] == default[key], key
+            continue
         if name in ANYMASK:  # the ToST code's protocol (../shared/notes/any-mask-tweaks.md sec. 5)
             assert (cfg.model.name, cfg.epochs, cfg.batch_size, cfg.report) == ("resnet18", 182, 128, "best_val")
             assert list(cfg.schedule.milestones) == [0.494505, 0.741758] and cfg.schedule.warmup_epochs == 0
@@ -167,7 +175,7 @@ def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
             else:
                 assert (sp.lr_low, sp.lr_high, sp.cycle_epochs) == (0.0001, 0.0005, 2)
     # cheap-ticket counts of the paper
-    if name in ("table1", "table2", "table4", "table6", "table7", "fig3"):
+    if name in ("table1", "table2", "table4", "table6", "table7", "fig3", "fig3_offline"):
         assert set(tickets) <= {("cifar10", 8), ("cifar100", 8)} and all(t == {3} for t in tickets.values())
     if name == "table3":
         assert tickets == {("imagenet", 2): {4}}, "4 cheap tickets in the last 8 epochs"
@@ -200,6 +208,11 @@ def test_grid_contents(plans):
     assert values("fig4", "superposer.num_tickets") == {"2", "4", "7"}
     cfg = _compose_job(["+sweep=fig3", "+sweep/fig3_averaging=cima_b20"])
     assert (cfg.superposer.averaging, cfg.superposer.beta) == ("cima", 0.2)
+    for name in ("fig3_offline", "fig3_fmnist"):  # one CIA run per cell, the other six rules offline
+        cfg = _compose_job([f"+sweep={name}"])
+        assert cfg.superposer.averaging == "cia" and cfg.superposer.save_tickets
+        rules = {(v.averaging, v.beta) for v in cfg.superposer.offline}
+        assert rules == {("caa", None)} | {("cima", b) for b in (0.9, 0.8, 0.5, 0.2, 0.1)}
     cfg = _compose_job(["+sweep=table4", "+sweep/table4_method=dense"])
     assert (cfg.sparsifier.name, cfg.sparsity, cfg.superposer.name) == ("dense", 0, "none")
 

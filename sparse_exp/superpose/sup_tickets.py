@@ -30,11 +30,11 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
-from torch.optim.swa_utils import update_bn
+from omegaconf import MISSING
 
 from sparse_exp.callbacks import BaseCallback, LRFactor, TrainState
 from sparse_exp.config import SuperposerConfig
@@ -42,6 +42,9 @@ from sparse_exp.errors import ConfigError, one_of, require
 from sparse_exp.metrics import metrics_from_logits, predict
 from sparse_exp.registries import SUPERPOSERS
 from sparse_exp.superpose.averaging import AVERAGING, REPRUNE, TicketAverager, reprune
+from sparse_exp.superpose.tickets import (Variant, evaluate_variant, load_tickets, load_ultimate, save_ticket,
+                                          split_metrics, superpose_into, superposed_state, ticket_meta,
+                                          write_superposed)
 from sparse_exp.superpose.cyclic_lr import (LR_SCHEDULES, CyclicBudget, collect_fraction, make_budget,
                                             sup_tickets_lr_factor)
 from sparse_exp.superpose.diversity import pairwise_diversity
@@ -49,8 +52,18 @@ from sparse_exp.sparse.topology import drop_and_grow
 
 log = logging.getLogger("sparse_exp")
 
-#: epoch id of the training-data pass that recomputes BN statistics (never a training epoch)
-BN_PASS_EPOCH = 2_000_000
+
+@dataclass
+class OfflineVariantConfig:
+    """One entry of ``superposer.offline``: a :class:`~sparse_exp.superpose.tickets.Variant`; a key left null
+    takes the run's own value (``averaging`` is required)."""
+
+    averaging: str = MISSING
+    beta: Optional[float] = None
+    reprune: Optional[str] = None
+    count_normal_phase_ticket: Optional[bool] = None
+    prune_running_average: Optional[bool] = None
+    bn: Optional[str] = None
 
 
 @dataclass
@@ -83,6 +96,10 @@ class SupTicketsConfig(SuperposerConfig):
     prune_running_average: bool = False
     reprune: str = "global"
     bn: str = "average"
+    #: write every cheap ticket (and the end-of-normal-phase model) to ``<run>/tickets/`` (:mod:`.tickets`)
+    save_tickets: bool = False
+    #: superposition variants computed from the saved tickets at the end of the run (``superposed/<variant>.*``)
+    offline: List[OfflineVariantConfig] = field(default_factory=list)
 
 
 def check_sup_tickets(cfg: Any) -> None:
@@ -108,6 +125,17 @@ def check_sup_tickets(cfg: Any) -> None:
     require(0 <= sp.beta < 1, "superposer.beta", sp.beta, "must be in [0, 1)")
     one_of("superposer.reprune", sp.reprune, set(REPRUNE))
     one_of("superposer.bn", sp.bn, {"average", "recompute"})
+    if sp.offline:
+        require(sp.save_tickets, "superposer.offline", "[...]", "needs superposer.save_tickets=true (the variants "
+                "are computed from the saved tickets)")
+    for i, entry in enumerate(sp.offline):
+        one_of(f"superposer.offline[{i}].averaging", entry.averaging, set(AVERAGING))
+        if entry.reprune is not None:
+            one_of(f"superposer.offline[{i}].reprune", entry.reprune, set(REPRUNE))
+        if entry.bn is not None:
+            one_of(f"superposer.offline[{i}].bn", entry.bn, {"average", "recompute"})
+        if entry.beta is not None:
+            require(0 <= entry.beta < 1, f"superposer.offline[{i}].beta", entry.beta, "must be in [0, 1)")
     require(cfg.sparsity > 0, "sparsity", cfg.sparsity, "must be > 0 with superposer=sup_tickets")
 
 
@@ -161,6 +189,7 @@ class SupTickets(BaseCallback):
         self.budget = budget_of(cfg, state.epochs, state.steps_per_epoch)
         self.ticket_steps = self.budget.ticket_steps(collect_fraction(cfg.lr_schedule))
         self.explore_steps = self.budget.exploration_steps()
+        self.meta = ticket_meta(state.model, state.masking.target_counts, state.masking.total)
         growth = cfg.explore_growth
         if growth == "auto":
             growth = state.sparsifier.growth or "gradient"
@@ -181,8 +210,11 @@ class SupTickets(BaseCallback):
         step = state.main_step
         if step < 1:
             return
-        if step == self.budget.start_step and self.cfg.count_normal_phase_ticket:
-            self.collect(index=0)
+        if step == self.budget.start_step:
+            if self.cfg.count_normal_phase_ticket:
+                self.collect(index=0)
+            elif self.cfg.save_tickets:  # saved for offline variants that count it
+                self.save(0, self.ticket_metrics()[0])
         if step in self.ticket_steps:
             self.collect(index=self.ticket_steps.index(step) + 1)
         if step in self.explore_steps:
@@ -196,21 +228,36 @@ class SupTickets(BaseCallback):
         drop_and_grow(t.masking, t.optimizer, self.cfg.explore_fraction, self.growth, t.sparsifier.generator, layers)
 
     @torch.no_grad()
-    def collect(self, index: int) -> None:
-        """Take the individual model as cheap ticket ``index``, superpose it and re-prune."""
+    def ticket_metrics(self) -> Tuple[Dict[str, float], torch.Tensor]:
+        """The individual model's ``val/*`` and ``test/*`` metrics, and its test-set probabilities."""
         t = self.state
         val = metrics_from_logits(*predict(t.model, t.data.val), t.num_classes)
         test_logits, test_labels = predict(t.model, t.data.test)
         test = metrics_from_logits(test_logits, test_labels, t.num_classes)
-        self.ticket_probs.append(test_logits.softmax(1))
-        row = {"index": index, "step": t.step, **{f"val/{k}": v for k, v in val.items()},
-               **{f"test/{k}": v for k, v in test.items()}}
+        return {**{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()}}, \
+            test_logits.softmax(1)
+
+    def save(self, index: int, metrics: Dict[str, float]) -> None:
+        """Write the individual model as ticket ``index`` into the run's ticket store (``save_tickets``)."""
+        t = self.state
+        if t.run_dir is None:  # not the writing process (DDP rank > 0), or an in-memory run
+            return
+        save_ticket(t.run_dir, index, t.step, t.model.state_dict(), {n: t.masking.masks[n] for n in t.masking.names},
+                    t.masking.target_counts, metrics, self.meta)
+
+    @torch.no_grad()
+    def collect(self, index: int) -> None:
+        """Take the individual model as cheap ticket ``index``, superpose it and re-prune."""
+        t = self.state
+        metrics, probs = self.ticket_metrics()
+        self.ticket_probs.append(probs)
+        row = {"index": index, "step": t.step, **metrics}
+        if self.cfg.save_tickets:
+            self.save(index, metrics)
         start = time.perf_counter()
         masks = {n: t.masking.masks[n] for n in t.masking.names}
-        self.averager.add(t.model.state_dict(), masks)
-        self.ultimate_masks = self._reprune()
-        if self.cfg.prune_running_average:
-            self.averager.prune_running_(self.ultimate_masks)
+        self.ultimate_masks = superpose_into(self.averager, t.model.state_dict(), masks, t.masking.target_counts,
+                                             self.cfg.reprune)
         ultimate = self.ultimate_model()
         self.superpose_seconds.append(time.perf_counter() - start)
         row["ultimate/val/acc"] = metrics_from_logits(*predict(ultimate, t.data.val), t.num_classes)["acc"]
@@ -232,17 +279,8 @@ class SupTickets(BaseCallback):
         t = self.state
         if not hasattr(self, "_ultimate"):
             self._ultimate = copy.deepcopy(t.model)
-        avg = self.averager.averaged()
         masks = self.ultimate_masks if self.ultimate_masks is not None else self._reprune()
-        for n, m in masks.items():
-            avg[n] = avg[n] * m.to(avg[n].dtype)
-        self._ultimate.load_state_dict(avg)
-        if self.cfg.bn == "recompute" and any(isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)
-                                                for mod in self._ultimate.modules()):
-            was_training = self._ultimate.training
-            update_bn(t.data.train.iterate(BN_PASS_EPOCH), self._ultimate)
-            self._ultimate.train(was_training)
-        return self._ultimate
+        return load_ultimate(self._ultimate, superposed_state(self.averager, masks), self.cfg.bn, t.data.train)
 
     def ultimate_ticket_masks(self) -> Dict[str, torch.Tensor]:
         """Masks of the ultimate ticket (re-pruned superposition of the tickets so far)."""
@@ -264,9 +302,7 @@ class SupTickets(BaseCallback):
         ultimate = self.ultimate_model()
         out: Dict[str, Any] = {f"last/{k}": v for k, v in individual.items()
                                if k.startswith(("test/", "val/", "sparsity/global"))}
-        for split, loader in (("test", t.data.test), ("val", t.data.val)):
-            for k, v in metrics_from_logits(*predict(ultimate, loader), t.num_classes).items():
-                out[f"{split}/{k}"] = v
+        out.update(split_metrics(ultimate, t.data, t.num_classes))
         masks = self.ultimate_ticket_masks()
         ones = sum(int(m.count_nonzero()) for m in masks.values())
         out["sparsity/global"] = 1.0 - ones / t.masking.total
@@ -285,7 +321,21 @@ class SupTickets(BaseCallback):
         mean_s = sum(self.superpose_seconds) / len(self.superpose_seconds)
         out["superpose/seconds"] = mean_s
         out["superpose/epoch_fraction"] = mean_s / epoch_s if epoch_s > 0 else float("nan")
+        self.superpose_offline()
         return out
+
+    def superpose_offline(self) -> None:
+        """Compute each ``superposer.offline`` variant from the saved tickets; write ``superposed/<variant>.*``."""
+        t = self.state
+        if not self.cfg.offline or t.run_dir is None:
+            return
+        tickets = load_tickets(t.run_dir, t.model)
+        for entry in self.cfg.offline:
+            variant = Variant.of(self.cfg, **{k: getattr(entry, k) for k in Variant.__dataclass_fields__})
+            state, masks, result = evaluate_variant(tickets, variant, t.model, t.data, t.num_classes)
+            write_superposed(t.run_dir, variant, state, masks, {**result, "source": "offline (end of run)"})
+            log.info("offline superposition %-32s test %.2f%%  val %.2f%%", variant.name, result["test/acc"],
+                     result["val/acc"])
 
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]:
         """The ultimate ticket, the last individual model and each cheap ticket side by side."""
