@@ -25,6 +25,8 @@ hook                   when / what                                              
 ``final_metrics``      at the end: keys for ``summary.json`` (may override the individual      dict
                        model's ``test/*`` / ``val/*``)
 ``summary_lines``      at the end: lines printed above the run's result table                 lines
+``plot_marks``         for ``curves.png``: ``(global step, label)`` events worth marking on     list
+                       the LR curve (a booster's phase start and ticket points)
 ``state_dict`` /       checkpointing: everything needed to resume bitwise                     dict
 ``load_state_dict``
 =====================  =====================================================================  ==========
@@ -133,6 +135,7 @@ class Callback(Protocol):
     def final_masks(self, state: TrainState) -> Optional[Tuple[str, Masks]]: ...
     def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]: ...
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]: ...
+    def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]: ...
     def state_dict(self) -> Dict[str, Any]: ...
     def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None: ...
 
@@ -185,6 +188,9 @@ class BaseCallback:
         return {}
 
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]:
+        return []
+
+    def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]:
         return []
 
     def state_dict(self) -> Dict[str, Any]:
@@ -294,6 +300,10 @@ class CallbackList:
 
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]:
         return [line for cb in self.callbacks for line in cb.summary_lines(summary)]
+
+    def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]:
+        """Every callback's marks, sorted by step."""
+        return sorted(m for cb in self.callbacks for m in getattr(cb, "plot_marks", lambda s: [])(state))
 
     def state_dict(self) -> Dict[str, Dict[str, Any]]:
         return {cb.name: cb.state_dict() for cb in self.callbacks}

@@ -6,7 +6,7 @@
 
 :func:`setup` is idempotent and makes the config tree complete: it imports every registered component
 (:mod:`sparse_exp.components`), stores the top-level schema and every component's schema in Hydra's
-ConfigStore (``schema/<group>/<name>``) and registers the ``run_name`` resolver of ``conf/config.yaml``.
+ConfigStore (``schema/<group>/<name>``) and registers the ``run_name`` resolver of ``conf/config.yaml`` and the ``--help`` page's (:mod:`sparse_exp.help`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ def setup() -> None:
     """Register resolvers, components and schemas (idempotent; see module doc)."""
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
+    if not OmegaConf.has_resolver("sparse_exp_help"):
+        from sparse_exp.help import help_text
+
+        OmegaConf.register_new_resolver("sparse_exp_help", help_text)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, registry in REGISTRIES.items():

@@ -27,6 +27,7 @@ from sparse_exp.fast import current_lr, make_train_step, optimizer_state_dict
 from sparse_exp.identity import identity
 from sparse_exp.loggers import build_logger
 from sparse_exp.metrics import evaluate
+from sparse_exp.plot import lr_trace, plot_curves
 from sparse_exp.preemption import PreemptionGuard
 from sparse_exp.rundir import RunDir
 from sparse_exp.seeding import rng_state, set_rng_state
@@ -302,6 +303,7 @@ class Trainer:
             summary, label, masks = final_summary(r, ident, rd.path)
             rd.save_masks(masks, {**ident, "sparsity/global": summary["sparsity/global"], "model": label})
             rd.write_summary(summary)
+            self.write_curves()
             logger.summary(summary)
             return summary
         except Diverged as exc:  # recorded as failed; the last good checkpoint stays; never counted as a result
@@ -325,6 +327,16 @@ class Trainer:
                 self.preemption.uninstall()
                 self.preemption = None
             logger.finish()
+
+    def write_curves(self) -> None:
+        """``curves.png`` (:mod:`sparse_exp.plot`) with the schedule the run trained with; a plotting failure is
+        logged, never fails a finished run."""
+        if not self.run_dir.writable:
+            return
+        try:
+            plot_curves(self.run_dir.path, lr_trace(self.run), self.run.callbacks.plot_marks(self.state))
+        except Exception as exc:  # matplotlib / disk problems must not turn a completed run into a failed one
+            log.warning("curves.png not written: %s: %s", type(exc).__name__, exc)
 
     def summary_lines(self, summary: Dict[str, Any]) -> list:
         """The callbacks' lines for the end-of-run table (:func:`sparse_exp.summary.format_summary`)."""

@@ -81,6 +81,7 @@ def test_finished_run_is_not_overwritten(tmp_path):
     assert summary["status"] == "completed"
     assert (run_dir / "config.yaml").exists() and (run_dir / "git.json").exists()
     assert (run_dir / "masks.pt").exists() and (run_dir / "checkpoint.pt").exists()
+    assert (run_dir / "curves.png").exists(), "every completed run draws its learning curves"
     stamps = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
     second = run_cli(args, runs)
     assert second.returncode == 0
@@ -145,3 +146,18 @@ def test_log_outside_a_terminal_has_one_line_per_epoch_and_no_progress_bar(tmp_p
     epoch_lines = [line for line in log.splitlines() if " epoch " in f" {line}" and "/3 " in line]
     assert len(epoch_lines) == 3, epoch_lines
     assert len(log.splitlines()) < 60, log
+
+
+def test_help_is_the_project_page_with_every_option_and_no_internal_group(tmp_path):
+    from sparse_exp.help import USER_GROUPS
+
+    out = run_cli(["--help"], tmp_path / "runs")
+    assert out.returncode == 0, out.stderr[-2000:]
+    page = out.stdout
+    assert page.startswith("sparse_exp: sparse neural network training")
+    for group in USER_GROUPS:
+        for option in sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml")):
+            assert option in page, f"{group}={option} is missing from --help"
+    assert "schema/" not in page and "fig3_averaging" not in page and "table3_method" not in page
+    assert "fast.*" in page and "python -m sparse_exp.train +sweep=table1 -m hydra/launcher=slurm" in page
+    assert not (tmp_path / "runs").exists(), "--help wrote a run directory"

@@ -152,3 +152,17 @@ def test_tables_read_offline_variants_as_runs_and_figure3_marks_them(runs, tmp_p
     assert not (col.runs["path"] == str(a.path / "superposed" / "cia_global_bn-average.json")).any()
     png, _ = figure3(col.runs, tmp_path)
     assert png.exists() and png.stat().st_size > 10_000
+
+
+@needs_data
+def test_curves_png_is_written_at_the_end_and_the_plot_command_redraws_it_identically(runs, tmp_path):
+    a, _ = runs
+    png = a.path / "curves.png"
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    out = subprocess.run([sys.executable, "-m", "sparse_exp.plot", str(a.path), "--out", str(tmp_path / "again.png")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "again.png").read_bytes() == png.read_bytes(), "the same run must give the same bytes"
+    bad = subprocess.run([sys.executable, "-m", "sparse_exp.plot", str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "not a run directory" in bad.stderr

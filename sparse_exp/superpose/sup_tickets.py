@@ -353,6 +353,12 @@ class SupTickets(BaseCallback):
                      f"{summary['diversity/disagreement']:.4f}, KL {summary['diversity/kl']:.4f})")
         return lines + [""]
 
+    def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]:
+        """The cyclic phase's start and each ticket's step (global steps)."""
+        pre = state.pre_steps
+        return [(pre + self.budget.start_step, "cyclic phase")] + [
+            (pre + s, f"ticket {i + 1}") for i, s in enumerate(self.ticket_steps)]
+
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
         """The running average, the tickets' metrics and test probabilities, the superposition timings and
