@@ -14,6 +14,7 @@ import torch
 from conftest import ROOT, compose_cfg, needs_data
 from sparse_exp.errors import UserError
 from sparse_exp.rundir import RunDir
+from sparse_exp.superpose.__main__ import main as superpose_main
 from sparse_exp.superpose.__main__ import run_offline
 from sparse_exp.superpose.averaging import TicketAverager
 from sparse_exp.superpose.tickets import load_tickets, superposed_state
@@ -22,7 +23,8 @@ from sparse_exp.train import run
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
 
 #: ResNet-32 (BN), 256 images of 64: 4 steps per epoch; 2 normal epochs, then two 1-epoch cycles
-BASE = ["model=resnet32", "dataset.subset_train=256", "dataset.subset_test=256", "epochs=4", "sparsifier=rigl",
+BASE = ["model=resnet32", "dataset.subset_train=256", "dataset.subset_test=256", "dataset.val_size=128", "epochs=4",
+        "sparsifier=rigl",
         "sparsifier.delta_t=2",
         "superposer=sup_tickets", "superposer.phase_fraction=0.5", "superposer.cycle_epochs=1",
         "superposer.save_tickets=true"]
@@ -106,7 +108,7 @@ def test_end_of_run_variants_equal_the_offline_command(runs):
 
 
 @needs_data
-def test_offline_command_prints_the_metrics_and_refuses_bad_input(runs, tmp_path):
+def test_offline_command_prints_the_metrics_and_refuses_bad_input(runs, tmp_path, capsys):
     a, _ = runs
     env = {**os.environ, "WANDB_MODE": "disabled"}
 
@@ -123,11 +125,10 @@ def test_offline_command_prints_the_metrics_and_refuses_bad_input(runs, tmp_path
     bare.mkdir()
     (bare / "config.yaml").write_text((a.path / "config.yaml").read_text())
     for args, needle in [((bare,), "no saved cheap tickets"), ((tmp_path,), "not a run directory"),
-                         ((a.path, "--beta", "1.5"), "beta=1.5")]:
-        out = cli(*args)
-        lines = [line for line in out.stderr.splitlines() if line.strip()]
-        assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], \
-            out.stderr
+                         ((a.path, "--beta", "1.5"), "beta=1.5")]:  # in-process: the same main() as the command
+        assert superpose_main([str(x) for x in args]) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], lines
     # tickets of another model
     other = torch.nn.Sequential(torch.nn.Linear(3, 2))
     with pytest.raises(UserError, match="ticket of another model"):

@@ -20,8 +20,9 @@ reference code's extra ticket, saved whether or not the run counts it)::
      "metrics": {"val/acc", "val/nll", "val/ece", "test/acc", "test/nll", "test/ece"},
      "meta": {"model_class": the model's class name, "num_params": int, "sparsity": target sparsity}}
 
-A ticket costs one state dict in fp32 (VGG-16 CIFAR: 15.3M parameters = 59 MB; ResNet-50 CIFAR: 23.7M = 91 MB;
-LeNet-5: 0.25 MB) plus its bool masks (one byte per prunable weight); a run with M tickets stores M + 1.
+A ticket costs its state dict in fp32 plus its bool masks (one byte per prunable weight): VGG-16 (CIFAR-100) 61 +
+15 = 76 MB, ResNet-50 (CIFAR-100) 95 + 24 = 119 MB, WRN-28-10 146 + 37 = 183 MB, LeNet-5 0.3 MB. A run with M
+tickets stores M + 1 (the paper's CIFAR protocol, M = 3: 4 files, 305 MB for VGG-16, 475 MB for ResNet-50).
 
 Offline result of variant ``v``: ``<run>/superposed/<v.name>.json`` (the ultimate ticket's metrics on validation
 and test, the same code as training: :func:`sparse_exp.metrics.metrics_from_logits`) and ``<v.name>.pt``
