@@ -1,7 +1,9 @@
 # make train   -- install (idempotent), then run the default experiment
 # make test    -- install (idempotent), then run the whole test suite
 # make tables  -- rebuild the paper's tables and figures from logged runs (RUNS=dir)
-# make bench   -- run the benchmarks in benchmarks/
+# make bench   -- run the benchmarks in benchmarks/ at their default sizes (about 10 min on a 2-core CPU)
+# make bench-quick -- every benchmark path at tiny sizes (about 2-3 min on a 2-core CPU; numbers not to quote)
+#                 BENCH_ARGS='--device cuda' (or any epoch_time.py option) is passed to epoch_time.py
 
 SHELL := /bin/bash
 VENV ?= .venv
@@ -9,8 +11,9 @@ PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: install data train test bench clean-venv
+.PHONY: install data train test bench bench-quick clean-venv
 
 install: $(VENV)/.installed data
 
@@ -38,8 +41,12 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(PY) benchmarks/step_time.py
-	$(PY) benchmarks/epoch_time.py
+	$(PY) benchmarks/step_time.py --steps 10 --repeats 2
+	$(PY) benchmarks/epoch_time.py $(BENCH_ARGS)
+
+bench-quick: install
+	$(PY) benchmarks/step_time.py --steps 3 --repeats 1 --warmup 1
+	$(PY) benchmarks/epoch_time.py --quick $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
