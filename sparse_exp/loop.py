@@ -35,6 +35,7 @@ from sparse_exp.summary import final_summary
 
 log = logging.getLogger("sparse_exp")
 
+
 def show_progress(cfg: Any, is_main: bool) -> bool:
     """Whether to draw a progress bar: ``progress=true``, rank 0, and stderr a terminal. In a SLURM log, CI or
     ``make train > log`` a bar writes a carriage-return update many times a second; there the per-epoch log
