@@ -59,6 +59,20 @@ def restore_signals():
         signal.signal(s, h)
 
 
+def fake_job_environment(calls):
+    """submitit's ``JobEnvironment`` read from ``FAKE_*`` variables, whose requeue only records its countdown."""
+    from submitit.core.job_environment import JobEnvironment
+
+    class FakeEnv(JobEnvironment):
+        _env = {k: f"FAKE_{k.upper()}" for k in ("job_id", "num_tasks", "num_nodes", "node", "global_rank",
+                                                 "local_rank")}
+
+        def _requeue(self, countdown):
+            calls.append(countdown)
+
+    return FakeEnv
+
+
 def _send(guard, sig):
     os.kill(os.getpid(), sig)
     for _ in range(400):  # the Python-level handler runs at the next bytecode boundary
@@ -162,17 +176,11 @@ def test_guard_hands_over_to_submitits_real_handler(restore_signals, tmp_path, m
     """submitit's own `_handle_signals` installs its handlers; the guard goes on top. The requeue
     (checkpoint pickle + `scontrol requeue`, mocked) happens only at `finish()`. With a limit of
     <= 10 min every signal is a time-out, so `max_num_timeout=0` means no requeue but an error."""
-    from submitit.core.job_environment import JobEnvironment
     from submitit.core.utils import DelayedSubmission, JobPaths, UncompletedJobError
 
     calls = []
 
-    class FakeEnv(JobEnvironment):
-        _env = {k: f"FAKE_{k.upper()}" for k in ("job_id", "num_tasks", "num_nodes", "node", "global_rank",
-                                                 "local_rank")}
-
-        def _requeue(self, countdown):
-            calls.append(countdown)
+    FakeEnv = fake_job_environment(calls)
 
     monkeypatch.setenv("FAKE_JOB_ID", "42")
     paths = JobPaths(tmp_path, job_id="42", task_id=0)
@@ -381,7 +389,6 @@ def test_packed_job_stops_every_run_then_requeues_the_unfinished(restore_signals
     through their own PreemptionGuard, then submitit's real handler (the `scontrol requeue` mocked)
     pickles the pack with the run that had completed; the requeued pack runs only the other two."""
     from hydra.core.utils import JobStatus
-    from submitit.core.job_environment import JobEnvironment
     from submitit.core.utils import DelayedSubmission, JobPaths
 
     from hydra_plugins.sparse_exp_launcher.sparse_exp_launcher import CellPack, PackedRun
@@ -408,12 +415,7 @@ def test_packed_job_stops_every_run_then_requeues_the_unfinished(restore_signals
 
     calls = []
 
-    class FakeEnv(JobEnvironment):
-        _env = {k: f"FAKE_{k.upper()}" for k in ("job_id", "num_tasks", "num_nodes", "node", "global_rank",
-                                                 "local_rank")}
-
-        def _requeue(self, countdown):
-            calls.append(countdown)
+    FakeEnv = fake_job_environment(calls)
 
     monkeypatch.setenv("FAKE_JOB_ID", "42")
     d, folder = tmp_path / "cells", tmp_path / "pack"
