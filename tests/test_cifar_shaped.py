@@ -11,7 +11,7 @@ from conftest import compose_cfg
 from sparse_exp.loop import Trainer
 from sparse_exp.rundir import RunDir
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS
-from sparse_exp.superpose.sup_tickets import BN_PASS_EPOCH
+from sparse_exp.superpose.tickets import BN_PASS_EPOCH
 from sparse_exp.train import run
 from test_sparsifier_contract import FAST
 
