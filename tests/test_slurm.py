@@ -567,6 +567,41 @@ def test_relaunching_a_finished_grid_trains_nothing(smoke_grid, slurm):
     assert not re.search(r"^epoch \d+/", logs, re.M), "training ran again"
 
 
+def _signal_after_first_checkpoints(cmd, env, name, tmp_path, run_dirs, what):
+    """Launch ``cmd`` (a grid through ``hydra/launcher=slurm``, job name ``name``), wait until every run of
+    ``run_dirs`` wrote a checkpoint, check that they train in one SLURM job, send it ``scancel --signal=USR2``
+    and wait for the launching command.
+
+    Returns:
+        ``(exit code, job id, epochs each run had finished when signalled, logs())``: ``logs()`` reads the
+        launcher's and submitit's logs.
+    """
+    sweep_dir = tmp_path / "smoke"
+    launcher_log = tmp_path / "launcher.log"
+
+    def logs():
+        return launcher_log.read_text()[-3000:] + _submitit_logs(sweep_dir)[-6000:]
+
+    with open(launcher_log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            for run_dir in run_dirs:
+                _wait_for(run_dir / "checkpoint.pt", proc, 300, what, logs)
+            ids = _job_ids(name, env)
+            assert len(ids) == 1, f"the runs must train in one SLURM job; squeue: {ids!r}\n{logs()}"
+            done = [len(_metrics(d)) for d in run_dirs]
+            assert max(done) < 5, "a run finished before it could be signalled: make its epochs longer"
+            subprocess.run(["scancel", "--signal=USR2", ids[0]], env=env, check=True)
+            rc = proc.wait(timeout=420)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the signalled {what} did not finish in time\n{logs()}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                subprocess.run(["scancel", "--name", name], env=env)
+    return rc, ids[0], done, logs
+
+
 @needs_data
 def test_preempted_job_is_requeued_and_resumes(slurm, tmp_path, reference_run):
     """`scancel --signal=USR2` after the first checkpoint: the run checkpoints at the next step,
@@ -578,28 +613,8 @@ def test_preempted_job_is_requeued_and_resumes(slurm, tmp_path, reference_run):
     env = _env(tmp_path, slurm)
     sweep_dir = tmp_path / "smoke"
     run_dir = _run_dir(tmp_path, PREEMPT_RUN)
-    launcher_log = tmp_path / "launcher.log"
-    with open(launcher_log, "w") as out:
-        proc = subprocess.Popen(_train_cmd(*PREEMPT_RUN, "hydra/launcher=slurm", f"hydra.launcher.name={name}"),
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            def logs():
-                return launcher_log.read_text()[-3000:] + _submitit_logs(sweep_dir)[-5000:]
-
-            _wait_for(run_dir / "checkpoint.pt", proc, 300, "SLURM job", logs)
-            ids = _job_ids(name, env)
-            assert len(ids) == 1, f"squeue: {ids!r}\n{logs()}"
-            job_id = ids[0]
-            done = len(_metrics(run_dir))
-            assert done < 5, "the run finished before it could be signalled: make its epochs longer"
-            subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
-            rc = proc.wait(timeout=420)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the preempted job did not finish in time\n{logs()}")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                subprocess.run(["scancel", "--name", name], env=env)
+    cmd = _train_cmd(*PREEMPT_RUN, "hydra/launcher=slurm", f"hydra.launcher.name={name}")
+    rc, job_id, (done,), logs = _signal_after_first_checkpoints(cmd, env, name, tmp_path, [run_dir], "SLURM job")
     text = logs()
     assert rc == 0, text
     job_log = _submitit_logs(sweep_dir)
@@ -625,31 +640,10 @@ def test_packed_grid_shares_one_job_is_requeued_and_resumes(slurm, tmp_path, ref
     env = _env(tmp_path, slurm)
     sweep_dir = tmp_path / "smoke"
     run_dirs = [_run_dir(tmp_path, cell) for cell in PACKED_CELLS]
-    launcher_log = tmp_path / "launcher.log"
     cmd = _train_cmd(*PACKED_GRID, "hydra/launcher=slurm", f"hydra.launcher.name={name}",
                      "hydra.launcher.runs_per_gpu=2", "hydra.launcher.cpus_per_task=2")
     t0 = time.time()
-    with open(launcher_log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            def logs():
-                return launcher_log.read_text()[-3000:] + _submitit_logs(sweep_dir)[-6000:]
-
-            for run_dir in run_dirs:
-                _wait_for(run_dir / "checkpoint.pt", proc, 300, "packed SLURM job", logs)
-            ids = _job_ids(name, env)
-            assert len(ids) == 1, f"both runs must train in one SLURM job; squeue: {ids!r}\n{logs()}"
-            job_id = ids[0]
-            done = [len(_metrics(d)) for d in run_dirs]
-            assert max(done) < 5, "a run finished before it could be signalled: make its epochs longer"
-            subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
-            rc = proc.wait(timeout=420)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the packed job did not finish in time\n{logs()}")
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                subprocess.run(["scancel", "--name", name], env=env)
+    rc, job_id, done, logs = _signal_after_first_checkpoints(cmd, env, name, tmp_path, run_dirs, "packed SLURM job")
     elapsed = time.time() - t0
     text = logs()
     assert rc == 0, text
