@@ -31,6 +31,7 @@ from sparse_exp.superpose.tickets import Variant, evaluate_variant, load_tickets
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line (module doc); ``--help`` prints it and exits 0, a bad choice exits 2 (argparse)."""
     p = argparse.ArgumentParser(prog="python -m sparse_exp.superpose", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path, help="a run trained with superposer.save_tickets=true")
     p.add_argument("--averaging", choices=AVERAGING)

@@ -180,6 +180,7 @@ def superpose_tickets(tickets: List[Dict[str, Any]], variant: Variant) -> Tuple[
 
 # ---------------------------------------------------------------------------------------------- the store
 def ticket_path(run_dir: Path, index: int) -> Path:
+    """Where ticket ``index`` of ``run_dir`` is stored: ``<run>/tickets/ticket_<index:03d>.pt``."""
     return Path(run_dir) / TICKETS_DIR / f"ticket_{index:03d}.pt"
 
 
