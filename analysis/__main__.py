@@ -21,7 +21,7 @@ import json
 import sys
 from typing import List, Optional
 
-from analysis.anymask import ANYMASK_BUILDERS
+from analysis.tables import EXTRA_BUILDERS
 from analysis.collect import collect
 from analysis.layouts import BUILDERS
 from analysis.tables import write_tables
@@ -34,9 +34,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--source", choices=["local", "wandb"], default="local")
     p.add_argument("--project", default=None, help="W&B ENTITY/PROJECT (with --source wandb)")
     p.add_argument("--filters", default=None, help="W&B run filters as JSON (MongoDB syntax)")
-    default_tables = ",".join([*map(str, BUILDERS), *ANYMASK_BUILDERS])
+    default_tables = ",".join([*map(str, BUILDERS), *EXTRA_BUILDERS])
     p.add_argument("--tables", default=default_tables, help=f"which tables (default: {default_tables}; the "
-                   "any-mask ones are written only where their runs exist)")
+                   "any-mask ones and st_regime are written only where their runs exist)")
     p.add_argument("--compare-paper", action="store_true", help="print ours next to the published numbers")
     p.add_argument("--no-figures", action="store_true", help="skip Figures 2-5")
     p.add_argument("--strict", action="store_true", help="exit 1 when a table is incomplete")
@@ -44,7 +44,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.source == "wandb" and not args.project:
         p.error("--source wandb needs --project ENTITY/PROJECT")
     keys = [x.strip() for x in args.tables.split(",") if x.strip()]
-    unknown = [k for k in keys if not (k.isdigit() and int(k) in BUILDERS) and k not in ANYMASK_BUILDERS]
+    unknown = [k for k in keys if not (k.isdigit() and int(k) in BUILDERS) and k not in EXTRA_BUILDERS]
     if unknown:
         p.error(f"--tables: unknown table(s) {', '.join(unknown)}; allowed: {default_tables}")
     args.table_keys = [int(k) if k.isdigit() else k for k in keys]

@@ -31,7 +31,8 @@ def mark_bold(res: TableResult) -> TableResult:
             for group in groups.values():
                 if len(group) < 2:
                     continue
-                best = max(c.rounded() for c in group)
+                pick = min if group[0].spec.kind == "loss" else max  # NLL / ECE: lower is better
+                best = pick(c.rounded() for c in group)
                 for c in group:
                     c.bold = c.rounded() == best
     return res

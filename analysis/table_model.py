@@ -33,7 +33,7 @@ class CellSpec:
     model: str
     sparsity: float
     metric: str
-    kind: str = "acc"  # acc | flops | div
+    kind: str = "acc"  # acc | flops | div | loss (NLL, ECE: lower is better, bold on the lowest)
     paper: bool = True
     where: str = ""
     filters: Optional[Dict[str, Any]] = None
@@ -139,7 +139,7 @@ class CellValue:
 
     @property
     def digits(self) -> int:
-        return 3 if self.spec.kind == "div" else 2
+        return {"div": 3, "loss": 4}.get(self.spec.kind, 2)
 
     def rounded(self) -> float:
         return round(self.mean, self.digits)

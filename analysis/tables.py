@@ -49,6 +49,7 @@ import pandas as pd
 
 from analysis.anymask import ANYMASK_BUILDERS, finish
 from analysis.layouts import BUILDERS
+from analysis.regime import st_regime
 from analysis.render import cell_markdown, mark_bold, to_latex, to_markdown
 from analysis.report import report
 from analysis.table_model import TableResult, evaluate_table
@@ -59,9 +60,14 @@ def build_tables(runs: pd.DataFrame, numbers: Sequence[int] = tuple(BUILDERS)) -
     return [mark_bold(evaluate_table(BUILDERS[n](runs), runs)) for n in numbers]
 
 
-def build_anymask_tables(runs: pd.DataFrame, names: Sequence[str] = tuple(ANYMASK_BUILDERS)) -> List[TableResult]:
-    """The any-mask tables ``names`` that have runs, filled from ``runs``, best cells in bold."""
-    specs = [ANYMASK_BUILDERS[n](runs) for n in names]
+#: the tables outside the Sup-tickets paper's seven, written only when they have runs: the any-mask family
+#: (:mod:`analysis.anymask`) and ``st_regime`` (:mod:`analysis.regime`)
+EXTRA_BUILDERS = {**ANYMASK_BUILDERS, "st_regime": st_regime}
+
+
+def build_anymask_tables(runs: pd.DataFrame, names: Sequence[str] = tuple(EXTRA_BUILDERS)) -> List[TableResult]:
+    """The extra tables ``names`` (:data:`EXTRA_BUILDERS`) that have runs, filled from ``runs``, best cells in bold."""
+    specs = [EXTRA_BUILDERS[n](runs) for n in names]
     return [finish(mark_bold(evaluate_table(s, runs)), runs) for s in specs if s is not None]
 
 
@@ -80,9 +86,10 @@ def cells_frame(results: Sequence[TableResult]) -> pd.DataFrame:
 
 
 def write_tables(collection: Any, out: str | Path,
-                 numbers: Sequence[Union[int, str]] = (*BUILDERS, *ANYMASK_BUILDERS)) -> List[TableResult]:
+                 numbers: Sequence[Union[int, str]] = (*BUILDERS, *EXTRA_BUILDERS)) -> List[TableResult]:
     """Write ``tableN.md`` / ``tableN.tex``, ``cells.csv``, ``runs.csv``, ``excluded.csv``, ``status.md``,
-    and the any-mask tables named in ``numbers`` that have runs (``anymask.md``, ..., ``anymask_cells.csv``).
+    the any-mask tables named in ``numbers`` that have runs (``anymask.md``, ..., ``anymask_cells.csv``) and
+    ``st_regime.md`` / ``.tex`` / ``st_regime_cells.csv`` (:mod:`analysis.regime`) when it has runs.
 
     Returns:
         the paper's tables, then the any-mask tables written (``spec.number`` is their name).
@@ -99,10 +106,14 @@ def write_tables(collection: Any, out: str | Path,
         for suffix in (".md", ".tex"):
             (out / f"{stale}{suffix}").unlink(missing_ok=True)
     cells_frame(results).to_csv(out / "cells.csv", index=False)
-    if extra:
-        cells_frame(extra).to_csv(out / "anymask_cells.csv", index=False)
-    elif set(names) >= set(ANYMASK_BUILDERS):
-        (out / "anymask_cells.csv").unlink(missing_ok=True)
+    # the any-mask family's cells in anymask_cells.csv, every other extra table's in <name>_cells.csv
+    families = {"anymask": list(ANYMASK_BUILDERS), **{n: [n] for n in EXTRA_BUILDERS if n not in ANYMASK_BUILDERS}}
+    for family, members in families.items():
+        mine = [r for r in extra if r.spec.file_stem in members]
+        if mine:
+            cells_frame(mine).to_csv(out / f"{family}_cells.csv", index=False)
+        elif set(names) >= set(members):
+            (out / f"{family}_cells.csv").unlink(missing_ok=True)
     collection.runs.to_csv(out / "runs.csv", index=False)
     collection.excluded.to_csv(out / "excluded.csv", index=False)
     (out / "status.md").write_text("\n".join(report(results + extra, collection)) + "\n")

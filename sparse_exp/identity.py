@@ -30,8 +30,9 @@ IDENTITY: Tuple[str, ...] = IDENTITY_GROUPS + IDENTITY_VALUES + IDENTITY_CHOICES
 #: keys that never reach run-directory names but are not config choices either
 _NOT_CONFIG = ("hydra", "run_dir")
 #: keys that name a run's directory but do not change its result: saving the cheap tickets and the offline
-#: superposition variants computed from them (:mod:`sparse_exp.superpose.tickets`)
-_NAMED_BUT_NEUTRAL = ("superposer.save_tickets", "superposer.offline")
+#: superposition variants computed from them (:mod:`sparse_exp.superpose.tickets`), and which splits each ticket is
+#: evaluated on when it is taken (never changes the ultimate ticket)
+_NAMED_BUT_NEUTRAL = ("superposer.save_tickets", "superposer.offline", "superposer.ticket_eval")
 
 
 def identity(cfg: Any) -> Dict[str, Any]:

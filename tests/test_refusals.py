@@ -114,6 +114,7 @@ CASES = {
     "lr-negative": (["optimizer.lr=-1"], "optimizer.lr=-1", {}, None),
     "momentum-one": (["optimizer.momentum=1.0"], "optimizer.momentum=1.0", {}, None),
     "beta-inf": (["superposer.beta=inf"], "superposer.beta=inf", {}, None),
+    "ticket-eval-unknown": (["superposer.ticket_eval=test"], "superposer.ticket_eval='test'", {}, None),
     "milestones-unsorted": (["schedule.milestones=[0.75,0.5]"], "schedule.milestones", {}, None),
     "gamma-zero": (["schedule.gamma=0"], "schedule.gamma=0", {}, None),
     "device-unknown": (["device=tpu"], "device='tpu'", {}, None),

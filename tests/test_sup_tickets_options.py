@@ -83,3 +83,19 @@ def test_exploration_follows_the_base_growth(tmp_path):
     assert trainer.callback("sup_tickets").growth == "random", "SET explores with random growth (the reference's SET did not)"
     cfg = compose_cfg(BASE[2:] + ["sparsifier=static"])
     assert Trainer(cfg, RunDir(tmp_path / "static")).callback("sup_tickets").growth == "gradient"
+
+
+@needs_data
+def test_ticket_eval_changes_what_is_measured_never_the_ultimate_ticket(tmp_path):
+    runs = {m: train(tmp_path / m, f"superposer.ticket_eval={m}")[1] for m in ("val_test", "val", "none")}
+    full, val, none = runs["val_test"], runs["val"], runs["none"]
+    for s in (val, none):  # the same ultimate ticket and last individual model, bit for bit
+        assert {k: s[k] for k in ("test/acc", "test/nll", "val/acc", "last/test/acc")} == \
+            {k: full[k] for k in ("test/acc", "test/nll", "val/acc", "last/test/acc")}
+    assert {"tickets/1/test/acc", "tickets/mean/test/acc", "diversity/kl"} <= set(full)
+    assert "tickets/1/val/acc" in val and "tickets/1/test/acc" not in val and "diversity/kl" not in val
+    assert val["tickets/mean/val/acc"] == full["tickets/mean/val/acc"]
+    assert not any(k.startswith("tickets/1/") for k in none)
+    for s in runs.values():  # the superposition alone is never more than superposition + evaluations
+        assert 0 < s["superpose/seconds"] <= s["superpose/eval_seconds"]
+    assert none["superpose/eval_seconds"] == none["superpose/seconds"]

@@ -45,13 +45,18 @@ EXPECTED_JOBS = {
     "anymask_fmnist": 2 * 2 * 3,  # random/SNIP x baseline/all x seeds = 12
     "anymask_fmnist_single": 4,  # each tweak alone, SNIP, seed 0
     "fig3_fmnist": 3 * 3,  # Figure 3 the cheap way in the default experiment's protocol
+    # Sup-tickets in the paper's regime on Fashion-MNIST (cycles of the paper's length in steps)
+    "st_fmnist": 8 * 3,  # RigL +- Sup-tickets at 90/95 %, SET / GraNet +- Sup-tickets at 95 % x seeds = 24
+    "st_fmnist_cycles": 3,  # cycle lengths 1.625 / 3.25 / 9.75 epochs (6.5 is st_fmnist's cell), seed 0
 }
 #: grids in the any-mask code's protocol (sweeps/anymask_protocol/tost.yaml)
 ANYMASK = ("anymask", "anymask_lth", "anymask_dst")
 #: small grids that run on a CPU (not a paper protocol)
-CPU = ("smoke", "anymask_fmnist", "anymask_fmnist_single", "fig3_fmnist")
-SINGLE_SEED = ("smoke", "anymask_fmnist_single")
+CPU = ("smoke", "anymask_fmnist", "anymask_fmnist_single", "fig3_fmnist", "st_fmnist", "st_fmnist_cycles")
+SINGLE_SEED = ("smoke", "anymask_fmnist_single", "st_fmnist_cycles")
 PAPER = [n for n in EXPECTED_JOBS if n not in CPU]
+#: sweeps that write into another sweep's directory (the ablation's C = 6.5 cell is st_fmnist's run)
+SHARED_DIR = {"st_fmnist_cycles": "st_fmnist"}
 CIFAR = {"cifar10", "cifar100"}
 
 
@@ -86,7 +91,8 @@ def test_sweep_expands_to_the_papers_grid(plans, name):
     # one directory per run: never two runs in one directory
     subdirs = [j.subdir for j in plan.jobs]
     assert len(set(subdirs)) == len(subdirs)
-    assert plan.sweep_dir.endswith(f"/{name}") or plan.sweep_dir == name
+    home = SHARED_DIR.get(name, name)
+    assert plan.sweep_dir.endswith(f"/{home}") or plan.sweep_dir == home
     # every key that varies in the grid is in every run's directory name, seed included
     hcfg = compose([f"+sweep={name}"], return_hydra_config=True)
     excluded = set(hcfg.hydra.job.config.override_dirname.exclude_keys)
@@ -140,6 +146,19 @@ def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
             for key in ("model", "dataset", "sparsifier", "distribution", "optimizer", "schedule", "epochs"):
                 assert cfg[key] == default[key], key
             continue
+        if name in ("st_fmnist", "st_fmnist_cycles"):  # the paper's CIFAR structure, counted in steps
+            assert (cfg.model.name, ds, cfg.epochs, cfg.batch_size, cfg.dataset.val_size) == \
+                ("lenet_300_100", "fashion_mnist", 195, 128, 5000)
+            assert list(cfg.schedule.milestones) == [0.5, 0.75] and cfg.distribution.name == "erk"
+            steps = 55_000 // 128 + 1  # 430 steps per epoch
+            if cfg.superposer.name == "sup_tickets":
+                sp = cfg.superposer
+                budget = make_budget(cfg.epochs, steps, sp.cycle_epochs, sp.phase_fraction, sp.num_tickets)
+                tickets[(ds, sp.cycle_epochs)].add(budget.num_tickets)
+                assert (sp.lr_low, sp.lr_high, sp.averaging, sp.phase_fraction) == (0.001, 0.005, "cia", 0.1)
+                phase = budget.total_steps - budget.start_step  # the last 10 % in whole cycles of whole steps
+                assert abs(phase - round(0.1 * 195 * steps)) <= budget.num_tickets, (phase, budget)
+            continue
         if name in ANYMASK:  # the ToST code's protocol (../shared/notes/any-mask-tweaks.md sec. 5)
             assert (cfg.model.name, cfg.epochs, cfg.batch_size, cfg.report) == ("resnet18", 182, 128, "best_val")
             assert list(cfg.schedule.milestones) == [0.494505, 0.741758] and cfg.schedule.warmup_epochs == 0
@@ -183,6 +202,11 @@ def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
         assert {c: t for (_, c), t in tickets.items()} == {2: {12}, 4: {6}, 8: {3}, 12: {2}}
     if name == "fig4":
         assert tickets == {("cifar100", 8): {2, 4, 7}}
+    if name == "st_fmnist":  # 3 cycles of 2,795 steps: the paper's 8 epochs x 352 steps = 2,816
+        assert tickets == {("fashion_mnist", 6.5): {3}} and round(6.5 * 430) == 2795
+    if name == "st_fmnist_cycles":  # Table 5's C = 2 / 12 epochs, scaled by 6.5 / 8
+        assert tickets == {("fashion_mnist", 1.625): {12}, ("fashion_mnist", 3.25): {6},
+                           ("fashion_mnist", 9.75): {2}}
 
 
 def test_grid_contents(plans):

@@ -77,6 +77,13 @@ class SupTicketsConfig(SuperposerConfig):
     ``explore_fraction`` per layer and regrows with ``explore_growth`` (``auto`` = the base
     method's criterion). ``averaging`` ``cia`` | ``caa`` | ``cima`` (``beta``); ``reprune``
     ``global`` | ``layerwise``; ``bn`` ``average`` | ``recompute``.
+    ``ticket_eval`` (what is evaluated when a ticket is taken; never changes the ultimate ticket):
+    ``val_test`` (default) each cheap ticket on validation and test and the ultimate ticket so far on
+    validation -- the per-ticket rows of the summary, the mean cheap ticket and the tickets' diversity;
+    ``val`` each cheap ticket and the ultimate ticket on validation only (no per-ticket test metrics, no
+    diversity); ``none`` nothing until the end of the run, where the ultimate ticket and the last
+    individual model are evaluated as always (the cheapest; save the tickets with ``save_tickets`` to
+    evaluate them later). The reference code (luuyin/Sup-tickets ``main.py``) tests every ticket.
     The per-dataset defaults of cycle length and LR range live in the ``dataset`` group.
     """
 
@@ -96,10 +103,16 @@ class SupTicketsConfig(SuperposerConfig):
     prune_running_average: bool = False
     reprune: str = "global"
     bn: str = "average"
+    #: what is evaluated when a ticket is taken: ``val_test`` | ``val`` | ``none`` (see above)
+    ticket_eval: str = "val_test"
     #: write every cheap ticket (and the end-of-normal-phase model) to ``<run>/tickets/`` (:mod:`.tickets`)
     save_tickets: bool = False
     #: superposition variants computed from the saved tickets at the end of the run (``superposed/<variant>.*``)
     offline: List[OfflineVariantConfig] = field(default_factory=list)
+
+
+#: ``superposer.ticket_eval``: the splits each cheap ticket is evaluated on when it is taken
+TICKET_EVAL = {"val_test": ("val", "test"), "val": ("val",), "none": ()}
 
 
 def check_sup_tickets(cfg: Any) -> None:
@@ -125,6 +138,7 @@ def check_sup_tickets(cfg: Any) -> None:
     require(0 <= sp.beta < 1, "superposer.beta", sp.beta, "must be in [0, 1)")
     one_of("superposer.reprune", sp.reprune, set(REPRUNE))
     one_of("superposer.bn", sp.bn, {"average", "recompute"})
+    one_of("superposer.ticket_eval", sp.ticket_eval, set(TICKET_EVAL))
     if sp.offline:
         require(sp.save_tickets, "superposer.offline", "[...]", "needs superposer.save_tickets=true (the variants "
                 "are computed from the saved tickets)")
@@ -180,6 +194,7 @@ class SupTickets(BaseCallback):
         self.tickets: List[Dict[str, float]] = []
         self.ticket_probs: List[torch.Tensor] = []
         self.superpose_seconds: List[float] = []
+        self.ticket_seconds: List[float] = []  # superposition + the ticket's evaluations (ticket_eval)
         self.ultimate_masks: Optional[Dict[str, torch.Tensor]] = None
         self.growth: Optional[str] = None
 
@@ -214,7 +229,7 @@ class SupTickets(BaseCallback):
             if self.cfg.count_normal_phase_ticket:
                 self.collect(index=0)
             elif self.cfg.save_tickets:  # saved for offline variants that count it
-                self.save(0, self.ticket_metrics()[0])
+                self.save(0, self.ticket_metrics(TICKET_EVAL[self.cfg.ticket_eval])[0])
         if step in self.ticket_steps:
             self.collect(index=self.ticket_steps.index(step) + 1)
         if step in self.explore_steps:
@@ -228,14 +243,18 @@ class SupTickets(BaseCallback):
         drop_and_grow(t.masking, t.optimizer, self.cfg.explore_fraction, self.growth, t.sparsifier.generator, layers)
 
     @torch.no_grad()
-    def ticket_metrics(self) -> Tuple[Dict[str, float], torch.Tensor]:
-        """The individual model's ``val/*`` and ``test/*`` metrics, and its test-set probabilities."""
+    def ticket_metrics(self, splits: Tuple[str, ...] = ("val", "test")) -> Tuple[Dict[str, float], Optional[torch.Tensor]]:
+        """The individual model's ``val/*`` and ``test/*`` metrics on ``splits``, and its test-set
+        probabilities (``[N_test, classes]``; ``None`` without ``test``)."""
         t = self.state
-        val = metrics_from_logits(*predict(t.model, t.data.val), t.num_classes)
-        test_logits, test_labels = predict(t.model, t.data.test)
-        test = metrics_from_logits(test_logits, test_labels, t.num_classes)
-        return {**{f"val/{k}": v for k, v in val.items()}, **{f"test/{k}": v for k, v in test.items()}}, \
-            test_logits.softmax(1)
+        out: Dict[str, float] = {}
+        probs = None
+        for split in splits:
+            logits, labels = predict(t.model, getattr(t.data, split))
+            out.update({f"{split}/{k}": v for k, v in metrics_from_logits(logits, labels, t.num_classes).items()})
+            if split == "test":
+                probs = logits.softmax(1)
+        return out, probs
 
     def save(self, index: int, metrics: Dict[str, float]) -> None:
         """Write the individual model as ticket ``index`` into the run's ticket store (``save_tickets``)."""
@@ -247,10 +266,15 @@ class SupTickets(BaseCallback):
 
     @torch.no_grad()
     def collect(self, index: int) -> None:
-        """Take the individual model as cheap ticket ``index``, superpose it and re-prune."""
+        """Take the individual model as cheap ticket ``index``, superpose it and re-prune; evaluate what
+        ``ticket_eval`` asks for."""
         t = self.state
-        metrics, probs = self.ticket_metrics()
-        self.ticket_probs.append(probs)
+        splits = TICKET_EVAL[self.cfg.ticket_eval]
+        start = time.perf_counter()
+        metrics, probs = self.ticket_metrics(splits)
+        eval_s = time.perf_counter() - start if splits else 0.0
+        if probs is not None:
+            self.ticket_probs.append(probs)
         row = {"index": index, "step": t.step, **metrics}
         if self.cfg.save_tickets:
             self.save(index, metrics)
@@ -260,12 +284,19 @@ class SupTickets(BaseCallback):
                                              self.cfg.reprune)
         ultimate = self.ultimate_model()
         self.superpose_seconds.append(time.perf_counter() - start)
-        row["ultimate/val/acc"] = metrics_from_logits(*predict(ultimate, t.data.val), t.num_classes)["acc"]
+        if splits:
+            start = time.perf_counter()
+            row["ultimate/val/acc"] = metrics_from_logits(*predict(ultimate, t.data.val), t.num_classes)["acc"]
+            eval_s += time.perf_counter() - start
+        self.ticket_seconds.append(self.superpose_seconds[-1] + eval_s)
         self.tickets.append(row)
         t.log({f"tickets/{index}/{k}": v for k, v in row.items() if "/" in k and not k.startswith("ult")}
-                      | {"ultimate/val/acc": row["ultimate/val/acc"], "tickets/count": self.averager.count})
-        log.info("ticket %d at step %d: val %.2f%%  test %.2f%%  -> ultimate val %.2f%% (%d tickets superposed)",
-                 index, t.step, row["val/acc"], row["test/acc"], row["ultimate/val/acc"], self.averager.count)
+              | {k: v for k, v in row.items() if k.startswith("ult")} | {"tickets/count": self.averager.count})
+        shown = "  ".join(f"{k.split('/')[0]} {row[k]:.2f}%" for k in ("val/acc", "test/acc") if k in row)
+        if splits:
+            shown += f"  -> ultimate val {row['ultimate/val/acc']:.2f}%"
+        log.info("ticket %d at step %d: %s (%d tickets superposed)", index, t.step, shown or "not evaluated",
+                 self.averager.count)
 
     def _reprune(self) -> Dict[str, torch.Tensor]:
         t = self.state
@@ -312,16 +343,32 @@ class SupTickets(BaseCallback):
         for row in self.tickets:
             i = row["index"]
             for k in ("test/acc", "test/nll", "test/ece", "val/acc"):
-                out[f"tickets/{i}/{k}"] = row[k]
+                if k in row:
+                    out[f"tickets/{i}/{k}"] = row[k]
         cyc = [r for r in self.tickets if r["index"] > 0]
-        out["tickets/mean/test/acc"] = sum(r["test/acc"] for r in cyc) / len(cyc)
-        probs = [p for r, p in zip(self.tickets, self.ticket_probs) if r["index"] > 0]
-        out.update(pairwise_diversity(probs))
+        for k in ("test/acc", "val/acc"):
+            if all(k in r for r in cyc):
+                out[f"tickets/mean/{k}"] = sum(r[k] for r in cyc) / len(cyc)
+        if len(self.ticket_probs) == len(self.tickets):  # every ticket tested (ticket_eval=val_test)
+            out.update(pairwise_diversity([p for r, p in zip(self.tickets, self.ticket_probs) if r["index"] > 0]))
         epoch_s = t.elapsed / max(1, t.epoch)
-        mean_s = sum(self.superpose_seconds) / len(self.superpose_seconds)
-        out["superpose/seconds"] = mean_s
-        out["superpose/epoch_fraction"] = mean_s / epoch_s if epoch_s > 0 else float("nan")
+        out.update(self.cost(epoch_s))
         self.superpose_offline()
+        return out
+
+    def cost(self, epoch_s: float) -> Dict[str, float]:
+        """The cost of one ticket, mean over the tickets: ``superpose/seconds`` and ``superpose/epoch_fraction``
+        (superposition and re-pruning alone, in seconds and as a fraction of the run's mean epoch time
+        ``epoch_s``), ``superpose/eval_seconds`` and ``superpose/eval_epoch_fraction`` (the same with the
+        evaluations ``ticket_eval`` asks for)."""
+        nan = float("nan")
+        out: Dict[str, float] = {}
+        for key, seconds in (("", self.superpose_seconds), ("eval_", self.ticket_seconds)):
+            if not seconds:  # a checkpoint from before ticket_eval existed holds no evaluation timings
+                continue
+            mean_s = sum(seconds) / len(seconds)
+            out[f"superpose/{key}seconds"] = mean_s
+            out[f"superpose/{key}epoch_fraction"] = mean_s / epoch_s if epoch_s > 0 else nan
         return out
 
     def superpose_offline(self) -> None:
@@ -346,11 +393,15 @@ class SupTickets(BaseCallback):
         rows.append(("last individual model", summary["last/test/acc"], summary["last/test/nll"],
                      summary["last/test/ece"]))
         rows += [(f"cheap ticket {i}", summary[f"tickets/{i}/test/acc"], summary[f"tickets/{i}/test/nll"],
-                  summary[f"tickets/{i}/test/ece"]) for i in idx]
+                  summary[f"tickets/{i}/test/ece"]) for i in idx if f"tickets/{i}/test/acc" in summary]
         lines = [f"  {'model':<24} {'test acc %':>10} {'NLL':>8} {'ECE':>8}"]
         lines += [f"  {name:<24} {acc:>10.2f} {nll:>8.4f} {ece:>8.4f}" for name, acc, nll, ece in rows]
-        lines.append(f"  ({summary['tickets/count']} tickets superposed; diversity: disagreement "
-                     f"{summary['diversity/disagreement']:.4f}, KL {summary['diversity/kl']:.4f})")
+        if "diversity/kl" in summary:
+            lines.append(f"  ({summary['tickets/count']} tickets superposed; diversity: disagreement "
+                         f"{summary['diversity/disagreement']:.4f}, KL {summary['diversity/kl']:.4f})")
+        else:
+            lines.append(f"  ({summary['tickets/count']} tickets superposed; not tested one by one: "
+                         f"superposer.ticket_eval={self.cfg.ticket_eval})")
         return lines + [""]
 
     def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]:
@@ -365,6 +416,7 @@ class SupTickets(BaseCallback):
         the ultimate ticket's masks (CPU tensors), for a bitwise resume mid-cycle."""
         return {"averager": self.averager.state_dict(), "tickets": list(self.tickets),
                 "ticket_probs": list(self.ticket_probs), "superpose_seconds": list(self.superpose_seconds),
+                "ticket_seconds": list(self.ticket_seconds),
                 "ultimate_masks": None if self.ultimate_masks is None else
                 {k: v.cpu() for k, v in self.ultimate_masks.items()}}
 
@@ -374,5 +426,6 @@ class SupTickets(BaseCallback):
         self.tickets = list(state["tickets"])
         self.ticket_probs = list(state["ticket_probs"])
         self.superpose_seconds = list(state["superpose_seconds"])
+        self.ticket_seconds = list(state.get("ticket_seconds", []))  # absent in checkpoints from before ticket_eval
         um = state["ultimate_masks"]
         self.ultimate_masks = None if um is None else {k: v.to(device) for k, v in um.items()}

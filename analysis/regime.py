@@ -1,0 +1,113 @@
+"""Table ``st_regime``: Sup-tickets against its base method, ticket by ticket, on the data sets the paper
+does not use (README "Sup-tickets in the paper's regime"; ``sweeps/st_fmnist.yaml``).
+
+The paper's tables give the ultimate ticket's accuracy only. This table gives, for every (data set,
+model, epochs) block with a SET / RigL / GraNet + Sup-tickets run outside CIFAR and ImageNet, one row per
+(sparsity, method, base or + Sup-tickets) and the columns
+
+* ``Top-1``: the run's result (``test/acc``: the base method's final model; the ultimate ticket),
+* ``last individual``: the individual model at the end of the last cycle (``last/test/acc``),
+* ``mean cheap ticket``: the mean over the cycle tickets (``tickets/mean/test/acc``; absent with
+  ``superposer.ticket_eval`` other than ``val_test``),
+* ``NLL`` and ``ECE`` (15 bins) of the run's result on the test set,
+
+mean ± sample std over seeds with the seed count ``(n=k)``. "+ Sup-tickets" rows are the paper's default
+setting (:func:`analysis.selection.method_filters`, ``<method>+sup``: CIA, triangle LR, the data set's cycle
+length); a block ``cycle length`` follows with RigL + Sup-tickets at every cycle length present (Table 5's
+ablation, ``rigl+sup/C=<epochs>``). Bold: the better of base and + Sup-tickets per sparsity and column
+(the higher accuracy, the lower NLL / ECE), or the best cycle length.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import pandas as pd
+
+from analysis.anymask import pct
+from analysis.labels import SHORT, ds_label, fmt_num, model_label
+from analysis.selection import method_filters, numeric, select
+from analysis.table_model import Block, CellSpec, Row, TableSpec
+
+PAPER_DATASETS = ("cifar10", "cifar100", "imagenet")
+METHODS = ("set", "rigl", "granet")
+#: (column label, summary metric, shown for the base method)
+COLUMNS = (("Top-1", "test/acc", True), ("last individual", "last/test/acc", False),
+           ("mean cheap ticket", "tickets/mean/test/acc", False), ("NLL", "test/nll", True),
+           ("ECE", "test/ece", True))
+
+
+def _blocks(runs: pd.DataFrame) -> List[Tuple[str, str, int]]:
+    """(data set, model, epochs) with a DST + Sup-tickets run outside the paper's data sets."""
+    if runs.empty or "superposer" not in runs.columns:
+        return []
+    sub = runs[(runs["superposer"] == "sup_tickets") & runs["sparsifier"].isin(list(METHODS))
+               & ~runs["dataset"].isin(list(PAPER_DATASETS))]
+    return sorted({(str(d), str(m), int(e)) for d, m, e in zip(sub["dataset"], sub["model"], numeric(sub["epochs"]))})
+
+
+def _levels(df: pd.DataFrame) -> List[float]:
+    return sorted({round(float(x), 6) for x in numeric(df["sparsity"]).dropna() if x > 0}, reverse=True)
+
+
+def _row(key: str, labels: List[str], method: str, sup: bool, where: Dict[str, Any], s: float,
+         bold_group: str, title: str) -> Row:
+    filters = dict(method_filters(method), **where, sparsity=float(s))
+    cells: List[Any] = []
+    for label, metric, on_base in COLUMNS:
+        if not (sup or on_base):
+            cells.append("")
+            continue
+        kind = "acc" if metric.endswith("/acc") else "loss"
+        cells.append(CellSpec("st_regime", f"{method}/{metric}", where["dataset"], where["model"], s, metric,
+                              kind=kind, paper=False, optional=True, show_n=True,
+                              where=f"{title} {pct(s)} {label}", filters=filters))
+    return Row(key, labels, cells, bold_group=bold_group, name=f"{title}: {' '.join(labels)}")
+
+
+def _cycles(sub: pd.DataFrame) -> List[float]:
+    col = "cfg.superposer.cycle_epochs"
+    if col not in sub.columns:
+        return []
+    return sorted({float(c) for c in numeric(sub[col]).dropna()})
+
+
+def st_regime(runs: pd.DataFrame) -> Optional[TableSpec]:
+    """The table, or ``None`` without a DST + Sup-tickets run outside CIFAR and ImageNet."""
+    groups = _blocks(runs)
+    if not groups:
+        return None
+    header = [(["Sparsity", "Method"], [(label, 1) for label, _, _ in COLUMNS])]
+    blocks: List[Block] = []
+    for ds, model, epochs in groups:
+        where = {"dataset": ds, "model": model, "epochs": epochs}
+        title = f"{model_label(model)} on {ds_label(ds)}, {epochs} epochs"
+        at = select(runs, where)
+        rows: List[Row] = []
+        for s in _levels(at):
+            for m in METHODS:
+                pair = [(m, False, SHORT[m]), (m + "+sup", True, f"{SHORT[m]} + Sup-tickets")]
+                if all(select(at, dict(method_filters(k), sparsity=s)).empty for k, _, _ in pair):
+                    continue
+                rows += [_row(f"{s}/{k}", [pct(s), lab], k, sup, where, s, f"{s}/{m}", title)
+                         for k, sup, lab in pair]
+        blocks.append(Block(title, rows))
+        rigl_sup = select(at, method_filters("rigl+sup/any"))
+        cycles = _cycles(rigl_sup)
+        if len(cycles) > 1:
+            rows = []
+            for s in _levels(rigl_sup):
+                for c in cycles:
+                    key = f"rigl+sup/C={fmt_num(c)}"
+                    if select(at, dict(method_filters(key), sparsity=s)).empty:
+                        continue
+                    rows.append(_row(f"{s}/C={c}", [pct(s), f"RigL + Sup-tickets, C={fmt_num(c)} epochs"], key,
+                                     True, where, s, f"{s}/cycles", title))
+            blocks.append(Block(f"{title}: cycle length", rows))
+    notes = ["Cells: mean ± std over seeds, (n=k) = seeds counted; Top-1 / last individual / mean cheap ticket: "
+             "test accuracy (%); NLL and ECE (15 bins) of the reported model (the base method's final model, or the "
+             "ultimate ticket) on the test set; bold: the better of a method and its + Sup-tickets row (higher "
+             "accuracy, lower NLL / ECE), or the best cycle length; –: no run (or superposer.ticket_eval without test evaluations)."]
+    caption = ("Sup-tickets (Yin et al., UAI 2022) against its base method outside the paper's data sets: the "
+               "ultimate ticket, the last individual model and the mean cheap ticket.")
+    return TableSpec("st_regime", caption, ["Sparsity", "Method"], header, blocks, notes=notes)
