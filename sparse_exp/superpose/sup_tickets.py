@@ -42,7 +42,7 @@ from sparse_exp.errors import ConfigError, one_of, require
 from sparse_exp.metrics import metrics_from_logits, predict
 from sparse_exp.registries import SUPERPOSERS
 from sparse_exp.superpose.averaging import AVERAGING, REPRUNE, TicketAverager, reprune
-from sparse_exp.superpose.tickets import (Variant, evaluate_variant, load_tickets, load_ultimate, save_ticket,
+from sparse_exp.superpose.tickets import (Variant, evaluate_variant, ticket_cost, load_tickets, load_ultimate, save_ticket,
                                           split_metrics, superpose_into, superposed_state, ticket_meta,
                                           write_superposed)
 from sparse_exp.superpose.cyclic_lr import (LR_SCHEDULES, CyclicBudget, collect_fraction, make_budget,
@@ -352,23 +352,8 @@ class SupTickets(BaseCallback):
         if len(self.ticket_probs) == len(self.tickets):  # every ticket tested (ticket_eval=val_test)
             out.update(pairwise_diversity([p for r, p in zip(self.tickets, self.ticket_probs) if r["index"] > 0]))
         epoch_s = t.elapsed / max(1, t.epoch)
-        out.update(self.cost(epoch_s))
+        out.update(ticket_cost(self.superpose_seconds, self.ticket_seconds, epoch_s))
         self.superpose_offline()
-        return out
-
-    def cost(self, epoch_s: float) -> Dict[str, float]:
-        """The cost of one ticket, mean over the tickets: ``superpose/seconds`` and ``superpose/epoch_fraction``
-        (superposition and re-pruning alone, in seconds and as a fraction of the run's mean epoch time
-        ``epoch_s``), ``superpose/eval_seconds`` and ``superpose/eval_epoch_fraction`` (the same with the
-        evaluations ``ticket_eval`` asks for)."""
-        nan = float("nan")
-        out: Dict[str, float] = {}
-        for key, seconds in (("", self.superpose_seconds), ("eval_", self.ticket_seconds)):
-            if not seconds:  # a checkpoint from before ticket_eval existed holds no evaluation timings
-                continue
-            mean_s = sum(seconds) / len(seconds)
-            out[f"superpose/{key}seconds"] = mean_s
-            out[f"superpose/{key}epoch_fraction"] = mean_s / epoch_s if epoch_s > 0 else nan
         return out
 
     def superpose_offline(self) -> None:

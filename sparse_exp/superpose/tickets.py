@@ -278,3 +278,17 @@ def evaluate_variant(tickets: List[Dict[str, Any]], variant: Variant, model: tor
     result = {**split_metrics(ultimate, data, num_classes), "sparsity/global": 1.0 - ones / total,
               "tickets/count": len(used), "tickets/indices": used}
     return state, masks, result
+
+
+def ticket_cost(superpose_seconds: List[float], ticket_seconds: List[float], epoch_s: float) -> Dict[str, float]:
+    """The cost of one ticket, mean over the tickets: ``superpose/seconds`` and ``superpose/epoch_fraction``
+    (superposition and re-pruning alone, in seconds and as a fraction of the mean epoch time ``epoch_s``),
+    ``superpose/eval_seconds`` and ``superpose/eval_epoch_fraction`` (the same with the evaluations
+    ``superposer.ticket_eval`` asks for; absent for a run resumed from a checkpoint without them)."""
+    out: Dict[str, float] = {}
+    for key, seconds in (("", superpose_seconds), ("eval_", ticket_seconds)):
+        if seconds:
+            mean_s = sum(seconds) / len(seconds)
+            out[f"superpose/{key}seconds"] = mean_s
+            out[f"superpose/{key}epoch_fraction"] = mean_s / epoch_s if epoch_s > 0 else float("nan")
+    return out
