@@ -107,7 +107,8 @@ def st_regime(runs: pd.DataFrame) -> Optional[TableSpec]:
     notes = ["Cells: mean ± std over seeds, (n=k) = seeds counted; Top-1 / last individual / mean cheap ticket: "
              "test accuracy (%); NLL and ECE (15 bins) of the reported model (the base method's final model, or the "
              "ultimate ticket) on the test set; bold: the better of a method and its + Sup-tickets row (higher "
-             "accuracy, lower NLL / ECE), or the best cycle length; –: no run (or superposer.ticket_eval without test evaluations)."]
+             "accuracy, lower NLL / ECE), or the best cycle length; –: no run (or superposer.ticket_eval "
+             "without test evaluations)."]
     caption = ("Sup-tickets (Yin et al., UAI 2022) against its base method outside the paper's data sets: the "
                "ultimate ticket, the last individual model and the mean cheap ticket.")
     return TableSpec("st_regime", caption, ["Sparsity", "Method"], header, blocks, notes=notes)

@@ -42,7 +42,8 @@ from sparse_exp.errors import ConfigError, one_of, require
 from sparse_exp.metrics import metrics_from_logits, predict
 from sparse_exp.registries import SUPERPOSERS
 from sparse_exp.superpose.averaging import AVERAGING, REPRUNE, TicketAverager, reprune
-from sparse_exp.superpose.tickets import (Variant, evaluate_variant, ticket_cost, load_tickets, load_ultimate, save_ticket,
+from sparse_exp.superpose.tickets import (Variant, evaluate_variant, load_tickets, load_ultimate, save_ticket,
+                                          ticket_cost,
                                           split_metrics, superpose_into, superposed_state, ticket_meta,
                                           write_superposed)
 from sparse_exp.superpose.cyclic_lr import (LR_SCHEDULES, CyclicBudget, collect_fraction, make_budget,
@@ -243,7 +244,8 @@ class SupTickets(BaseCallback):
         drop_and_grow(t.masking, t.optimizer, self.cfg.explore_fraction, self.growth, t.sparsifier.generator, layers)
 
     @torch.no_grad()
-    def ticket_metrics(self, splits: Tuple[str, ...] = ("val", "test")) -> Tuple[Dict[str, float], Optional[torch.Tensor]]:
+    def ticket_metrics(self, splits: Tuple[str, ...] = ("val", "test")
+                       ) -> Tuple[Dict[str, float], Optional[torch.Tensor]]:
         """The individual model's ``val/*`` and ``test/*`` metrics on ``splits``, and its test-set
         probabilities (``[N_test, classes]``; ``None`` without ``test``)."""
         t = self.state
