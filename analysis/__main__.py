@@ -62,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results = write_tables(coll, args.out, args.table_keys)
     print((open(f"{args.out}/status.md").read()).rstrip("\n"))
     if args.compare_paper:
-        from analysis.anymask import PAPER_NOTE
+        from analysis.anymask import ANYMASK_BUILDERS, PAPER_NOTE
         from analysis.paper_numbers import summary_lines, write_comparison
         from analysis.tables import cells_frame
 
@@ -70,9 +70,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print()
         print("\n".join(summary_lines(cmp)))
         print(f"(all {len(cmp)} published cells: {args.out}/compare_paper.md)")
-        anymask = [r.spec.file_stem for r in results if isinstance(r.spec.number, str)]
+        anymask = [r.spec.file_stem for r in results if r.spec.number in ANYMASK_BUILDERS]
         if anymask:
             print(f"Any-mask tables ({', '.join(anymask)}): {PAPER_NOTE}")
+        if any(r.spec.number == "st_regime" for r in results):
+            print("Table st_regime: no published counterpart (the paper runs no data set outside CIFAR and "
+                  "ImageNet)")
     if not args.no_figures:
         from analysis.figures import write_figures
 

@@ -14,8 +14,10 @@ model, epochs) block with a SET / RigL / GraNet + Sup-tickets run outside CIFAR 
 mean ± sample std over seeds with the seed count ``(n=k)``. "+ Sup-tickets" rows are the paper's default
 setting (:func:`analysis.selection.method_filters`, ``<method>+sup``: CIA, triangle LR, the data set's cycle
 length); a block ``cycle length`` follows with RigL + Sup-tickets at every cycle length present (Table 5's
-ablation, ``rigl+sup/C=<epochs>``). Bold: the better of base and + Sup-tickets per sparsity and column
-(the higher accuracy, the lower NLL / ECE), or the best cycle length.
+ablation, ``rigl+sup/C=<epochs>``), then a block ``cycle LR peak`` (``superposer.lr_high``, not a setting of
+the paper; ``sweeps/st_fmnist_lr.yaml``), each on the seeds all its values share. Bold: the better of base
+and + Sup-tickets per sparsity and column (the higher accuracy, the lower NLL / ECE), or the best value of a
+block.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pandas as pd
 
 from analysis.anymask import pct
 from analysis.labels import SHORT, ds_label, fmt_num, model_label
-from analysis.selection import method_filters, numeric, select
+from analysis.selection import Pred, method_filters, numeric, select
 from analysis.table_model import Block, CellSpec, Row, TableSpec
 
 PAPER_DATASETS = ("cifar10", "cifar100", "imagenet")
@@ -65,11 +67,39 @@ def _row(key: str, labels: List[str], method: str, sup: bool, where: Dict[str, A
     return Row(key, labels, cells, bold_group=bold_group, name=f"{title}: {' '.join(labels)}")
 
 
-def _cycles(sub: pd.DataFrame) -> List[float]:
-    col = "cfg.superposer.cycle_epochs"
+def _values(sub: pd.DataFrame, col: str) -> List[float]:
     if col not in sub.columns:
         return []
     return sorted({float(c) for c in numeric(sub[col]).dropna()})
+
+
+#: the ablation blocks: (block title, config column, method key prefix, row label with {v})
+ABLATIONS = (("cycle length", "cfg.superposer.cycle_epochs", "C", "RigL + Sup-tickets, C={v} epochs"),
+             ("cycle LR peak", "cfg.superposer.lr_high", "peak", "RigL + Sup-tickets, cycle LR peak {v}"))
+
+
+def _ablation_rows(at: pd.DataFrame, where: Dict[str, Any], title: str, col: str, prefix: str,
+                   label: str) -> List[Row]:
+    """RigL + Sup-tickets at every value of ``col`` (each other setting the paper's), per sparsity with at least
+    two values, counted on the seeds every value has: the paper's value usually has more seeds, from the main
+    grid, and counting them all would compare a 3-seed mean with single runs."""
+    rows: List[Row] = []
+    rigl_sup = select(at, method_filters("rigl+sup/any"))
+    for s in _levels(rigl_sup):
+        seeds: Dict[float, set] = {}
+        for v in _values(select(rigl_sup, {"sparsity": s}), col):
+            runs_v = select(at, dict(method_filters(f"rigl+sup/{prefix}={fmt_num(v)}"), sparsity=s))
+            if not runs_v.empty:
+                seeds[v] = set(numeric(runs_v["seed"]).dropna().astype(int))
+        common = sorted(set.intersection(*seeds.values())) if seeds else []
+        if len(seeds) < 2 or not common:
+            continue
+        on_seeds = Pred(f"seed in {common}", lambda df, k=tuple(common): numeric(df["seed"]).isin(k))
+        for v in sorted(seeds):
+            key = f"rigl+sup/{prefix}={fmt_num(v)}"
+            rows.append(_row(f"{s}/{prefix}={v}", [pct(s), label.format(v=fmt_num(v))], key, True,
+                             dict(where, seed=on_seeds), s, f"{s}/{prefix}", title))
+    return rows
 
 
 def st_regime(runs: pd.DataFrame) -> Optional[TableSpec]:
@@ -92,22 +122,14 @@ def st_regime(runs: pd.DataFrame) -> Optional[TableSpec]:
                 rows += [_row(f"{s}/{k}", [pct(s), lab], k, sup, where, s, f"{s}/{m}", title)
                          for k, sup, lab in pair]
         blocks.append(Block(title, rows))
-        rigl_sup = select(at, method_filters("rigl+sup/any"))
-        cycles = _cycles(rigl_sup)
-        if len(cycles) > 1:
-            rows = []
-            for s in _levels(rigl_sup):
-                for c in cycles:
-                    key = f"rigl+sup/C={fmt_num(c)}"
-                    if select(at, dict(method_filters(key), sparsity=s)).empty:
-                        continue
-                    rows.append(_row(f"{s}/C={c}", [pct(s), f"RigL + Sup-tickets, C={fmt_num(c)} epochs"], key,
-                                     True, where, s, f"{s}/cycles", title))
-            blocks.append(Block(f"{title}: cycle length", rows))
+        for name, col, prefix, label in ABLATIONS:
+            rows = _ablation_rows(at, where, title, col, prefix, label)
+            if rows:
+                blocks.append(Block(f"{title}: {name}", rows))
     notes = ["Cells: mean ± std over seeds, (n=k) = seeds counted; Top-1 / last individual / mean cheap ticket: "
              "test accuracy (%); NLL and ECE (15 bins) of the reported model (the base method's final model, or the "
              "ultimate ticket) on the test set; bold: the better of a method and its + Sup-tickets row (higher "
-             "accuracy, lower NLL / ECE), or the best cycle length; –: no run (or superposer.ticket_eval "
+             "accuracy, lower NLL / ECE), or the best cycle length / LR peak; –: no run (or superposer.ticket_eval "
              "without test evaluations)."]
     caption = ("Sup-tickets (Yin et al., UAI 2022) against its base method outside the paper's data sets: the "
                "ultimate ticket, the last individual model and the mean cheap ticket.")

@@ -49,6 +49,22 @@ def _default_cycle(df: pd.DataFrame) -> pd.Series:
 
 DEFAULT_CYCLE = Pred("superposer.cycle_epochs=dataset default", _default_cycle)
 
+
+def _default_lr(end: str) -> Pred:
+    """``superposer.lr_<end>`` equal to the data set's ``sup_lr_<end>`` (the paper's cycle LR range)."""
+
+    def fn(df: pd.DataFrame) -> pd.Series:
+        a, b = f"cfg.superposer.lr_{end}", f"cfg.dataset.sup_lr_{end}"
+        if a not in df.columns or b not in df.columns:
+            return pd.Series(True, index=df.index)
+        x, y = numeric(df[a]), numeric(df[b])
+        return pd.Series(np.isclose(x, y) | x.isna().values | y.isna().values, index=df.index)
+
+    return Pred(f"superposer.lr_{end}=dataset default", fn)
+
+
+DEFAULT_LR_LOW, DEFAULT_LR_HIGH = _default_lr("low"), _default_lr("high")
+
 #: ticket counts the paper sets explicitly (Sec. 4.1: ImageNet, "4 cheap tickets in the last 8
 #: epochs"; sweeps/table3_method/*_sup.yaml); elsewhere the count follows from the phase
 PROTOCOL_TICKETS = {"imagenet": 4}
@@ -91,7 +107,9 @@ PAPER_PROTOCOL = Pred("tweaks=none report=last", _paper_protocol)
 
 def method_filters(method: str) -> Optional[Dict[str, Any]]:
     """Column filters of a method key (``rigl``, ``rigl+sup``, ``rigl+sup/C=4``, ``rigl+sup/lr=fge``,
-    ``rigl+sup/avg=cima:0.8``, ``rigl+sup/any_tickets``, ``rigl+sup/any``); ``None`` when not implemented here."""
+    ``rigl+sup/peak=0.05``, ``rigl+sup/avg=cima:0.8``, ``rigl+sup/any_tickets``, ``rigl+sup/any``); ``None`` when
+    not implemented here. ``<method>+sup`` is the paper's setting: CIA, triangle LR over the data set's cycle LR
+    range (``superposer.lr_low`` / ``lr_high``), the data set's cycle length and ticket count."""
     base, _, variant = method.partition("/")
     sup = base.endswith("+sup")
     name = base[: -len("+sup")] if sup else base
@@ -109,10 +127,14 @@ def method_filters(method: str) -> Optional[Dict[str, Any]]:
         f.update({"superposer": "none", "protocol": PAPER_PROTOCOL})
         return f
     f.update({"superposer": "sup_tickets", "cfg.superposer.averaging": "cia", "cfg.superposer.lr_schedule":
-              "triangle", "tickets": DEFAULT_TICKETS, "cycle": DEFAULT_CYCLE, "protocol": PAPER_PROTOCOL})
+              "triangle", "tickets": DEFAULT_TICKETS, "cycle": DEFAULT_CYCLE, "lr_low": DEFAULT_LR_LOW,
+              "lr_high": DEFAULT_LR_HIGH, "protocol": PAPER_PROTOCOL})
     if variant.startswith("C="):
         del f["cycle"]
         f["cfg.superposer.cycle_epochs"] = float(variant[2:])
+    elif variant.startswith("peak="):  # the cycle LR's peak (superposer.lr_high)
+        del f["lr_high"]
+        f["cfg.superposer.lr_high"] = float(variant[5:])
     elif variant.startswith("lr="):
         f["cfg.superposer.lr_schedule"] = variant[3:]
     elif variant.startswith("avg="):

@@ -48,15 +48,17 @@ EXPECTED_JOBS = {
     # Sup-tickets in the paper's regime on Fashion-MNIST (cycles of the paper's length in steps)
     "st_fmnist": 8 * 3,  # RigL +- Sup-tickets at 90/95 %, SET / GraNet +- Sup-tickets at 95 % x seeds = 24
     "st_fmnist_cycles": 3,  # cycle lengths 1.625 / 3.25 / 9.75 epochs (6.5 is st_fmnist's cell), seed 0
+    "st_fmnist_lr": 2 * 3,  # cycle LR peak 0.02 / 0.05 (0.005 is st_fmnist's cell) x seeds
 }
 #: grids in the any-mask code's protocol (sweeps/anymask_protocol/tost.yaml)
 ANYMASK = ("anymask", "anymask_lth", "anymask_dst")
 #: small grids that run on a CPU (not a paper protocol)
-CPU = ("smoke", "anymask_fmnist", "anymask_fmnist_single", "fig3_fmnist", "st_fmnist", "st_fmnist_cycles")
+CPU = ("smoke", "anymask_fmnist", "anymask_fmnist_single", "fig3_fmnist", "st_fmnist", "st_fmnist_cycles",
+       "st_fmnist_lr")
 SINGLE_SEED = ("smoke", "anymask_fmnist_single", "st_fmnist_cycles")
 PAPER = [n for n in EXPECTED_JOBS if n not in CPU]
 #: sweeps that write into another sweep's directory (the ablation's C = 6.5 cell is st_fmnist's run)
-SHARED_DIR = {"st_fmnist_cycles": "st_fmnist"}
+SHARED_DIR = {"st_fmnist_cycles": "st_fmnist", "st_fmnist_lr": "st_fmnist"}
 CIFAR = {"cifar10", "cifar100"}
 
 
@@ -146,7 +148,7 @@ def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
             for key in ("model", "dataset", "sparsifier", "distribution", "optimizer", "schedule", "epochs"):
                 assert cfg[key] == default[key], key
             continue
-        if name in ("st_fmnist", "st_fmnist_cycles"):  # the paper's CIFAR structure, counted in steps
+        if name.startswith("st_fmnist"):  # the paper's CIFAR structure, counted in steps
             assert (cfg.model.name, ds, cfg.epochs, cfg.batch_size, cfg.dataset.val_size) == \
                 ("lenet_300_100", "fashion_mnist", 195, 128, 5000)
             assert list(cfg.schedule.milestones) == [0.5, 0.75] and cfg.distribution.name == "erk"
@@ -155,7 +157,8 @@ def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
                 sp = cfg.superposer
                 budget = make_budget(cfg.epochs, steps, sp.cycle_epochs, sp.phase_fraction, sp.num_tickets)
                 tickets[(ds, sp.cycle_epochs)].add(budget.num_tickets)
-                assert (sp.lr_low, sp.lr_high, sp.averaging, sp.phase_fraction) == (0.001, 0.005, "cia", 0.1)
+                peaks = (0.02, 0.05) if name == "st_fmnist_lr" else (0.005,)  # the paper's peak is 0.005
+                assert (sp.lr_low, sp.averaging, sp.phase_fraction) == (0.001, "cia", 0.1) and sp.lr_high in peaks
                 phase = budget.total_steps - budget.start_step  # the last 10 % in whole cycles of whole steps
                 assert abs(phase - round(0.1 * 195 * steps)) <= budget.num_tickets, (phase, budget)
             continue
@@ -204,6 +207,8 @@ def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
         assert tickets == {("cifar100", 8): {2, 4, 7}}
     if name == "st_fmnist":  # 3 cycles of 2,795 steps: the paper's 8 epochs x 352 steps = 2,816
         assert tickets == {("fashion_mnist", 6.5): {3}} and round(6.5 * 430) == 2795
+    if name == "st_fmnist_lr":
+        assert tickets == {("fashion_mnist", 6.5): {3}}
     if name == "st_fmnist_cycles":  # Table 5's C = 2 / 12 epochs, scaled by 6.5 / 8
         assert tickets == {("fashion_mnist", 1.625): {12}, ("fashion_mnist", 3.25): {6},
                            ("fashion_mnist", 9.75): {2}}
