@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 GOLDENS = HERE / "goldens.json"
 
 #: keys of summary.json / metrics.jsonl that measure time or name places, not results
-VOLATILE = ("time/", "finished_at", "run_dir", "git", "superpose/seconds", "superpose/epoch_fraction")
+VOLATILE = ("time/", "finished_at", "run_dir", "git", "superpose/seconds", "superpose/epoch_fraction",
+            "superpose/eval_seconds", "superpose/eval_epoch_fraction")
 
 _SUP = ["superposer=sup_tickets", "superposer.phase_fraction=0.5", "superposer.cycle_epochs=1"]
 
