@@ -11,7 +11,6 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 
 @torch.no_grad()
@@ -35,6 +34,10 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
         return {"acc": float("nan"), "nll": float("nan"), "ece": float("nan")}
     acc = (logits.argmax(1) == labels).float().mean().item() * 100.0
     nll = F.cross_entropy(logits, labels).item()
+    # imported here, not at module import: torchmetrics' package import pulls in torchvision and costs about
+    # 2 s of every command's start-up (``--help``, a refused config)
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
     ece = multiclass_calibration_error(logits.softmax(1), labels, num_classes=num_classes, n_bins=15, norm="l1").item()
     return {"acc": acc, "nll": nll, "ece": ece}
 

@@ -24,13 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from sparse_exp.errors import UserError  # noqa: E402
-from sparse_exp.rundir import RunDir, read_summary  # noqa: E402
+from sparse_exp.errors import UserError
+from sparse_exp.rundir import RunDir, read_summary
 
 CURVES = "curves.png"
 PNG_META = {"Software": None}
@@ -75,7 +70,12 @@ def plot_curves(run_dir: Path, lr: Optional[Tuple[List[int], List[float]]] = Non
     rd = RunDir(run_dir)
     rows = rd.metrics()
     summary = read_summary(rd.path / "summary.json")
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), dpi=100)
+    # a bare Figure (Agg when saved to PNG), no pyplot: no global backend, no figure manager to close,
+    # and matplotlib is imported only when a plot is drawn (pyplot costs ~0.5 s of every command's start-up)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 6.5), dpi=100)
+    axes = fig.subplots(2, 3)
     (loss_ax, acc_ax, lr_ax), (sp_ax, itop_ax, t_ax) = axes
     loss_ax.plot(*_series(rows, "train/loss"), label="train loss")
     loss_ax.plot(*_series(rows, "val/nll"), label="validation NLL")
@@ -123,7 +123,6 @@ def plot_curves(run_dir: Path, lr: Optional[Tuple[List[int], List[float]]] = Non
     fig.tight_layout()
     path = Path(out) if out is not None else rd.path / CURVES
     fig.savefig(path, metadata=PNG_META)
-    plt.close(fig)
     return path
 
 

@@ -1,23 +1,20 @@
 """Every refusal is one line, exit code 2, before anything is written: for single runs and for every cell of a
-grid (issue 10). Each case runs the real CLI (``python -m sparse_exp.train``) in a subprocess and asserts:
-exit code 2, exactly one non-empty line on stderr, starting with ``error:`` and naming the key or file, no
-traceback, and no file or directory created or changed under the runs directory (nor next to it). A grid
-prints one ``error:`` line and then one line per bad cell, and launches nothing.
+grid (issue 10). Each case runs the real CLI (``python -m sparse_exp.train``, forked from a warm launcher:
+``tests/forked.py``) and asserts: exit code 2, exactly one non-empty line on stderr, starting with ``error:``
+and naming the key or file, no traceback, and no file or directory created or changed under the runs
+directory (nor next to it). A grid prints one ``error:`` line and then one line per bad cell, and launches
+nothing.
 """
 
-import concurrent.futures
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY, cli_run_dir, needs_data
-
-pytestmark = pytest.mark.slow  # ~60 CLI starts; still part of `make test`
+from conftest import TINY, cli_run_dir, needs_data
+from forked import run_module_many
 
 BASE = [o for o in TINY if not o.startswith("logger")] + ["logger=none"]
 NONE = ["superposer=none"]
@@ -204,22 +201,22 @@ def _prepare(case_dir: Path, args, setup):
     return args
 
 
-def _run(case_dir: Path, args, env_extra):
-    env = {**os.environ, "SPARSE_EXP_RUNS": str(case_dir / "runs"), "WANDB_MODE": "disabled", **env_extra}
-    before = snapshot(case_dir)
-    res = subprocess.run([sys.executable, "-m", "sparse_exp.train", *args], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
-    return res, before, snapshot(case_dir), args
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
+    """name -> (completed process, snapshot before, snapshot after, args) for every case and grid.
+
+    Each case is ``python -m sparse_exp.train ARGS`` forked from one warm launcher (``tests/forked.py``):
+    the CLI's code runs as under ``python -m``, without paying torch's import sixty times.
+    """
     root = tmp_path_factory.mktemp("refusals")
     jobs = {**{k: v for k, v in CASES.items()}, **{k: (a, c, {}, s) for k, (a, c, s) in GRIDS.items()}}
     commands = {name: _prepare(root / name, args, setup) for name, (args, _, _, setup) in jobs.items()}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two CLI processes at a time (2 cores)
-        futures = {name: pool.submit(_run, root / name, commands[name], jobs[name][2]) for name in jobs}
-        return {name: f.result() for name, f in futures.items()}
+    before = {name: snapshot(root / name) for name in jobs}
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    done = run_module_many("sparse_exp.train", {
+        name: {"args": commands[name], "env": {**env, "SPARSE_EXP_RUNS": str(root / name / "runs"), **jobs[name][2]}}
+        for name in jobs}, tmp_path_factory.mktemp("refusals_output"))
+    return {name: (done[name], before[name], snapshot(root / name), commands[name]) for name in jobs}
 
 
 def test_at_least_forty_distinct_bad_inputs():

@@ -88,7 +88,7 @@ def _check_dataset(cfg: Any) -> None:
     require(ds.num_workers >= 0, "dataset.num_workers", ds.num_workers, "must be >= 0")
     one_of("dataset.loader", ds.loader, {"auto", "device", "torchvision"})
     if ds.loader == "device":
-        require(ds.name in vision.CIFAR_CLASSES or ds.name == "fashion_mnist", "dataset.loader", ds.loader,
+        require(ds.name in vision.CIFAR_NAMES or ds.name == "fashion_mnist", "dataset.loader", ds.loader,
                 f"dataset={ds.name} is read through torchvision (ImageFolder); allowed: auto, torchvision")
 
 
@@ -130,7 +130,7 @@ def _find(name: str, base: Path) -> Optional[Path]:
     if name == "fashion_mnist":
         return fm.find_dir(base)
     for d in (base, *(base / a for a in _ALIASES[name])):
-        if name in vision.CIFAR_CLASSES:
+        if name in vision.CIFAR_NAMES:
             if not vision.cifar_missing(name, d):
                 return d
         elif (d / "train").is_dir():
@@ -144,11 +144,12 @@ def _not_found(name: str, bases: List[Path], source: str) -> DataError:
         return DataError(f"fashion_mnist data not found in {where}: install the Debian package dataset-fashion-mnist "
                          f"(sudo apt-get install dataset-fashion-mnist), set {ENV_VAR} or dataset.root to a directory "
                          f"holding {_FM_FILES}, or pass dataset.download=true")
-    if name in vision.CIFAR_CLASSES:
-        folder = vision.CIFAR_CLASSES[name].base_folder
+    if name in vision.CIFAR_NAMES:
+        cls = vision.cifar_class(name)
+        folder = cls.base_folder
         files = ", ".join(f.split("/", 1)[1] for f in vision.cifar_required_files(name))
         return DataError(f"{name} data not found in {where}: expected torchvision's layout <root>/{folder}/ ({files}) "
-                         f"as extracted from {vision.CIFAR_URL[name]}; set dataset.root or {ENV_VAR} to the directory "
+                         f"as extracted from {cls.url}; set dataset.root or {ENV_VAR} to the directory "
                          f"that contains {folder}, or pass dataset.download=true")
     return DataError(f"{name} data not found in {where}: {vision.imagefolder_instructions(name, bases[0])}")
 
@@ -266,7 +267,7 @@ def build_data(cfg: Any, seed: int, batch_size: int, eval_batch_size: int, devic
     else:
         augment = bool(cfg_get(cfg, "augment", True))
         train_tf, eval_tf = vision.transforms_for(name, augment, spec.image_size)
-        if name in vision.CIFAR_CLASSES:
+        if name in vision.CIFAR_NAMES:
             train_ds, val_ds, test_ds = vision.build_cifar(name, root, bool(cfg_get(cfg, "download", False)),
                                                            train_tf, eval_tf)
         else:
@@ -274,7 +275,7 @@ def build_data(cfg: Any, seed: int, batch_size: int, eval_batch_size: int, devic
         train_idx, val_idx = split_indices(len(train_ds), val_size, name)
         train_idx = _subset(train_idx, subset_train)
         test_idx = _subset(torch.arange(len(test_ds)), subset_test)
-        if cfg_get(cfg, "loader", "auto") != "torchvision" and name in vision.CIFAR_CLASSES:
+        if cfg_get(cfg, "loader", "auto") != "torchvision" and name in vision.CIFAR_NAMES:
             mean, std = vision.CIFAR_STATS[name]
             pad = 4 if augment else 0
 

@@ -24,8 +24,6 @@ import copy
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from torchvision import datasets, transforms as T
-
 from sparse_exp.data.base import DataError
 
 CIFAR_STATS = {
@@ -34,15 +32,29 @@ CIFAR_STATS = {
 }
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
-CIFAR_CLASSES = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
-CIFAR_URL = {"cifar10": datasets.CIFAR10.url, "cifar100": datasets.CIFAR100.url}
+#: the CIFAR data sets, by config name (``dataset.name``)
+CIFAR_NAMES = ("cifar10", "cifar100")
+
+
+def cifar_class(name: str) -> Any:
+    """torchvision's class for CIFAR data set ``name`` (its ``base_folder``, ``url``, file lists).
+
+    torchvision is imported here, not at module import: it pulls in ``torch._dynamo`` and costs
+    about 2 s of start-up, which every command (``--help``, a refused config) would otherwise pay.
+
+    Raises:
+        KeyError: ``name`` is not in :data:`CIFAR_NAMES`.
+    """
+    from torchvision import datasets
+
+    return {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
 
 
 # -- layout checks (cheap: names only, no md5, no decoding) -----------------------------------------
 
 def cifar_required_files(name: str) -> List[str]:
     """Paths, relative to the root, that torchvision's CIFAR class reads."""
-    cls = CIFAR_CLASSES[name]
+    cls = cifar_class(name)
     files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     return [f"{cls.base_folder}/{f}" for f in files]
 
@@ -91,6 +103,8 @@ def imagefolder_instructions(name: str, root: Path) -> str:
 
 def transforms_for(name: str, augment: bool, image_size: int) -> Tuple[Any, Any]:
     """``(train_transform, eval_transform)``: PIL image -> normalized float32 ``(C, H, W)`` tensor."""
+    from torchvision import transforms as T
+
     if name in CIFAR_STATS:
         mean, std = CIFAR_STATS[name]
         train_aug = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
@@ -130,15 +144,15 @@ def build_cifar(name: str, root: Path, download: bool, train_tf: Any, eval_tf: A
     Raises:
         DataError: files missing or failing torchvision's md5 check, or the download failed.
     """
-    cls = CIFAR_CLASSES[name]
+    cls = cifar_class(name)
     try:
         train = cls(str(root), train=True, transform=train_tf, download=download)
         test = cls(str(root), train=False, transform=eval_tf, download=False)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted..." (md5 mismatch)
         raise DataError(f"{name} data in {root / cls.base_folder} is incomplete or corrupted ({exc}); delete it and "
-                        f"pass dataset.download=true, or extract {CIFAR_URL[name]} into {root}") from exc
+                        f"pass dataset.download=true, or extract {cls.url} into {root}") from exc
     except OSError as exc:  # network errors of the downloader (URLError is an OSError)
-        raise DataError(f"could not download {name} into {root}: {exc}; download {CIFAR_URL[name]} by hand and "
+        raise DataError(f"could not download {name} into {root}: {exc}; download {cls.url} by hand and "
                         f"extract it into {root}") from exc
     return train, with_transform(train, eval_tf), test
 
@@ -157,6 +171,8 @@ def build_imagefolder(name: str, root: Path, num_classes: int, train_tf: Any,
     problem = imagefolder_problem(name, root)
     if problem:
         raise DataError(f"{name} data in {root} is not usable: {problem}; {imagefolder_instructions(name, root)}")
+    from torchvision import datasets
+
     try:
         train = datasets.ImageFolder(str(root / "train"), transform=train_tf)
         test = datasets.ImageFolder(str(root / "val"), transform=eval_tf)

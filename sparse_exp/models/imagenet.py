@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sparse_exp.registries import MODELS
 
-import torchvision
 from torch import nn
 
 
@@ -27,6 +26,8 @@ def resnet50_imagenet(in_channels: int, num_classes: int, image_size: int) -> nn
     Returns:
         A module mapping ``(N, C, H, W)`` to logits ``(N, num_classes)``.
     """
+    import torchvision  # here, not at module import: torchvision costs ~2 s of every command's start-up
+
     model = torchvision.models.resnet50(weights=None, num_classes=num_classes)
     for block in model.modules():  # conv -> BN -> activation units (ghost skip paths), as the CIFAR Bottleneck
         if isinstance(block, torchvision.models.resnet.Bottleneck):
