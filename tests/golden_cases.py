@@ -1,13 +1,18 @@
 """Golden runs: short fixed-seed CPU trainings whose final weights, masks and metrics must not change.
 
-    python tests/golden_cases.py --write     # re-record tests/goldens.json (only from a known-good commit)
+    python tests/golden_cases.py --write     # record this platform's goldens file (only from a known-good commit)
 
 Recorded before the build / loop / callbacks refactor (issue 9) from the engine it replaced, and
 checked bitwise by ``tests/test_golden.py`` ever since: every sparsifier, Sup-tickets with CIA / CAA /
 CIMA and each of its options at least once, and an LTH run. Each case trains on real Fashion-MNIST
 subsets with one CPU thread (``torch.set_num_threads(1)``), so results are bitwise repeatable on one
-machine. Bitwise float results are not defined across CPU instruction sets: the goldens record the
-platform (torch version, CPU capability) and the test skips, saying why, on another platform.
+machine. Bitwise float results are not defined across CPU instruction sets: each goldens file records its
+platform (torch version, CPU capability), the test checks against the file of this machine's platform and
+skips, saying why, where there is none.
+
+* ``tests/goldens.json``: AVX512, recorded before the refactor; the proof that it changed no behaviour.
+* ``tests/goldens_avx2.json``: AVX2, recorded on 2026-12-03 from a commit whose runs matched
+  ``goldens.json`` bitwise on AVX512 (its CI run), so AVX2 machines are guarded the same way from then on.
 
 What is recorded per case: the SHA-256 of every tensor of the final model state and of the final masks
 (``masks.pt``), every per-epoch row of ``metrics.jsonl`` and the result keys of ``summary.json``
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
-GOLDENS = HERE / "goldens.json"
+GOLDENS = HERE / "goldens.json"  # the first recording (AVX512); other platforms: goldens_<capability>.json
 
 #: keys of summary.json / metrics.jsonl that measure time or name places, not results
 VOLATILE = ("time/", "finished_at", "run_dir", "git", "superpose/seconds", "superpose/epoch_fraction",
@@ -90,6 +95,26 @@ def platform() -> Dict[str, str]:
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+def golden_files() -> List[Path]:
+    """Every recorded goldens file, one per platform."""
+    return sorted(HERE.glob("goldens*.json"))
+
+
+def recorded_for(plat: Dict[str, str]) -> Optional[Tuple[Path, Dict[str, Any]]]:
+    """``(path, goldens)`` of the file recorded on platform ``plat``, or None."""
+    for path in golden_files():
+        data = json.loads(path.read_text())
+        if data["platform"] == plat:
+            return path, data
+    return None
+
+
+def default_out() -> Path:
+    """Where ``--write`` records: this platform's file, or a new ``goldens_<capability>.json``."""
+    match = recorded_for(platform())
+    return match[0] if match else HERE / f"goldens_{platform()['cpu_capability'].lower()}.json"
+
+
 def run_case(name: str, tmp: Path, done: Dict[str, Path]) -> Dict[str, Any]:
     """Train case ``name`` into ``tmp/name`` and return its record (see module doc)."""
     import torch
@@ -133,14 +158,15 @@ if __name__ == "__main__":
     import tempfile
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--write", action="store_true", help=f"write {GOLDENS.name}")
-    ap.add_argument("--out", type=Path, default=GOLDENS)
+    ap.add_argument("--write", action="store_true", help="write this platform's goldens file")
+    ap.add_argument("--out", type=Path, default=None, help="the file to write (default: this platform's)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         goldens = record_all(Path(d))
     text = json.dumps(goldens, indent=1, sort_keys=True, allow_nan=True)
     if args.write:
-        args.out.write_text(text + "\n")
-        print(f"wrote {args.out} ({len(goldens['cases'])} cases)")
+        out = args.out or default_out()
+        out.write_text(text + "\n")
+        print(f"wrote {out} ({len(goldens['cases'])} cases)")
     else:
         print(text)

@@ -1,5 +1,6 @@
 """Golden equivalence: short fixed-seed CPU runs of every sparsifier, Sup-tickets (CIA / CAA / CIMA and
-each option) and LTH end with exactly the weights, masks and metrics recorded in ``tests/goldens.json``.
+each option) and LTH end with exactly the weights, masks and metrics recorded in ``tests/goldens.json``
+(AVX512) or, on an AVX2 machine, ``tests/goldens_avx2.json``.
 
 The goldens were recorded from the engine before the build / loop / callbacks refactor (issue 9), so
 this test is the proof that the refactor changed no behaviour; it guards every later change the same
@@ -11,11 +12,12 @@ import json
 import pytest
 
 from conftest import needs_data
-from golden_cases import CASES, GOLDENS, platform, run_case
+from golden_cases import CASES, golden_files, platform, recorded_for, run_case
 
 pytestmark = pytest.mark.slow  # ~1 min of short trainings; still part of `make test`
 
-RECORDED = json.loads(GOLDENS.read_text())
+MATCH = recorded_for(platform())
+RECORDED = MATCH[1] if MATCH else None
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +27,16 @@ def trained(tmp_path_factory):
 
 
 def _skip_on_other_platform():
-    here, there = platform(), RECORDED["platform"]
-    if here != there:
-        pytest.skip(f"goldens were recorded on {there}; this machine is {here}: bitwise float results are "
-                    "not defined across torch versions or CPU instruction sets (re-record with "
+    if RECORDED is None:
+        there = [json.loads(p.read_text())["platform"] for p in golden_files()]
+        pytest.skip(f"goldens were recorded on {there}; this machine is {platform()}: bitwise float results are "
+                    "not defined across torch versions or CPU instruction sets (record this platform's with "
                     "`python tests/golden_cases.py --write` from a known-good commit)")
 
 
-def test_every_case_is_recorded():
-    assert set(RECORDED["cases"]) == set(CASES)
+@pytest.mark.parametrize("path", golden_files(), ids=lambda p: p.name)
+def test_every_case_is_recorded(path):
+    assert set(json.loads(path.read_text())["cases"]) == set(CASES)
 
 
 @needs_data
