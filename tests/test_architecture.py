@@ -34,8 +34,7 @@ BOOSTER_NAMES = re.compile(r"lth|sup_?tickets|ultimate|pretrain_epochs", re.IGNO
 THIRD_PARTY = ["torch", "numpy", "omegaconf", "hydra", "yaml"]
 
 
-@pytest.mark.slow
-def test_every_module_imports_first_in_a_fresh_interpreter():
+def test_every_module_imports_first():
     """No import cycle: each module of the package can be the first one of ours imported. Each module is
     imported in its own child forked from a launcher that has loaded only ``THIRD_PARTY`` (``tests/forked.py``);
     a cycle among our modules fails there as in a fresh interpreter."""

@@ -206,7 +206,7 @@ def results(tmp_path_factory):
     """name -> (completed process, snapshot before, snapshot after, args) for every case and grid.
 
     Each case is ``python -m sparse_exp.train ARGS`` forked from one warm launcher (``tests/forked.py``):
-    the CLI's code runs as under ``python -m``, without paying torch's import sixty times.
+    the CLI's code runs as under ``python -m``, without paying torch's import 78 times.
     """
     root = tmp_path_factory.mktemp("refusals")
     jobs = {**{k: v for k, v in CASES.items()}, **{k: (a, c, {}, s) for k, (a, c, s) in GRIDS.items()}}
