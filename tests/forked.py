@@ -99,8 +99,12 @@ def _launch(jobs: List[dict], preload: Sequence[str]) -> Dict[str, int]:
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()
-            if pid == 0:
-                os._exit(_child(job))
+            if pid == 0:  # the child never returns into this loop, whatever happens in it
+                code = 70
+                try:
+                    code = _child(job)
+                finally:
+                    os._exit(code)
             running[pid] = job["name"]
         pid, status = os.wait()
         codes[running.pop(pid)] = os.waitstatus_to_exitcode(status)
