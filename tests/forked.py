@@ -2,8 +2,8 @@
 
     python tests/forked.py JOBS.json     # what the helpers below run; not a command for users
 
-A refused config costs about 3 s in a fresh interpreter, almost all of it importing torch and our
-modules, and the refusal tests start some sixty of them. Here one launcher process imports what
+A refused config costs about 4 s in a fresh interpreter, almost all of it importing torch and our
+modules, and the refusal tests start 78 of them. Here one launcher process imports what
 ``preload`` names once, then forks one child per job (two at a time: CI has 2 cores). A child is
 what a fresh ``python`` would be from that point on: it takes the job's environment, working
 directory and ``sys.argv``, writes its stdout / stderr to its own files, runs the job, runs the exit

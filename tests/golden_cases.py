@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
-GOLDENS = HERE / "goldens.json"  # the first recording (AVX512); other platforms: goldens_<capability>.json
 
 #: keys of summary.json / metrics.jsonl that measure time or name places, not results
 VOLATILE = ("time/", "finished_at", "run_dir", "git", "superpose/seconds", "superpose/epoch_fraction",
