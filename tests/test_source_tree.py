@@ -73,3 +73,21 @@ def test_a_source_tree_runs_without_installing(tmp_path):
     summary = json.loads(summaries[0].read_text())
     assert summary["status"] == "completed" and summary["epochs"] == 1
     assert 0 <= summary["test/acc"] <= 100
+
+
+def test_logger_wandb_without_the_package_is_refused_before_training(monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from conftest import compose_cfg
+    from sparse_exp import preflight
+    from sparse_exp.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(ConfigError, match=r"logger='wandb'.*wandb package is not installed.*logger=none"):
+        preflight.preflight(compose_cfg(["logger=wandb"]))
+    preflight.preflight(compose_cfg(["logger=none"]))
+    preflight.preflight(compose_cfg(["logger=wandb", "logger.mode=disabled"]))
