@@ -54,12 +54,12 @@ def grid(args: argparse.Namespace) -> List[Dict[str, Any]]:
     directory names stay short: ``sweeps/gpu_science/``)."""
     dev = ["device=cpu"] if args.dry_run else ["device=cuda"]
     runs = []
-    for seed in args.seeds_a:
+    for seed in args.seeds_a if "A" in args.grids else []:
         for cell, extra in A_CELLS.items():
             proto = "st_dry" if args.dry_run else "st_resnet32"
             runs.append({"grid": "A", "cell": cell, "seed": seed,
                          "overrides": [f"+sweep/gpu_science={proto}", *dev, *extra, f"seed={seed}"]})
-    for seed in args.seeds_b:
+    for seed in args.seeds_b if "B" in args.grids else []:
         for cell, proto in (B_DRY if args.dry_run else B_CELLS).items():
             over = [f"+sweep/gpu_science={proto}", *dev, f"seed={seed}"]
             if args.epochs_b is not None:
@@ -76,6 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (CI)")
+    p.add_argument("--grids", default="A,B", help="A, B or A,B (default both, started together)")
     p.add_argument("--seeds-a", type=ints, default=None, help="grid A seeds (default 0)")
     p.add_argument("--seeds-b", type=ints, default=None, help="grid B seeds (default 0,1,2; dry run 0)")
     p.add_argument("--epochs-b", type=int, default=None,
@@ -86,6 +87,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--report-dir", default=None, help="default docs/measured/gpu; --dry-run: the runs directory")
     p.add_argument("--out", action="append", default=[], help="also copy the report here (repeatable)")
     args = p.parse_args(argv)
+    args.grids = [g.strip().upper() for g in args.grids.split(",") if g.strip()]
+    if not args.grids or set(args.grids) - {"A", "B"}:
+        p.error("--grids takes A, B or A,B")
     t0 = time.monotonic()
     args.seeds_a = args.seeds_a if args.seeds_a is not None else [0]
     args.seeds_b = args.seeds_b if args.seeds_b is not None else ([0] if args.dry_run else [0, 1, 2])
