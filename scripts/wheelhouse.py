@@ -89,9 +89,15 @@ def main() -> None:
                    help="newest manylinux tag of the target (default manylinux_2_28_x86_64; e.g. "
                         "manylinux_2_28_aarch64)")
     p.add_argument("--out", default=str(ROOT / "wheelhouse"))
+    p.add_argument("--keep", action="store_true", help="keep the wheels already in --out (default: remove them)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    stale = sorted(out.glob("*.whl"))
+    if stale and not args.keep:  # another set or target would mix in: start empty
+        for w in stale:
+            w.unlink()
+        print(f"removed {len(stale)} wheels left in {out} by an earlier run (--keep keeps them)")
 
     if args.which == "hydra":
         reqs = list(HYDRA)
