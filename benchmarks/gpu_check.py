@@ -78,7 +78,7 @@ SIZES = {
                                                      "dataset.val_size=256", "dataset.subset_test=256"],
         "packed_threads": 1,
         # LeNet-5 on the same synthetic CIFAR-shaped files: VGG-16 takes minutes on 2 CPU cores
-        "sup": {"model": "lenet5", "delta_t": 4, "per_batch": 32, "n_test": 64, "val": 32, "batch": 32, "epochs": 4,
+        "sup": {"model": "lenet5", "delta_t": 4, "per_batch": 64, "n_test": 64, "val": 32, "batch": 32, "epochs": 4,
                 "fast": ["fast.dtype=bf16"]},
     },
 }
@@ -400,10 +400,11 @@ def step_kill_resume(ctx: Ctx) -> Result:
             m = list((ctx.work / "f_part").rglob("metrics.jsonl"))
             rows = [json.loads(x) for x in m[0].read_text().splitlines() if x.strip()] if m else []
             if len(rows) >= kill_after and killed is None:
-                time.sleep(0.4 * rows[-1].get("time/epoch_s", 0.5))
+                # at once: the run stops after the next optimizer step, early in the next epoch (a sleep sized by
+                # earlier epochs' times missed the run's end when one epoch had been slow)
                 procs["part"].send_signal(signal.SIGTERM)  # the preemption signal: checkpoint mid-epoch, exit
                 killed = time.perf_counter()
-            time.sleep(0.05)
+            time.sleep(0.01)
         codes = {k: p.wait(timeout=max(1.0, ctx.left())) for k, p in procs.items()}
     except subprocess.TimeoutExpired:
         for p in procs.values():
@@ -415,6 +416,7 @@ def step_kill_resume(ctx: Ctx) -> Result:
     part_summary = summaries(ctx.work / "f_part")
     r.figures["interrupted"] = {"exit_code": codes["part"],
                                 "status": part_summary[0].get("status") if part_summary else None}
+    r.figures["stopped_at_step"] = part_summary[0].get("step") if part_summary else None  # global step
     if killed is None or codes["part"] != 128 + signal.SIGTERM or r.figures["interrupted"]["status"] != "stopped":
         r.status = "failed"
         r.notes.append("the run was not interrupted mid-run (finished first, or did not stop on SIGTERM)")
@@ -567,8 +569,8 @@ def markdown(report: Dict[str, Any]) -> str:
     f = steps.get("f", {}).get("figures", {})
     if f.get("checks"):
         out += ["## f. Sup-tickets run killed and resumed", "",
-                f"`{' '.join(f['overrides'])}`; SIGTERM in epoch {f['killed_in_epoch']} (the cyclic phase): exit code "
-                f"{f['interrupted']['exit_code']}, status `{f['interrupted']['status']}`; relaunched with the same "
+                f"`{' '.join(f['overrides'])}`; SIGTERM as epoch {f['killed_in_epoch']} (the cyclic phase) began: exit code "
+                f"{f['interrupted']['exit_code']}, status `{f['interrupted']['status']}` at step {f['stopped_at_step']}; relaunched with the same "
                 "command; the same run uninterrupted beside it. Data: each class a random template plus noise "
                 "(learnable), 5 training files of `per_batch` images.", "",
                 "| | uninterrupted | killed + resumed |", "|---|---|---|"]
