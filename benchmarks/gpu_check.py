@@ -240,7 +240,7 @@ def step_epoch_time(ctx: Ctx) -> Result:
         key = model + ("_compile" if compile_ else "")
         out = ctx.work / f"c_{key}.json"
         cmd = [sys.executable, "benchmarks/epoch_time.py", "--device", size["device"], "--models", model,
-               "--part", "training", "--cifar-images", str(images), "--repeats", str(size["repeats"]),
+               "--part", "training", "--cifar-images", str(images), "--repeats", str(1 if compile_ else size["repeats"]),
                "--compile", model if compile_ else "none", "--json", out, "--tmp", ctx.work / "epoch_time"]
         if size["quick"]:
             cmd.append("--quick")
@@ -521,7 +521,7 @@ def markdown(report: Dict[str, Any]) -> str:
                 out.append(f"| {model} | {m['error']} |" + " |" * 15)
                 continue
             if m.get("timed_compile"):
-                out.append(f"| {model} (compile run) | {m['images_per_epoch']} | {fmt(m['ips'], '.0f')} | "
+                out.append(f"| {m.get('model', model)} (compile run) | {m['images_per_epoch']} | {fmt(m['ips'], '.0f')} | "
                            f"{fmt(m['ours/ref'])} | **{fmt(m['compile'])}** | {fmt(m['graphs'])} | {fmt(m['bf16'])} | "
                            f"{fmt(m['graphs_bf16'])} | {m['best_mode']} | {fmt(m['best/ref'])} |" + " |" * 7)
                 continue
@@ -540,7 +540,8 @@ def markdown(report: Dict[str, Any]) -> str:
                 rows = {k: v for k, v in m["rows"].items()}
                 out += [f"<details><summary>{model}</summary>", "", "```",
                         *[f"{v['label']:<42} " + (v['skip'] or f"{v['s_per_epoch']:.3f} s/epoch "
-                          f"{v['images_per_s']:.0f} img/s  {v['events']}") for v in rows.values()],
+                          f"{v['images_per_s']:.0f} img/s  warm-up {fmt(v['warm_up_s'], '.1f')} s  {v['events']}")
+                          for v in rows.values()],
                         "```", "", "</details>", ""]
     d = steps.get("d", {}).get("figures", {})
     if d:
