@@ -130,7 +130,8 @@ def run_cmd(ctx: Ctx, cmd: List[str], log: Path, env: Optional[Dict[str, str]] =
             rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             kill(proc)
-            raise StepTimeout(f"{' '.join(map(str, cmd[:4]))} ... ran past {limit:.0f} s") from None
+            raise StepTimeout(f"{' '.join(map(str, cmd[:4]))} ... ran past {limit:.0f} s",
+                              tail(log.read_text(errors="replace"))) from None
     return subprocess.CompletedProcess(cmd, rc, log.read_text(errors="replace"), "")
 
 
@@ -249,8 +250,8 @@ def step_epoch_time(ctx: Ctx) -> Result:
             res = run_cmd(ctx, cmd, ctx.work / f"c_{key}.log", timeout=min(cap, ctx.left() - reserve))
         except StepTimeout as exc:
             r.status = "timeout" if r.status == "ok" else r.status
-            r.notes.append(f"{key}: {exc}")
-            r.figures[key] = {"error": str(exc)}
+            r.notes.append(f"{key}: {exc.args[0]}")
+            r.figures[key] = {"error": str(exc.args[0])}
             continue
         if res.returncode or not out.exists():
             r.status = "failed"
@@ -277,7 +278,8 @@ def step_default(ctx: Ctx) -> Result:
             res = run_cmd(ctx, train_cmd(*base, *extra), ctx.work / f"d_{name}.log", env=env,
                           timeout=ctx.left() - reserve)
         except StepTimeout as exc:
-            r.status, r.figures[name] = "timeout", {"error": str(exc), "overrides": extra}
+            r.status, r.figures[name] = "timeout", {"error": str(exc.args[0]), "overrides": extra}
+            r.notes.append(f"{name}: {exc.args[0]}")
             continue
         wall = time.perf_counter() - t0
         s = summaries(runs)
@@ -661,7 +663,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             try:
                 res = fn(ctx)
             except StepTimeout as exc:
-                res = Result("timeout", notes=[str(exc)])
+                res = Result("timeout", notes=[str(exc.args[0])], log_tail=exc.args[1] if len(exc.args) > 1 else "")
             except Exception as exc:  # a broken step is recorded; the next one runs
                 import traceback
 
