@@ -12,7 +12,8 @@ b. the CUDA tests: every test marked ``cuda`` (``pytest -m cuda``: graph vs eage
    bf16, the device loader on CUDA), with pytest's summary line;
 c. ``benchmarks/epoch_time.py --device cuda`` for VGG-16, ResNet-18 and ResNet-50 (CIFAR shapes, synthetic data),
    one subprocess per model: every ``fast.*`` mode and the best one against the reference-style loop, dense /
-   static / SET / RigL / the cyclic phase, one mask update, one superposition event, peak GPU memory;
+   static / SET / RigL / the cyclic phase, one mask update, one superposition event, peak GPU memory; then
+   VGG-16 again with ``fast.compile`` timed (a cold compile takes about a minute: the first thing the budget cuts);
 d. the default experiment (``python -m sparse_exp.train``) on the real Fashion-MNIST, eager fp32 and with
    ``fast.cuda_graphs=true``: wall time, training time, test accuracy, next to the README's CPU run;
 e. packed runs: N = 1, 2, 4, 8 short Fashion-MNIST runs (seeds 0..N-1) started together as separate processes:
@@ -517,7 +518,7 @@ def markdown(report: Dict[str, Any]) -> str:
         out += ["## c. Epoch time (benchmarks/epoch_time.py)", "",
                 "| model | images/epoch | eager img/s | ours/ref | compile | graphs | bf16+cl | graphs+bf16+cl | best "
                 "| best/ref | static/dense | SET/dense | RigL/dense | cyclic/dense | update % | superposition % "
-                "(alone / with evals) | peak GiB |", "|" + "---|" * 17]
+                "(alone / with evals) | peak GiB (all rows' runs at once) |", "|" + "---|" * 17]
         for model, m in c.items():
             if "error" in m:
                 out.append(f"| {model} | {m['error']} |" + " |" * 15)
@@ -627,9 +628,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="where <date>-<gpu>.md/.json go (default docs/measured/gpu; --dry-run: runs/gpu_check)")
     p.add_argument("--out", action="append", default=[], help="also copy the report here (repeatable)")
     p.add_argument("--work", default=None, help="scratch directory (default: a new temporary one, removed)")
+    p.add_argument("--fast", default=None,
+                   help="step d's second run, space-separated overrides (default 'fast.cuda_graphs=true': LeNet-5's "
+                        "step is launch-bound on a GPU, which graphs remove; dry run 'fast.dtype=bf16')")
     args = p.parse_args(argv)
     t_start = time.monotonic()
-    size = SIZES["dry" if args.dry_run else "gpu"]
+    size = dict(SIZES["dry" if args.dry_run else "gpu"])
+    if args.fast:
+        size["fast"] = args.fast.split()
     wanted = [s.strip() for s in args.steps.split(",") if s.strip()]
     bad = [s for s in wanted if s not in {k for k, *_ in STEPS}]
     if bad:
