@@ -6,6 +6,7 @@
     python benchmarks/epoch_time.py --device cuda --workers 4 --cifar-images 45056 --repeats 3
     python benchmarks/epoch_time.py --part data        # only the data-path part
     python benchmarks/epoch_time.py --threads 1        # on a CPU shared with other work (steadier numbers)
+    python benchmarks/epoch_time.py --device cuda --models resnet50 --compile none --json out.json  # (gpu_check.py)
 
 Everything is measured side by side in one process, on the same model, data shape and device; the
 configurations of a model run interleaved (repeat 1 of every row, then repeat 2, ...), the best of the repeats is
@@ -19,7 +20,7 @@ end).
    in a ``DataLoader``, batches moved to the device) against
    :class:`~sparse_exp.data.device_loader.DeviceImageLoader`. No model: what the data path costs per epoch.
 2. **Training**, per model (``--models``): LeNet-5 on the real Fashion-MNIST (the default experiment: RigL at 90 %
-   with ERK, SGD, batch 128), ResNet-18 and VGG-16 on CIFAR-10-shaped synthetic uint8 images held in a
+   with ERK, SGD, batch 128), ResNet-18, VGG-16 and ResNet-50 on CIFAR-10-shaped synthetic uint8 images held in a
    ``DeviceImageLoader`` with the standard crop (pad 4) + flip. Each row is a run built by the project's own
    :func:`sparse_exp.build.build_run` (inside :class:`sparse_exp.loop.Trainer`; for the CIFAR shapes the data
    bundle that ``build_data`` would build from CIFAR files is built from the synthetic images instead, nothing
@@ -93,6 +94,8 @@ MODELS = {
     "lenet5": ("fashion_mnist", (1, 28, 28), (55000, 5000, 10000)),
     "resnet18": ("cifar10", (3, 32, 32), (45000, 5000, 10000)),
     "vgg16": ("cifar10", (3, 32, 32), (45000, 5000, 10000)),
+    "resnet50": ("cifar10", (3, 32, 32), (45000, 5000, 10000)),
+    "resnet32": ("cifar10", (3, 32, 32), (45000, 5000, 10000)),  # small: gpu_check.py's CPU dry run
 }
 
 
@@ -417,7 +420,10 @@ def model_part(model: str, args: argparse.Namespace, device: torch.device) -> Di
     base = model_overrides(model, args)
     tmp = Path(args.tmp) / model
     cuda = device.type == "cuda"
-    compile_here = args.compile == "all" or (args.compile == "small" and model == "lenet5")
+    compile_here = (args.compile == "all" or (args.compile == "small" and model == "lenet5")
+                    or model in args.compile.split(","))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     warmup = args.warmup_steps if args.warmup_steps is not None else (0 if args.quick and model != "lenet5" else 1)
 
     modes = [("eager", "our loop, eager fp32", [])]
@@ -443,8 +449,8 @@ def model_part(model: str, args: argparse.Namespace, device: torch.device) -> Di
             row = Row(key, label)
             rows.append(row)
             if key == "compile" and not compile_here:
-                row.skip = (f"skipped on {model} by --compile {args.compile} (--quick's default: compiling a big "
-                            "model's step costs ~10 s to minutes on 2 CPU cores); --compile all times it")
+                row.skip = (f"skipped on {model} by --compile {args.compile} (compiling a big model's step costs "
+                            "~10 s to minutes, on 2 CPU cores as on a GPU cold); --compile all times it")
                 continue
             cfg = compose(over)
             try:
@@ -505,7 +511,26 @@ def model_part(model: str, args: argparse.Namespace, device: torch.device) -> Di
     info["syn"] = syn
     info["trainers"] = trainers
     info["summary"] = print_model(model, args, device, info, ref_run)
+    sm = info["summary"]
+    sm["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
+    sm["images_per_epoch"] = by_key(rows)["eager"].images
+    sm["rows"] = {r.key: {"label": r.label, "skip": r.skip, "s_per_epoch": r.best if r.times else None,
+                          "images_per_s": r.ips if r.times else None, "warm_up_s": getattr(r, "warm_s", None),
+                          "events": getattr(r, "last_events", "")} for r in rows}
+    timed_modes = {k: v["images_per_s"] for k, v in sm["rows"].items()
+                   if k in ("eager", "compile", "graphs", "bf16", "graphs_bf16") and v["images_per_s"]}
+    sm["best_mode"] = max(timed_modes, key=timed_modes.get)
+    sm["best/ref"] = timed_modes[sm["best_mode"]] / sm["rows"]["reference"]["images_per_s"]
+    ev = info["events"]
+    sm["update_ms"], sm["explore_ms"] = 1e3 * ev["update_s"], 1e3 * ev.get("explore_s", float("nan"))
+    if cuda:
+        print(f"  peak GPU memory (all rows of {model}): {sm['peak_mem_gib']:.2f} GiB; best mode {sm['best_mode']}: "
+              f"{sm['best/ref']:.2f}x the reference-style loop")
     return info
+
+
+def by_key(rows: List[Row]) -> Dict[str, Row]:
+    return {r.key: r for r in rows}
 
 
 # ================================================================================================ events
@@ -679,8 +704,8 @@ def print_model(model: str, args: argparse.Namespace, device: torch.device, info
 def print_summary(summaries: List[Dict[str, Any]]) -> None:
     """One line per model: every ratio (images/s) and the events' share of training time."""
     cols = [("ours/ref", "ours/ref"), ("compile", "compile"), ("graphs", "graphs"), ("bf16", "bf16"),
-            ("graphs_bf16", "gr+bf16"), ("static", "static"), ("set", "SET"), ("rigl", "RigL"),
-            ("cyclic", "cyclic")]
+            ("graphs_bf16", "gr+bf16"), ("best/ref", "best/ref"), ("static", "static"), ("set", "SET"),
+            ("rigl", "RigL"), ("cyclic", "cyclic")]
     print("\n== summary: ratios of images/s (ours/ref: our eager loop / reference-style loop; compile, graphs, bf16: "
           "/ eager; static, SET, RigL, cyclic: / dense); mask update amortised over ΔT and one superposition "
           "(default config, alone / with evaluations) as % of a full-size epoch ==")
@@ -714,9 +739,9 @@ def main() -> None:
                    help="untimed train steps per row before timing (default 1; --quick: 0 on the CIFAR models); "
                         "fast.compile rows take "
                         "at least 3, CUDA-graph rows graph_warmup_steps + 2")
-    p.add_argument("--compile", choices=["all", "small", "none"], default=None,
-                   help="where to time fast.compile: all models, LeNet-5 only (small), nowhere (default all; "
-                        "--quick: small)")
+    p.add_argument("--compile", default=None,
+                   help="where to time fast.compile: all models, LeNet-5 only (small), nowhere (none), or a "
+                        "comma-separated list of models (default all; --quick: small)")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers of the torchvision / reference side (default 0 on CPU, 4 on CUDA: "
                         "the reference's -j default)")
@@ -725,6 +750,8 @@ def main() -> None:
                         "work --threads 1 is steadier (a descheduled OpenMP thread stalls every kernel)")
     p.add_argument("--part", choices=["all", "data", "training"], default="all")
     p.add_argument("--tmp", default="/tmp/sparse_exp_epoch_bench")
+    p.add_argument("--json", default=None, help="also write every model's figures (the summary, each row, events, "
+                                                 "peak GPU memory) to this JSON file")
     args = p.parse_args()
     q = args.quick
     defaults = {"images": (10000, 2048), "fmnist_images": (55000, 5120), "cifar_images": (512, 128),
@@ -767,6 +794,13 @@ def main() -> None:
             summaries.append(model_part(m, args, device)["summary"])
     if summaries:
         print_summary(summaries)
+    if args.json:
+        import json
+
+        meta = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                "torch": torch.__version__, "repeats": args.repeats, "cifar_images": args.cifar_images,
+                "fmnist_images": args.fmnist_images, "quick": q, "seconds": time.perf_counter() - t0}
+        Path(args.json).write_text(json.dumps({"meta": meta, "models": summaries}, indent=1, default=str) + "\n")
     load = os.getloadavg() if hasattr(os, "getloadavg") else ()
     print(f"\ntotal {time.perf_counter() - t0:.0f} s; load average at end " + " ".join(f"{x:.2f}" for x in load))
 

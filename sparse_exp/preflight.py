@@ -20,6 +20,7 @@ Every failure is a :class:`sparse_exp.errors.UserError` with a one-line message;
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import tempfile
@@ -142,6 +143,14 @@ def check_run_dir(path: Path) -> Optional[Dict[str, Any]]:
     return summary
 
 
+def check_logger_available(cfg: Any) -> None:
+    """``logger=wandb`` (not disabled) needs the ``wandb`` package on this machine (an offline node may lack it)."""
+    mode = os.environ.get("WANDB_MODE", cfg.logger.get("mode", "offline"))
+    if cfg.logger.name == "wandb" and mode != "disabled" and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("logger", "wandb", "the wandb package is not installed here; allowed here: logger=none "
+                          "(or install wandb, e.g. from `make wheelhouse WHEELHOUSE_ARGS=--wandb`)")
+
+
 def check_device(cfg: Any) -> None:
     """The configured device exists on this machine (``auto`` always does).
 
@@ -180,6 +189,7 @@ def preflight(cfg: Any, run_dir: Optional[Path] = None, local: bool = True) -> R
     validate(cfg)
     if local:
         check_device(cfg)
+        check_logger_available(cfg)
         check_data_available(cfg.dataset)
     plan = plan_run(cfg)
     for registry in REGISTRIES.values():

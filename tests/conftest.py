@@ -7,6 +7,7 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import pytest
 
@@ -27,6 +28,13 @@ TINY = [
     "progress=false",
     "device=cpu",
 ]
+
+
+def needs_cuda(test):
+    """A CUDA-only test: marked ``cuda`` (``pytest -m cuda`` runs them all, as ``make gpu-check`` does) and
+    skipped without a CUDA device (CI has none)."""
+    reason = "needs a CUDA device (CI has no GPU; make gpu-check runs these on one)"
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason=reason)(test))
 
 
 def compose_cfg(overrides=(), tiny=True):

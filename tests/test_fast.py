@@ -12,7 +12,7 @@ The compiled runs use LeNet-300-100 (an MLP: inductor compiles it in ~15 s cold,
 import pytest
 import torch
 
-from conftest import compose_cfg, needs_data
+from conftest import compose_cfg, needs_cuda, needs_data
 from sparse_exp.errors import ConfigError
 from sparse_exp.fast import GraphSafeSGD, TrainStep, make_train_step, preflight_fast, tensor_lr_
 from sparse_exp.rundir import RunDir
@@ -21,8 +21,7 @@ from sparse_exp.train import run
 pytestmark = pytest.mark.slow  # end-to-end training runs (compiled ones among them); still part of `make test`
 
 VOLATILE = ("time/epoch_s",)
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
-                          reason="needs a CUDA device: CUDA graphs are CUDA-only and this machine has none (CI has no GPU)")
+CUDA = needs_cuda  # CUDA graphs are CUDA-only: skipped without a GPU, run by make gpu-check (-m cuda)
 
 #: 1000 images, batch 64: 15 full batches and a short one of 40 (which runs eagerly in compiled / graph mode)
 SMALL = ["dataset.subset_train=1000", "model=lenet_300_100", "epochs=2"]
