@@ -1,5 +1,5 @@
 """Table ``st_regime``: Sup-tickets against its base method, ticket by ticket, on the data sets the paper
-does not use (README "Sup-tickets in the paper's regime"; ``sweeps/st_fmnist.yaml``).
+does not use (docs/measured.md "Sup-tickets in the paper's regime"; ``sweeps/st_fmnist.yaml``).
 
 The paper's tables give the ultimate ticket's accuracy only. This table gives, for every (data set,
 model, epochs) block with a SET / RigL / GraNet + Sup-tickets run outside CIFAR and ImageNet, one row per

@@ -1,5 +1,5 @@
 """LR schedules: the warm-up's multipliers, each data set's warm-up recipe, and that the
-Fashion-MNIST recipe keeps a dense LeNet-5 alive at lr 0.1 (README, "Learning-rate warm-up")."""
+Fashion-MNIST recipe keeps a dense LeNet-5 alive at lr 0.1 (docs/configuration.md, "learning-rate warm-up")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Running from a source tree, the package not installed (README "Running from a source tree").
+"""Running from a source tree, the package not installed (docs/gpu.md "Running from a source tree").
 
 A copy of the repository's files, a fresh interpreter (a ``venv`` with no pip) that sees this environment's
 third-party packages through a ``.pth`` file but not its editable install of ``sparse_exp`` (a path in a

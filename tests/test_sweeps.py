@@ -41,7 +41,7 @@ EXPECTED_JOBS = {
     "anymask": 2 * 4 * 4 * 6 * 3,  # data sets x PaI masks x IMP levels x rows x seeds = 576
     "anymask_lth": 2 * 4 * 6 * 3,  # data sets x IMP levels x rows x seeds = 144
     "anymask_dst": 2 * 2 * 2 * 2 * 2 * 3,  # data sets x RigL/GraNet x +-Sup-tickets x +-tweaks x 2 sparsities x seeds
-    # the CPU measurement of the README (Fashion-MNIST, ResNet-32)
+    # the CPU measurement of docs/measured.md (Fashion-MNIST, ResNet-32)
     "anymask_fmnist": 2 * 2 * 3,  # random/SNIP x baseline/all x seeds = 12
     "anymask_fmnist_single": 4,  # each tweak alone, SNIP, seed 0
     "fig3_fmnist": 3 * 3,  # Figure 3 the cheap way in the default experiment's protocol
