@@ -169,7 +169,7 @@ def run_case(name: str, tmp: Path, done: Dict[str, Path], threads: int = 1) -> D
     done[name] = path
     rd = RunDir(path)
     state = rd.load_checkpoint()
-    masks = torch.load(path / "masks.pt", map_location="cpu", weights_only=False)["masks"]
+    masks = torch.load(path / "masks.pt", map_location="cpu", weights_only=True)["masks"]
     as_json = json.loads(json.dumps({"summary": _clean(summary), "metrics": [_clean(r) for r in rd.metrics()]}))
     return {**as_json,
             "model": {k: v.detach().cpu().numpy().copy() for k, v in state["model"].items()},
