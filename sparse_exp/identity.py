@@ -1,7 +1,7 @@
 """What identifies a run: its choices (written into ``summary.json``) and the config keys that do not
 change its result (left out of run-directory names and of run identity when tables are collected).
 
-Single source for :mod:`sparse_exp.build` (the summary's identity block) and :mod:`analysis.collect`
+Single source for :mod:`sparse_exp.build` (the summary's identity block) and :mod:`sparse_exp.analysis.collect`
 (deduplicating requeued runs). The result-neutral keys are read from ``conf/config.yaml``
 (``hydra.job.config.override_dirname.exclude_keys``), so the run-directory names and the analysis can
 never disagree.
