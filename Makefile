@@ -75,4 +75,4 @@ PROJECT ?=
 
 .PHONY: tables
 tables: install
-	$(PY) -m analysis --source $(SOURCE) --runs $(RUNS) --out $(OUT) $(if $(PROJECT),--project $(PROJECT)) --compare-paper
+	$(PY) -m sparse_exp.analysis --source $(SOURCE) --runs $(RUNS) --out $(OUT) $(if $(PROJECT),--project $(PROJECT)) --compare-paper

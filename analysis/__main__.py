@@ -1,7 +1,7 @@
-"""``python -m analysis``: collect runs, write Tables 1-7, the any-mask tables, Figures 2-5 and the status report.
+"""``python -m sparse_exp.analysis``: collect runs, write Tables 1-7, the any-mask tables, Figures 2-5 and the status report.
 
-    python -m analysis --runs runs [more_runs ...] --out results [--compare-paper]
-    python -m analysis --source wandb --project ENTITY/PROJECT --out results \\
+    python -m sparse_exp.analysis --runs runs [more_runs ...] --out results [--compare-paper]
+    python -m sparse_exp.analysis --source wandb --project ENTITY/PROJECT --out results \\
         [--filters '{"config.dataset.name": "cifar100"}']
 
 Writes into ``--out``: ``table1.md`` ... ``table7.md`` and ``.tex``, ``figure2.png`` ...
@@ -10,7 +10,7 @@ superseded runs, with the reason), ``cells.csv`` (every table cell: mean, std, n
 ``status.md`` (what it prints), and with ``--compare-paper`` ``compare_paper.md`` / ``.csv``.
 Where runs with any-mask training tweaks exist (Jaiswal et al., ICML 2022): ``anymask.md`` / ``.tex``
 (static masks) and ``anymask_dst.md`` / ``.tex`` (RigL / GraNet / SET ± Sup-tickets ± the tweaks), their
-cells in ``anymask_cells.csv`` (:mod:`analysis.anymask`; no published numbers offline to compare with).
+cells in ``anymask_cells.csv`` (:mod:`sparse_exp.analysis.anymask`; no published numbers offline to compare with).
 Exit status 0, or 1 with ``--strict`` when a table is incomplete.
 """
 
@@ -21,14 +21,14 @@ import json
 import sys
 from typing import List, Optional
 
-from analysis.tables import EXTRA_BUILDERS
-from analysis.collect import collect
-from analysis.layouts import BUILDERS
-from analysis.tables import write_tables
+from .tables import EXTRA_BUILDERS
+from .collect import collect
+from .layouts import BUILDERS
+from .tables import write_tables
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sparse_exp.analysis", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="+", default=["runs"], help="run directories, searched recursively (local source)")
     p.add_argument("--out", default="results", help="output directory (default: results)")
     p.add_argument("--source", choices=["local", "wandb"], default="local")
@@ -62,9 +62,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     results = write_tables(coll, args.out, args.table_keys)
     print((open(f"{args.out}/status.md").read()).rstrip("\n"))
     if args.compare_paper:
-        from analysis.anymask import ANYMASK_BUILDERS, PAPER_NOTE
-        from analysis.paper_numbers import summary_lines, write_comparison
-        from analysis.tables import cells_frame
+        from .anymask import ANYMASK_BUILDERS, PAPER_NOTE
+        from .paper_numbers import summary_lines, write_comparison
+        from .tables import cells_frame
 
         cmp = write_comparison(cells_frame([r for r in results if isinstance(r.spec.number, int)]), args.out)
         print()
@@ -77,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("Table st_regime: no published counterpart (the paper runs no data set outside CIFAR and "
                   "ImageNet)")
     if not args.no_figures:
-        from analysis.figures import write_figures
+        from .figures import write_figures
 
         paths = write_figures(coll.runs, args.out)
         print(f"\nFigures: {', '.join(p.name for p in paths)}")

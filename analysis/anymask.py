@@ -9,10 +9,10 @@ Better with Any Mask" (ICML 2022; reference code VITA-Group/ToST), laid out like
   Sup-tickets, the combination neither reference ran: rows = method × {base, + Sup-tickets, + all
   four tweaks, + Sup-tickets + all four tweaks} (then other tweak combinations present), columns =
   (data set, model) × sparsity. "+ Sup-tickets" is the Sup-tickets paper's default setting
-  (:func:`analysis.selection.method_filters`, ``<method>+sup``).
+  (:func:`sparse_exp.analysis.selection.method_filters`, ``<method>+sup``).
 
 A table is built only for the (data set, model) pairs with a run of its family that the Sup-tickets
-tables leave out (:data:`analysis.selection.PAPER_PROTOCOL`: a tweak, or ``report=best_val``; for
+tables leave out (:data:`sparse_exp.analysis.selection.PAPER_PROTOCOL`: a tweak, or ``report=best_val``; for
 ``anymask`` also any LTH, GraSP, SynFlow or Random mask), and not at all without one; the other runs
 of those pairs fill the baseline rows (so Table 2's SNIP runs alone make no any-mask table). A cell
 is ``test/acc``, mean ± sample std over seeds, always with its seed count ``(n=k)``; bold is the
@@ -31,10 +31,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from analysis.labels import SHORT, ds_label, model_label
-from analysis.labels import pct as _pct_g
-from analysis.selection import PAPER_PROTOCOL, choice_is, method_filters, numeric, select
-from analysis.table_model import Block, CellSpec, Row, TableResult, TableSpec
+from .labels import SHORT, ds_label, model_label
+from .labels import pct as _pct_g
+from .selection import PAPER_PROTOCOL, choice_is, method_filters, numeric, select
+from .table_model import Block, CellSpec, Row, TableResult, TableSpec
 
 MASKS = {"lth": "LTH", "snip": "SNIP", "grasp": "GraSP", "synflow": "SynFlow", "random": "Random"}
 DST_METHODS = ("rigl", "granet", "set")

@@ -36,8 +36,8 @@ from sparse_exp.compose import compose  # noqa: E402
 from sparse_exp.schedules import lr_factor_fn  # noqa: E402
 from sparse_exp.superpose.cyclic_lr import collect_fraction, make_budget, sup_tickets_lr_factor  # noqa: E402
 
-from analysis.labels import ds_label, model_label, pct  # noqa: E402
-from analysis.selection import finite_values, mean_std, method_filters, numeric, pick_variant, select  # noqa: E402
+from .labels import ds_label, model_label, pct  # noqa: E402
+from .selection import finite_values, mean_std, method_filters, numeric, pick_variant, select  # noqa: E402
 
 PNG_META = {"Software": None}
 PDF_META = {"Creator": None, "Producer": None, "CreationDate": None}
@@ -78,7 +78,7 @@ def point(sub: pd.DataFrame, metric: str) -> Tuple[float, float, int]:
 
 
 def _of(runs: pd.DataFrame, filters: Dict[str, Any]) -> pd.DataFrame:
-    """The runs matching ``filters`` (:func:`analysis.selection.method_filters`)."""
+    """The runs matching ``filters`` (:func:`sparse_exp.analysis.selection.method_filters`)."""
     return select(runs, filters) if not runs.empty else runs
 
 
@@ -193,7 +193,7 @@ def figure3(runs: pd.DataFrame, out: Path) -> List[Path]:
 
 
 def _offline(df: pd.DataFrame) -> bool:
-    """Whether any run of ``df`` is an offline superposition (``superposed/offline``, :mod:`analysis.collect`)."""
+    """Whether any run of ``df`` is an offline superposition (``superposed/offline``, :mod:`sparse_exp.analysis.collect`)."""
     return "superposed/offline" in df.columns and bool((numeric(df["superposed/offline"]) == 1).any())
 
 

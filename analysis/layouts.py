@@ -1,7 +1,7 @@
 """The paper's seven table layouts: :data:`BUILDERS` ``{n: tableN}``, each ``tableN(runs) ->
 TableSpec`` (rows, column groups and cells as Tables 1-7 of Yin et al., UAI 2022 print them, plus
 extra column groups / row blocks for data sets the paper does not use; the rules are in
-:mod:`analysis.tables`)."""
+:mod:`sparse_exp.analysis.tables`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any, Callable, List, Sequence, Tuple
 
 import pandas as pd
 
-from analysis.labels import METRIC_LABELS, ds_label, fmt_num, method_label, model_label, pct
-from analysis.selection import matching, method_filters, select
-from analysis.table_model import Block, CellSpec, Row, TableSpec
+from .labels import METRIC_LABELS, ds_label, fmt_num, method_label, model_label, pct
+from .selection import matching, method_filters, select
+from .table_model import Block, CellSpec, Row, TableSpec
 
 PAPER_DATASETS = ("cifar10", "cifar100", "imagenet")
 PAPER_SPARSITIES = (0.95, 0.9, 0.8)

@@ -2,7 +2,7 @@
 
 ``paper_numbers.csv`` holds Tables 1-7 of Yin et al. (UAI 2022) (Table 6 at 90 % sparsity, which
 the paper does not state; sweeps/table6.yaml runs 90 %), one row per cell, keyed
-like :class:`analysis.table_model.CellSpec` -- ``(table, method, dataset, model, sparsity, metric)`` --
+like :class:`sparse_exp.analysis.table_model.CellSpec` -- ``(table, method, dataset, model, sparsity, metric)`` --
 and citing the paper's own row and column labels (``paper_row``, ``paper_column``).
 """
 
@@ -27,7 +27,7 @@ def load_paper_numbers(path: str | Path = PAPER_CSV) -> pd.DataFrame:
 def compare(cells: pd.DataFrame, paper: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every published number with ours (``ours_mean``, ``ours_std``, ``n``) and ``diff`` = ours - paper.
 
-    ``cells`` is :func:`analysis.tables.cells_frame`; a paper cell that several of our cells share
+    ``cells`` is :func:`sparse_exp.analysis.tables.cells_frame`; a paper cell that several of our cells share
     (e.g. Table 3's dense row, printed in both sparsity groups) is matched once."""
     paper = load_paper_numbers() if paper is None else paper
     ours = cells[cells["paper_cell"]].copy() if len(cells) else pd.DataFrame(columns=KEY + ["n", "mean", "std"])

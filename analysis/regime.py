@@ -12,7 +12,7 @@ model, epochs) block with a SET / RigL / GraNet + Sup-tickets run outside CIFAR 
 * ``NLL`` and ``ECE`` (15 bins) of the run's result on the test set,
 
 mean ± sample std over seeds with the seed count ``(n=k)``. "+ Sup-tickets" rows are the paper's default
-setting (:func:`analysis.selection.method_filters`, ``<method>+sup``: CIA, triangle LR, the data set's cycle
+setting (:func:`sparse_exp.analysis.selection.method_filters`, ``<method>+sup``: CIA, triangle LR, the data set's cycle
 length); a block ``cycle length`` follows with RigL + Sup-tickets at every cycle length present (Table 5's
 ablation, ``rigl+sup/C=<epochs>``), then a block ``cycle LR peak`` (``superposer.lr_high``, not a setting of
 the paper; ``sweeps/st_fmnist_lr.yaml``), each on the seeds all its values share. Bold: the better of base
@@ -26,10 +26,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from analysis.anymask import pct
-from analysis.labels import SHORT, ds_label, fmt_num, model_label
-from analysis.selection import Pred, method_filters, numeric, select
-from analysis.table_model import Block, CellSpec, Row, TableSpec
+from .anymask import pct
+from .labels import SHORT, ds_label, fmt_num, model_label
+from .selection import Pred, method_filters, numeric, select
+from .table_model import Block, CellSpec, Row, TableSpec
 
 PAPER_DATASETS = ("cifar10", "cifar100", "imagenet")
 METHODS = ("set", "rigl", "granet")

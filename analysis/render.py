@@ -1,12 +1,12 @@
 """A filled table as Markdown and LaTeX, with the best cells in bold (:func:`mark_bold`: the best
 of each ``Row.bold_group`` per column, or Table 4's cells above the dense network; the rules as
-printed are in :mod:`analysis.tables`)."""
+printed are in :mod:`sparse_exp.analysis.tables`)."""
 
 from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
-from analysis.table_model import CellValue, TableResult
+from .table_model import CellValue, TableResult
 
 
 def mark_bold(res: TableResult) -> TableResult:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence
 
-from analysis.selection import describe_filters
-from analysis.table_model import PAPER_SEEDS, CellValue, TableResult
+from .selection import describe_filters
+from .table_model import PAPER_SEEDS, CellValue, TableResult
 
 
 def _placed_paths(results: Sequence[TableResult]) -> set:

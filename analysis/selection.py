@@ -1,11 +1,11 @@
 """Which runs a table cell or a figure point counts, and the statistic it shows.
 
 * :func:`method_filters` -- the column filters of a method key (``rigl``, ``rigl+sup``,
-  ``rigl+sup/C=4``, ...; the rules are in :mod:`analysis.tables`), :func:`select` -- the runs
+  ``rigl+sup/C=4``, ...; the rules are in :mod:`sparse_exp.analysis.tables`), :func:`select` -- the runs
   matching them. Every method key of the Sup-tickets paper also requires its protocol
   (:data:`PAPER_PROTOCOL`: no any-mask training tweak, the final model reported), so runs of the
   any-mask family (``tweaks`` set, ``report=best_val``) never enter Tables 1-7 or Figures 3-5;
-  they have their own tables (:mod:`analysis.anymask`).
+  they have their own tables (:mod:`sparse_exp.analysis.anymask`).
 * :func:`pick_variant` -- runs of one cell that differ in anything but the seed are not averaged
   together: the config variant (``cell_id``) with the most seeds, then the most recent, is used.
 * :func:`finite_values` / :func:`mean_std` -- the finite values of a metric, one per seed, and their
@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from analysis.labels import fmt_num
+from .labels import fmt_num
 from sparse_exp.identity import IDENTITY_DEFAULTS
 
 
@@ -85,7 +85,7 @@ DEFAULT_TICKETS = Pred("superposer.num_tickets=null (4 on ImageNet)", _default_t
 def choice_is(key: str, want: str) -> Pred:
     """``key == want`` for an identifying choice with a default (``tweaks``, ``report``): a missing
     column or value reads as the default (:data:`sparse_exp.identity.IDENTITY_DEFAULTS`), as
-    :func:`analysis.collect.make_record` does."""
+    :func:`sparse_exp.analysis.collect.make_record` does."""
 
     def fn(df: pd.DataFrame) -> pd.Series:
         if key not in df.columns:
@@ -101,7 +101,7 @@ def _paper_protocol(df: pd.DataFrame) -> pd.Series:
 
 #: the Sup-tickets paper's protocol: no any-mask training tweak (``tweaks=none``) and the final
 #: model reported (``report=last``); runs with ``tweaks`` or ``report=best_val`` are left out of
-#: its tables and figures (they are in :mod:`analysis.anymask`'s tables)
+#: its tables and figures (they are in :mod:`sparse_exp.analysis.anymask`'s tables)
 PAPER_PROTOCOL = Pred("tweaks=none report=last", _paper_protocol)
 
 

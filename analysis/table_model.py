@@ -3,7 +3,7 @@
 
 A cell is ``(table, method, dataset, model, sparsity, metric)`` -- the key shared with
 ``paper_numbers.csv`` -- and its value is the mean ± sample standard deviation (ddof=1) over the
-seeds of the counted runs that match (:mod:`analysis.selection`).
+seeds of the counted runs that match (:mod:`sparse_exp.analysis.selection`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import pandas as pd
 
-from analysis.selection import finite_values, mean_std, method_filters, pick_variant, select
+from .selection import finite_values, mean_std, method_filters, pick_variant, select
 
 #: seeds per cell in the paper; a cell with fewer says so ("(n=k)")
 PAPER_SEEDS = 3
@@ -189,7 +189,7 @@ def evaluate_cell(runs: pd.DataFrame, spec: CellSpec) -> CellValue:
 
 
 def evaluate_table(spec: TableSpec, runs: pd.DataFrame) -> TableResult:
-    """Every cell of ``spec`` filled from ``runs`` (not yet marked bold: :func:`analysis.render.mark_bold`)."""
+    """Every cell of ``spec`` filled from ``runs`` (not yet marked bold: :func:`sparse_exp.analysis.render.mark_bold`)."""
     cells = [[[evaluate_cell(runs, c) if isinstance(c, CellSpec) else c for c in row.cells] for row in b.rows]
              for b in spec.blocks]
     return TableResult(spec, cells)

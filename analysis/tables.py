@@ -28,15 +28,15 @@ deviation (ddof=1) over the seeds of the counted (completed, deduplicated) runs 
   paper's 3 seeds; "–" is a missing cell.
 * The paper's protocol only: runs with an any-mask training tweak (``tweaks`` other than ``none``)
   or reported at the best-validation epoch (``report=best_val``) are never counted in Tables 1-7
-  or Figures 3-5 (:data:`analysis.selection.PAPER_PROTOCOL`, part of every method key); they go to
-  the any-mask tables ``anymask`` / ``anymask_dst`` (:mod:`analysis.anymask`), written as
+  or Figures 3-5 (:data:`sparse_exp.analysis.selection.PAPER_PROTOCOL`, part of every method key); they go to
+  the any-mask tables ``anymask`` / ``anymask_dst`` (:mod:`sparse_exp.analysis.anymask`), written as
   ``anymask.md`` / ``.tex`` and ``anymask_dst.md`` / ``.tex`` (cells in ``anymask_cells.csv``) only
   when such runs exist (or LTH / GraSP / SynFlow / Random masks, which no Sup-tickets table has);
   otherwise they are not written (a stale copy from an earlier call is removed).
 
-Modules: :mod:`analysis.selection` (which runs a cell counts, mean ± std), :mod:`analysis.table_model`
-(the table and cell model), :mod:`analysis.layouts` (the seven layouts, :data:`BUILDERS`),
-:mod:`analysis.render` (Markdown, LaTeX, bold), :mod:`analysis.report` (``status.md``); this module
+Modules: :mod:`sparse_exp.analysis.selection` (which runs a cell counts, mean ± std), :mod:`sparse_exp.analysis.table_model`
+(the table and cell model), :mod:`sparse_exp.analysis.layouts` (the seven layouts, :data:`BUILDERS`),
+:mod:`sparse_exp.analysis.render` (Markdown, LaTeX, bold), :mod:`sparse_exp.analysis.report` (``status.md``); this module
 builds the tables and writes them (:func:`write_tables`).
 """
 
@@ -47,12 +47,12 @@ from typing import Any, List, Sequence, Union
 
 import pandas as pd
 
-from analysis.anymask import ANYMASK_BUILDERS, finish
-from analysis.layouts import BUILDERS
-from analysis.regime import st_regime
-from analysis.render import cell_markdown, mark_bold, to_latex, to_markdown
-from analysis.report import report
-from analysis.table_model import TableResult, evaluate_table
+from .anymask import ANYMASK_BUILDERS, finish
+from .layouts import BUILDERS
+from .regime import st_regime
+from .render import cell_markdown, mark_bold, to_latex, to_markdown
+from .report import report
+from .table_model import TableResult, evaluate_table
 
 
 def build_tables(runs: pd.DataFrame, numbers: Sequence[int] = tuple(BUILDERS)) -> List[TableResult]:
@@ -61,7 +61,7 @@ def build_tables(runs: pd.DataFrame, numbers: Sequence[int] = tuple(BUILDERS)) -
 
 
 #: the tables outside the Sup-tickets paper's seven, written only when they have runs: the any-mask family
-#: (:mod:`analysis.anymask`) and ``st_regime`` (:mod:`analysis.regime`)
+#: (:mod:`sparse_exp.analysis.anymask`) and ``st_regime`` (:mod:`sparse_exp.analysis.regime`)
 EXTRA_BUILDERS = {**ANYMASK_BUILDERS, "st_regime": st_regime}
 
 
@@ -89,7 +89,7 @@ def write_tables(collection: Any, out: str | Path,
                  numbers: Sequence[Union[int, str]] = (*BUILDERS, *EXTRA_BUILDERS)) -> List[TableResult]:
     """Write ``tableN.md`` / ``tableN.tex``, ``cells.csv``, ``runs.csv``, ``excluded.csv``, ``status.md``,
     the any-mask tables named in ``numbers`` that have runs (``anymask.md``, ..., ``anymask_cells.csv``) and
-    ``st_regime.md`` / ``.tex`` / ``st_regime_cells.csv`` (:mod:`analysis.regime`) when it has runs.
+    ``st_regime.md`` / ``.tex`` / ``st_regime_cells.csv`` (:mod:`sparse_exp.analysis.regime`) when it has runs.
 
     Returns:
         the paper's tables, then the any-mask tables written (``spec.number`` is their name).

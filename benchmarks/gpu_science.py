@@ -144,8 +144,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             r["log_tail"] = (logs / f"{r['grid']}_{r['cell']}_s{r['seed']}.log").read_text(errors="replace")[-1500:]
     tables = {}
     tab_dir = runs_dir / "tables"
-    res = subprocess.run([sys.executable, "-m", "analysis", "--source", "local", "--runs", str(runs_dir), "--out",
-                          str(tab_dir), "--compare-paper"], cwd=ROOT, env=env, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "sparse_exp.analysis", "--source", "local", "--runs", str(runs_dir),
+                          "--out", str(tab_dir), "--compare-paper"], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     for name in ("st_regime", "anymask"):
         f = tab_dir / f"{name}.md"

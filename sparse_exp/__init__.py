@@ -3,4 +3,11 @@
 Entry point: ``python -m sparse_exp.train`` (see README.md).
 """
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+#: The config tree of ``python -m sparse_exp.train`` (Hydra's config directory). ``sparse_exp/conf`` is a link to
+#: the repository's ``conf/`` in a checkout (source tree or editable install) and a copy, package data, in a wheel
+#: (docs/install.md); resolved, so a checkout's runs name ``<repo>/conf`` as before.
+CONF_DIR = (Path(__file__).resolve().parent / "conf").resolve()

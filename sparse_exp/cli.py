@@ -24,7 +24,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from sparse_exp.compose import CONF_DIR, compose
+from sparse_exp import CONF_DIR
+from sparse_exp.compose import compose
 from sparse_exp.errors import UserError
 from sparse_exp.preflight import preflight
 

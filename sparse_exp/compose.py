@@ -22,11 +22,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import OmegaConf
 
+from sparse_exp import CONF_DIR
 import sparse_exp.components  # noqa: F401  (every component registers itself and its schema)
 from sparse_exp.config import Config
 from sparse_exp.registry import REGISTRIES
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 _HYDRA_LOCK = threading.RLock()
 
 
@@ -57,7 +57,7 @@ def compose(overrides: Sequence[str] = (), *, return_hydra_config: bool = False,
     Args:
         overrides: Hydra overrides, e.g. ``["sparsifier=rigl", "sparsity=0.95"]``.
         return_hydra_config: keep the ``hydra`` node (run-directory names, sweeper params).
-        config_dir: the config tree (default: the repository's ``conf/``).
+        config_dir: the config tree (default: :data:`sparse_exp.CONF_DIR`, the repository's ``conf/``).
 
     Raises:
         hydra.errors.HydraException / omegaconf.errors.OmegaConfBaseException: the overrides do not

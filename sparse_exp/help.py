@@ -13,6 +13,8 @@ import dataclasses
 from pathlib import Path
 from typing import List
 
+from sparse_exp import CONF_DIR
+
 #: the config groups a user chooses, in the order of ``conf/config.yaml``'s defaults
 USER_GROUPS = ("model", "dataset", "sparsifier", "superposer", "distribution", "optimizer", "schedule", "logger",
                "tweaks")
@@ -31,7 +33,6 @@ def help_text() -> str:
     """The ``--help`` page: what the entrypoint does, the groups and their options, the top-level keys, three
     example commands and where results go. No ``$`` other than ``$$`` (Hydra passes the page through
     ``string.Template``)."""
-    from sparse_exp.compose import CONF_DIR
     from sparse_exp.config import Config
 
     lines = ["sparse_exp: sparse neural network training (static masks, pruning at init, lottery tickets, SET, "

@@ -1,7 +1,7 @@
 """What identifies a run: its choices (written into ``summary.json``) and the config keys that do not
 change its result (left out of run-directory names and of run identity when tables are collected).
 
-Single source for :mod:`sparse_exp.build` (the summary's identity block) and :mod:`analysis.collect`
+Single source for :mod:`sparse_exp.build` (the summary's identity block) and :mod:`sparse_exp.analysis.collect`
 (deduplicating requeued runs). The result-neutral keys are read from ``conf/config.yaml``
 (``hydra.job.config.override_dirname.exclude_keys``), so the run-directory names and the analysis can
 never disagree.
@@ -10,10 +10,9 @@ never disagree.
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Dict, Tuple
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from sparse_exp import CONF_DIR
 
 #: config groups whose chosen option (``<group>.name``) identifies a run
 IDENTITY_GROUPS: Tuple[str, ...] = ("model", "dataset", "sparsifier", "superposer", "distribution")
@@ -68,7 +67,7 @@ def result_neutral_keys() -> Tuple[str, ...]:
     directory name but change no result).
 
     Raises:
-        FileNotFoundError: ``conf/config.yaml`` is missing (the package runs from a checkout).
+        FileNotFoundError: ``conf/config.yaml`` is missing (:data:`sparse_exp.CONF_DIR`).
     """
     import yaml
 

@@ -35,13 +35,11 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import open_dict, read_write
 
+from sparse_exp import CONF_DIR  # its ``sweep`` group is ``sweeps/`` (``conf/sweep`` links to it)
 from sparse_exp.compose import compose
 from sparse_exp.errors import UserError
 from sparse_exp.rundir import lock_is_held, read_summary
 
-#: the config directory of ``python -m sparse_exp.train``; its ``sweep`` group is ``sweeps/`` (``conf/sweep``
-#: is a link to it, see ``sweeps/README.md``)
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 #: ``interrupted``: the summary says running, but no process holds the run's lock (killed; resumable);
 #: ``unreadable``: ``summary.json`` is corrupt (move it aside to resume)
 STATES = ("completed", "running", "interrupted", "stopped", "failed", "unreadable", "not started")

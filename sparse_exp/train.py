@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from sparse_exp import CONF_DIR
 from sparse_exp.cli import one_line, preflight_cli
 from sparse_exp.compose import run_name, setup
 from sparse_exp.distributed import any_rank
@@ -73,7 +74,7 @@ def run(cfg: DictConfig, run_path: str) -> dict:
     return summary
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")  # absolute: checkout or wheel
 def main(cfg: DictConfig) -> None:
     """Hydra entrypoint: :func:`run` into Hydra's run directory; user errors -> one line, exit 2."""
     try:

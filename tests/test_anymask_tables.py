@@ -85,7 +85,7 @@ def _rows(md: str):
 
 
 def _write(root, out, tables=None):
-    from analysis.__main__ import main
+    from sparse_exp.analysis.__main__ import main
 
     args = ["--runs", str(root), "--out", str(out), "--no-figures", "--compare-paper"]
     return main(args + (["--tables", tables] if tables else []))
@@ -173,8 +173,8 @@ def test_no_tweaked_runs_no_anymask_tables(tmp_path):
 
 
 def test_paper_protocol_filter_and_old_runs_read_as_none():
-    from analysis.collect import make_record, to_frame
-    from analysis.selection import method_filters, select
+    from sparse_exp.analysis.collect import make_record, to_frame
+    from sparse_exp.analysis.selection import method_filters, select
 
     base = {"status": "completed", "model": "lenet5", "dataset": "fashion_mnist", "sparsifier": "rigl",
             "superposer": "none", "distribution": "erk", "sparsity": 0.9, "seed": 0, "epochs": 2, "test/acc": 50.0}
@@ -193,9 +193,9 @@ def test_paper_protocol_filter_and_old_runs_read_as_none():
 
 
 def test_mixed_reporting_rule_and_extra_combination(tmp_path):
-    from analysis.collect import collect_local
-    from analysis.render import to_markdown
-    from analysis.tables import build_anymask_tables
+    from sparse_exp.analysis.collect import collect_local
+    from sparse_exp.analysis.render import to_markdown
+    from sparse_exp.analysis.tables import build_anymask_tables
 
     root = tmp_path / "runs"
     write_run(root, "a", sparsifier="lth", seed=0, acc=60.0, report="best_val")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from analysis.collect import collect_local
+from sparse_exp.analysis.collect import collect_local
 from conftest import ROOT, TINY, cli_run_dir, compose_cfg, needs_data
 from sparse_exp.rundir import RunDir
 from sparse_exp.train import run

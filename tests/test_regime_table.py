@@ -29,8 +29,8 @@ def _cycle_lr(run_dir, high, default_high=0.005):
 
 
 def test_st_regime_rows_metrics_bold_and_cycle_block(tmp_path):
-    from analysis.collect import collect_local
-    from analysis.tables import write_tables
+    from sparse_exp.analysis.collect import collect_local
+    from sparse_exp.analysis.tables import write_tables
 
     root = tmp_path / "runs"
     for seed, acc in enumerate([89.0, 89.4]):

@@ -141,7 +141,7 @@ def test_bad_report_is_refused_in_one_line(overrides, allowed):
 
 
 def test_collect_reads_a_summary_without_report_as_last():
-    from analysis.collect import make_record
+    from sparse_exp.analysis.collect import make_record
 
     cfg = {"model": {"name": "lenet5"}, "dataset": {"name": "fashion_mnist"}, "sparsifier": {"name": "static"},
            "superposer": {"name": "none"}, "distribution": {"name": "erk"}, "sparsity": 0.9, "seed": 0, "epochs": 2}

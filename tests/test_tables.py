@@ -107,8 +107,9 @@ def test_make_tables_on_real_grid(grid, tmp_path):
         stdout = _cli(["make", "-s", "-o", "install", "tables", f"RUNS={runs}", f"OUT={out1}",
                        f"PY={sys.executable}"], "1", out1)
     else:
-        stdout = _cli([sys.executable, "-m", "analysis", "--runs", str(runs), "--out", str(out1), "--compare-paper"],
-                      "1", out1)
+        stdout = _cli([sys.executable, "-m", "sparse_exp.analysis", "--runs", str(runs), "--out", str(out1),
+                       "--compare-paper"], "1", out1)
+    # the checkout's older name of the same command (the top-level analysis/ folder): the same code
     stdout2 = _cli([sys.executable, "-m", "analysis", "--runs", str(runs), "--out", str(out2)], "2", out2)
 
     # --- what is counted: the 4 real runs, each once
@@ -246,9 +247,9 @@ def _wandb_runs(grid):
 def test_wandb_source_matches_local(grid, tmp_path, monkeypatch):
     import wandb
 
-    from analysis.__main__ import main
-    from analysis.collect import collect_local, collect_wandb
-    from analysis.tables import build_tables, cells_frame
+    from sparse_exp.analysis.__main__ import main
+    from sparse_exp.analysis.collect import collect_local, collect_wandb
+    from sparse_exp.analysis.tables import build_tables, cells_frame
 
     FakeApi.calls, FakeApi.runs_to_return = [], _wandb_runs(grid)
     monkeypatch.setattr(wandb, "Api", FakeApi)
@@ -281,7 +282,7 @@ def test_wandb_source_matches_local(grid, tmp_path, monkeypatch):
 
 def test_dedupe_keeps_latest_completed():
     """Unit check of the dedupe rules on hand-made records (no training)."""
-    from analysis.collect import dedupe, make_record, to_frame
+    from sparse_exp.analysis.collect import dedupe, make_record, to_frame
 
     cfg = {"model": {"name": "lenet5"}, "dataset": {"name": "fashion_mnist"}, "sparsifier": {"name": "rigl"},
            "superposer": {"name": "none"}, "distribution": {"name": "erk"}, "sparsity": 0.9, "seed": 0,
@@ -304,8 +305,8 @@ def test_dedupe_keeps_latest_completed():
 def test_paper_numbers_transcription_and_keys():
     """The published numbers are consistent where the paper repeats them, and every one of them
     has a cell of the same key in our tables (so --compare-paper can match it)."""
-    from analysis.paper_numbers import compare, load_paper_numbers
-    from analysis.tables import build_tables, cells_frame
+    from sparse_exp.analysis.paper_numbers import compare, load_paper_numbers
+    from sparse_exp.analysis.tables import build_tables, cells_frame
 
     p = load_paper_numbers()
     assert set(p["table"]) == {1, 2, 3, 4, 5, 6, 7}
@@ -349,10 +350,10 @@ def test_sweeps_fill_their_tables():
     cells hold one config variant each, and each sweep fills its table's paper cells completely."""
     from omegaconf import OmegaConf
 
-    from analysis.collect import dedupe, make_record, to_frame
-    from analysis.figures import AVERAGING, _avg_filters
-    from analysis.selection import method_filters, select
-    from analysis.tables import build_tables
+    from sparse_exp.analysis.collect import dedupe, make_record, to_frame
+    from sparse_exp.analysis.figures import AVERAGING, _avg_filters
+    from sparse_exp.analysis.selection import method_filters, select
+    from sparse_exp.analysis.tables import build_tables
     from sparse_exp.compose import compose
     from sparse_exp.status import expand_sweep
 

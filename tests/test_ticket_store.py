@@ -137,8 +137,8 @@ def test_offline_command_prints_the_metrics_and_refuses_bad_input(runs, tmp_path
 
 @needs_data
 def test_tables_read_offline_variants_as_runs_and_figure3_marks_them(runs, tmp_path):
-    from analysis.collect import collect_local
-    from analysis.figures import figure3
+    from sparse_exp.analysis.collect import collect_local
+    from sparse_exp.analysis.figures import figure3
 
     a, b = runs
     col = collect_local([a.path.parent])
