@@ -144,16 +144,13 @@ class Trainer:
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output (also a checkpoint of the engine before the callback protocol,
-        whose ``superposer`` / ``flops`` entries are mapped to the callbacks).
+        """Restore :meth:`state_dict`'s output, or a checkpoint in the current format
+        (:meth:`RunDir.load_checkpoint` migrates older ones: :func:`sparse_exp.rundir.migrate_checkpoint`).
 
         The callbacks are restored first: one that changed the model's structure during training (a tweak
         that removed modules) restores that structure, so the model, optimizer and scheduler states fit."""
         r, s = self.run, self.state
-        callbacks = state.get("callbacks")
-        if callbacks is None:  # a checkpoint of the engine before the callback protocol (issue 9)
-            callbacks = {"flops": state["flops"], self.cfg.superposer.name: state.get("superposer", {})}
-        r.callbacks.load_state_dict(callbacks, r.device)
+        r.callbacks.load_state_dict(state["callbacks"], r.device)
         r.model.load_state_dict(state["model"])
         r.optimizer.load_state_dict(state["optimizer"])
         self.train_step.refresh()  # a compiled / captured step's LR tensor and captured tensors
@@ -162,8 +159,8 @@ class Trainer:
         r.sparsifier.load_state_dict(state["sparsifier"])
         set_rng_state(state["rng"])
         s.epoch, s.step, s.elapsed = state["epoch"], state["step"], state["elapsed"]
-        self.batch_in_epoch = state.get("batch_in_epoch", 0)
-        self._acc = tuple(state.get("epoch_accumulators", (0.0, 0, 0)))
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self._acc = tuple(state["epoch_accumulators"])
         self._resume_rng = state["rng"] if self.batch_in_epoch else None
 
     # ------------------------------------------------------------------ training

@@ -127,5 +127,5 @@ class BestValReport(BaseCallback):
                                                           "test": dict(self.best["test"])}}
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
-        best = state.get("best")
+        best = state["best"]
         self.best = None if best is None else {**best, "val": dict(best["val"]), "test": dict(best["test"])}

@@ -6,7 +6,11 @@ Layout (one directory per run, named from its overrides, see ``conf/config.yaml`
     git.json           {"sha": ..., "dirty": bool} of the code that ran
     metrics.jsonl      one JSON object per epoch
     summary.json       the result; ``status`` is "completed" only when the run finished
-    checkpoint.pt      latest state, written atomically at the end of every epoch
+    checkpoint.pt      latest state, written atomically at the end of every epoch (and on preemption):
+                       {"format": "sparse_exp.checkpoint/v2", "model", "optimizer", "scheduler", "masking",
+                       "sparsifier", "callbacks": {name: state}, "rng", "epoch", "step", "elapsed",
+                       "batch_in_epoch", "epoch_accumulators"}; v1 = the same without "format" (or older
+                       engines' subsets); :func:`migrate_checkpoint` brings any read format to the current one
     masks.pt           final masks: {"format": "sparse_exp.masks/v1", "masks": {name: bool tensor}}
     wandb_id.txt       the W&B run id, reused on resume
     .lock              held (``flock``) by the process training into the directory; says its pid and host
@@ -33,6 +37,9 @@ from omegaconf import OmegaConf
 from sparse_exp.errors import UserError
 
 MASKS_FORMAT = "sparse_exp.masks/v1"
+CHECKPOINT_FORMAT = "sparse_exp.checkpoint/v2"
+#: the ``checkpoint.pt`` formats :func:`migrate_checkpoint` reads; v1 has no ``format`` key
+CHECKPOINT_FORMATS = ("sparse_exp.checkpoint/v1", CHECKPOINT_FORMAT)
 
 
 def git_info() -> Dict[str, Any]:
@@ -106,6 +113,49 @@ def check_checkpoint_file(path: Path) -> None:
     if problem:
         raise UserError(f"{path} is unreadable ({problem}): move it aside (mv {path} {path}.bad) to retrain this "
                         "run from scratch, or restore it; nothing was changed")
+
+
+def migrate_checkpoint(state: Any, path: str | os.PathLike) -> Dict[str, Any]:
+    """``state`` (``checkpoint.pt`` at ``path``, as loaded) in :data:`CHECKPOINT_FORMAT`, updated in place.
+
+    v1 -> v2 fills what v1 checkpoints of older engines lack with what those engines meant: no ``callbacks``
+    (before the callback protocol): ``{"flops": flops, <superposer>: superposer}``, the superposer named by the
+    run's ``config.yaml`` next to ``path``; ``batch_in_epoch`` 0 and ``epoch_accumulators`` (0.0, 0, 0) (before
+    mid-epoch checkpoints); ``masking.ever_active`` the masks; ``sparsifier.updates`` 0; the ``sup_tickets``
+    callback's ``ticket_seconds`` [] (before ``ticket_eval``). Then adds ``format``.
+
+    Raises:
+        UserError: not a dict, an unknown (e.g. newer) format, or a pre-callback checkpoint without a readable
+            ``config.yaml``; one line naming ``path``, what was found and the formats this code reads.
+    """
+    path = Path(path)
+    if not isinstance(state, dict):
+        raise UserError(f"{path} is not a sparse_exp checkpoint (it holds a {type(state).__name__}, not a dict): "
+                        f"move it aside (mv {path} {path}.bad) to retrain this run from scratch; nothing was changed")
+    found = state.get("format", CHECKPOINT_FORMATS[0])
+    if found not in CHECKPOINT_FORMATS:
+        raise UserError(f"{path} has checkpoint format {found!r}, which this code does not read (it reads "
+                        f"{', '.join(CHECKPOINT_FORMATS)}; v1 has no format key): resume it with the sparse_exp "
+                        f"that wrote it, or move it aside (mv {path} {path}.bad) to retrain from scratch; nothing "
+                        "was changed")
+    if found == CHECKPOINT_FORMATS[0]:
+        if "callbacks" not in state:
+            try:
+                superposer = str(OmegaConf.load(path.parent / "config.yaml").superposer.name)
+            except Exception as exc:  # missing or unreadable config.yaml
+                raise UserError(f"{path} is a checkpoint from before the callback protocol; its superposer state "
+                                f"is named by {path.parent / 'config.yaml'}, which is unreadable ({type(exc).__name__}"
+                                "): restore that file, or move the checkpoint aside to retrain") from None
+            state["callbacks"] = {"flops": state.pop("flops"), superposer: state.pop("superposer", {})}
+        state.setdefault("batch_in_epoch", 0)
+        state.setdefault("epoch_accumulators", (0.0, 0, 0))
+        masking = state["masking"]
+        masking.setdefault("ever_active", {n: m.clone() for n, m in masking["masks"].items()})
+        state["sparsifier"].setdefault("updates", 0)
+        if "sup_tickets" in state["callbacks"]:
+            state["callbacks"]["sup_tickets"].setdefault("ticket_seconds", [])
+    state["format"] = CHECKPOINT_FORMAT
+    return state
 
 
 def _strict_json(value: Any) -> Any:
@@ -265,24 +315,29 @@ class RunDir:
         return [json.loads(r) for r in self.metrics_path.read_text().splitlines() if r.strip()]
 
     def save_checkpoint(self, state: Dict[str, Any]) -> None:
-        """``torch.save`` to a temp file in the run directory, then rename over the old one."""
+        """``torch.save`` ``state`` plus ``format`` (:data:`CHECKPOINT_FORMAT`) to a temp file in the run
+        directory, then rename over the old one."""
         if not self.writable:
             return
-        _atomic_write_bytes(self.checkpoint_path, lambda f: torch.save(state, f))
+        payload = {"format": CHECKPOINT_FORMAT, **state}
+        _atomic_write_bytes(self.checkpoint_path, lambda f: torch.save(payload, f))
 
     def load_checkpoint(self, map_location: Any = "cpu") -> Dict[str, Any]:
-        """The state written by :meth:`save_checkpoint`, tensors mapped to ``map_location``.
+        """The state written by :meth:`save_checkpoint`, tensors mapped to ``map_location``, in the current
+        format (:func:`migrate_checkpoint`).
 
         Raises:
-            UserError: the file is not an intact checkpoint (named, with what to do; nothing is changed).
+            UserError: the file is not an intact checkpoint, or has a format this code does not read (named,
+                with what to do; nothing is changed).
         """
         check_checkpoint_file(self.checkpoint_path)
         try:
-            return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+            state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
         except Exception as exc:  # unpickling can fail in many ways
             raise UserError(f"{self.checkpoint_path} is unreadable ({type(exc).__name__}: "
                             f"{(str(exc).splitlines() or [''])[0][:160]}): move it aside (mv {self.checkpoint_path} "
                             f"{self.checkpoint_path}.bad) to retrain this run from scratch, or restore it") from None
+        return migrate_checkpoint(state, self.checkpoint_path)
 
     def remove_stale_temporaries(self) -> None:
         """Delete ``.<file>.*.tmp`` left by a process killed while writing (only under the run's lock)."""

@@ -235,11 +235,10 @@ class Masking:
         if missing:
             raise KeyError(f"checkpoint has no mask for {sorted(missing)}")
         self.set_masks_({n: masks[n] for n in self.names})
-        if "ever_active" in state:
-            for n in self.names:
-                self.ever_active[n].copy_(state["ever_active"][n])
+        for n in self.names:
+            self.ever_active[n].copy_(state["ever_active"][n])
         self.target_counts = dict(state["target_counts"])
-        self.enabled = bool(state.get("enabled", True))
+        self.enabled = bool(state["enabled"])
         self.invalidate_buffer_cache()
 
 

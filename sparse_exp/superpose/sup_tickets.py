@@ -413,6 +413,6 @@ class SupTickets(BaseCallback):
         self.tickets = list(state["tickets"])
         self.ticket_probs = list(state["ticket_probs"])
         self.superpose_seconds = list(state["superpose_seconds"])
-        self.ticket_seconds = list(state.get("ticket_seconds", []))  # absent in checkpoints from before ticket_eval
+        self.ticket_seconds = list(state["ticket_seconds"])
         um = state["ultimate_masks"]
         self.ultimate_masks = None if um is None else {k: v.to(device) for k, v in um.items()}

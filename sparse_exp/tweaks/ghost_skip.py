@@ -326,6 +326,6 @@ class GhostSkip(BaseCallback):
     def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
         """Restore; removes the paths first if the checkpoint was written after their removal (so the
         model, optimizer and scheduler states that are loaded next match)."""
-        if state.get("removed") and not self.removed:
+        if state["removed"] and not self.removed:
             self.remove()
-        self.ghost_flops = float(state.get("ghost_flops", 0.0))
+        self.ghost_flops = float(state["ghost_flops"])

@@ -124,5 +124,5 @@ class LRsI(BaseCallback):
         return {"done": self.done, "result": dict(self.result)}
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
-        self.done = bool(state.get("done", False))
-        self.result = dict(state.get("result", {}))
+        self.done = bool(state["done"])
+        self.result = dict(state["result"])

@@ -295,5 +295,5 @@ class SoftNeurons(BaseCallback):
         return {"restored": self.restored}
 
     def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
-        if state.get("restored") and not self.restored:
+        if state["restored"] and not self.restored:
             self.restore()

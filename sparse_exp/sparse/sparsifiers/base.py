@@ -167,4 +167,4 @@ class Sparsifier:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-        self.updates = state.get("updates", 0)
+        self.updates = state["updates"]
