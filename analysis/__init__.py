@@ -10,7 +10,7 @@
   and LaTeX; the module docstring documents how runs map to rows and columns. Its parts:
   :mod:`sparse_exp.analysis.selection` (run filters, the mean ± std cell statistic), :mod:`sparse_exp.analysis.table_model`
   (table and cell dataclasses), :mod:`sparse_exp.analysis.layouts` (the seven layouts, ``BUILDERS``),
-  :mod:`sparse_exp.analysis.render` (Markdown, LaTeX, bold), :mod:`sparse_exp.analysis.report` (``status.md``),
+  :mod:`sparse_exp.analysis.render` (Markdown, LaTeX, bold), :mod:`sparse_exp.analysis.status_report` (``status.md``),
   :mod:`sparse_exp.analysis.labels` (the paper's names and number formats).
 * :mod:`sparse_exp.analysis.anymask` -- the any-mask tables (Jaiswal et al., ICML 2022): ``anymask`` (static
   masks × tweaks) and ``anymask_dst`` (RigL / GraNet / SET ± Sup-tickets ± the tweaks), written only

@@ -7,7 +7,7 @@ One row per run: its status, the identifying choices (``model``, ``dataset``, ``
 
 Run identity: the resolved config minus the keys that do not change the result (the logger, the
 device, progress bars, paths, ...; :data:`VOLATILE_KEYS`, read from ``conf/config.yaml``'s list of
-keys left out of run-directory names by :func:`sparse_exp.identity.result_neutral_keys`). Two records with the same identity are the same run (a
+keys left out of run-directory names by :func:`sparse_exp.config.identity.result_neutral_keys`). Two records with the same identity are the same run (a
 requeued or re-run copy): only the latest completed one is counted. Records whose status is not
 ``completed`` (running, stopped, failed, no summary, unreadable) are never counted; they and the
 superseded copies are returned separately with the reason (:class:`Collection`).
@@ -30,8 +30,8 @@ import pandas as pd
 import yaml
 
 # IDENTITY: the identifying choices as written into ``summary.json`` (IDENTITY_GROUPS are read from
-# ``<group>.name``); the single source of these and of the result-neutral keys is sparse_exp.identity
-from sparse_exp.identity import IDENTITY, IDENTITY_DEFAULTS, IDENTITY_GROUPS, result_neutral_keys
+# ``<group>.name``); the single source of these and of the result-neutral keys is sparse_exp.config.identity
+from sparse_exp.config.identity import IDENTITY, IDENTITY_DEFAULTS, IDENTITY_GROUPS, result_neutral_keys
 
 COMPLETED = "completed"
 
@@ -244,7 +244,7 @@ def read_run_dir(path: Path) -> Dict[str, Any]:
 #: summary keys an offline superposition replaces (the ultimate ticket's); the rest (the individual model's
 #: ``last/*``, each cheap ticket's ``tickets/<i>/*``, diversity) is the same run's
 OFFLINE_KEYS = ("test/acc", "test/nll", "test/ece", "val/acc", "val/nll", "val/ece", "sparsity/global", "tickets/count")
-#: the variant fields of ``superposed/<variant>.json`` (:class:`sparse_exp.superpose.tickets.Variant`)
+#: the variant fields of ``superposed/<variant>.json`` (:class:`sparse_exp.superposers.tickets.Variant`)
 VARIANT_FIELDS = ("averaging", "beta", "reprune", "count_normal_phase_ticket", "prune_running_average", "bn")
 
 

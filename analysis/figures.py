@@ -1,8 +1,8 @@
 """Figures 2-5 of the Sup-tickets paper as PNG and PDF, byte-for-byte reproducible.
 
 * Figure 2: the learning rate over the iterations of a CIFAR run (250 epochs, VGG-16 protocol of
-  ``conf/``), computed by the code itself: the base schedule ``sparse_exp.schedules.lr_factor_fn``
-  over the normal phase, then the cyclic LR (``sparse_exp.superpose.cyclic_lr.sup_tickets_lr_factor``,
+  ``conf/``), computed by the code itself: the base schedule ``sparse_exp.training.lr_schedules.lr_factor_fn``
+  over the normal phase, then the cyclic LR (``sparse_exp.superposers.cyclic_lr.sup_tickets_lr_factor``,
   what the Sup-tickets callback trains with; budget from ``make_budget``),
   for each ``superposer.lr_schedule`` (FGE -- the paper's top panel --, Sup-tickets' triangle --
   the bottom panel --, and SWA of Table 7); green circles mark where cheap tickets are taken.
@@ -32,9 +32,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from sparse_exp.compose import compose  # noqa: E402
-from sparse_exp.schedules import lr_factor_fn  # noqa: E402
-from sparse_exp.superpose.cyclic_lr import collect_fraction, make_budget, sup_tickets_lr_factor  # noqa: E402
+from sparse_exp.config.compose import compose  # noqa: E402
+from sparse_exp.training.lr_schedules import lr_factor_fn  # noqa: E402
+from sparse_exp.superposers.cyclic_lr import collect_fraction, make_budget, sup_tickets_lr_factor  # noqa: E402
 
 from .labels import ds_label, model_label, pct  # noqa: E402
 from .selection import finite_values, mean_std, method_filters, numeric, pick_variant, select  # noqa: E402

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .labels import fmt_num
-from sparse_exp.identity import IDENTITY_DEFAULTS
+from sparse_exp.config.identity import IDENTITY_DEFAULTS
 
 
 def numeric(s: pd.Series) -> pd.Series:
@@ -84,7 +84,7 @@ DEFAULT_TICKETS = Pred("superposer.num_tickets=null (4 on ImageNet)", _default_t
 
 def choice_is(key: str, want: str) -> Pred:
     """``key == want`` for an identifying choice with a default (``tweaks``, ``report``): a missing
-    column or value reads as the default (:data:`sparse_exp.identity.IDENTITY_DEFAULTS`), as
+    column or value reads as the default (:data:`sparse_exp.config.identity.IDENTITY_DEFAULTS`), as
     :func:`sparse_exp.analysis.collect.make_record` does."""
 
     def fn(df: pd.DataFrame) -> pd.Series:

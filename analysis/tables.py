@@ -36,7 +36,7 @@ deviation (ddof=1) over the seeds of the counted (completed, deduplicated) runs 
 
 Modules: :mod:`sparse_exp.analysis.selection` (which runs a cell counts, mean ± std), :mod:`sparse_exp.analysis.table_model`
 (the table and cell model), :mod:`sparse_exp.analysis.layouts` (the seven layouts, :data:`BUILDERS`),
-:mod:`sparse_exp.analysis.render` (Markdown, LaTeX, bold), :mod:`sparse_exp.analysis.report` (``status.md``); this module
+:mod:`sparse_exp.analysis.render` (Markdown, LaTeX, bold), :mod:`sparse_exp.analysis.status_report` (``status.md``); this module
 builds the tables and writes them (:func:`write_tables`).
 """
 
@@ -51,7 +51,7 @@ from .anymask import ANYMASK_BUILDERS, finish
 from .layouts import BUILDERS
 from .regime import st_regime
 from .render import cell_markdown, mark_bold, to_latex, to_markdown
-from .report import report
+from .status_report import report
 from .table_model import TableResult, evaluate_table
 
 

@@ -22,14 +22,14 @@ end).
 2. **Training**, per model (``--models``): LeNet-5 on the real Fashion-MNIST (the default experiment: RigL at 90 %
    with ERK, SGD, batch 128), ResNet-18, VGG-16 and ResNet-50 on CIFAR-10-shaped synthetic uint8 images held in a
    ``DeviceImageLoader`` with the standard crop (pad 4) + flip. Each row is a run built by the project's own
-   :func:`sparse_exp.build.build_run` (inside :class:`sparse_exp.loop.Trainer`; for the CIFAR shapes the data
+   :func:`sparse_exp.engine.build.build_run` (inside :class:`sparse_exp.engine.loop.Trainer`; for the CIFAR shapes the data
    bundle that ``build_data`` would build from CIFAR files is built from the synthetic images instead, nothing
-   else changes) and timed over whole epochs of :meth:`~sparse_exp.loop.Trainer.train_epoch`:
+   else changes) and timed over whole epochs of :meth:`~sparse_exp.engine.loop.Trainer.train_epoch`:
 
-   * **our loop in each mode** of :func:`sparse_exp.fast.make_train_step`: eager fp32, ``fast.compile``,
+   * **our loop in each mode** of :func:`sparse_exp.engine.fast_step.make_train_step`: eager fp32, ``fast.compile``,
      ``fast.cuda_graphs`` (CUDA only), ``fast.dtype=bf16`` (with ``fast.channels_last`` on CUDA), and on CUDA
      all of graphs + bf16 + channels_last; modes a device cannot run are skipped with the project's own reason
-     (:func:`sparse_exp.fast.check_fast`). Warm-up steps (compilation, graph capture) run before the timed epochs
+     (:func:`sparse_exp.engine.fast_step.check_fast`). Warm-up steps (compilation, graph capture) run before the timed epochs
      and are reported apart; inductor's compile workers are shut down after the compile row's warm-up;
    * **a reference-style loop** written after luuyin/Sup-tickets ``CIFAR/main_suptickets.py`` ``train()`` +
      ``sparselearning/core.py`` ``Masking.step()``: a torchvision ``DataLoader`` with per-image PIL transforms
@@ -82,7 +82,7 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_time import reference_apply  # noqa: E402  (the same reference-style masking as step_time.py)
 
-from sparse_exp.compose import compose  # noqa: E402
+from sparse_exp.config.compose import compose  # noqa: E402
 from sparse_exp.data.device_loader import DeviceImageLoader  # noqa: E402
 from sparse_exp.data.vision import CIFAR_STATS  # noqa: E402
 
@@ -189,7 +189,7 @@ def synthetic_cifar(n_train: int, device: torch.device, seed: int = 0) -> Synthe
     :class:`DeviceImageLoader` s, crop pad 4 + flip for training), from random images; val / test keep the real
     proportions (5k / 10k against 45k training images)."""
     from sparse_exp.data import DATASETS
-    from sparse_exp.data.base import DataBundle
+    from sparse_exp.data.spec import DataBundle
 
     n_val, n_test = max(1, n_train // 9), max(1, 2 * n_train // 9)
     rng = np.random.default_rng(seed)
@@ -213,7 +213,7 @@ def synthetic_cifar(n_train: int, device: torch.device, seed: int = 0) -> Synthe
 @contextlib.contextmanager
 def data_from(bundle: Any) -> Iterator[None]:
     """``build_run`` with ``bundle`` as its data (instead of reading CIFAR files, which are not on disk here)."""
-    import sparse_exp.build as build
+    import sparse_exp.engine.build as build
 
     original = build.build_data
 
@@ -271,8 +271,8 @@ def stop_compile_workers() -> None:
 
 def make_trainer(cfg: Any, tmp: Path, name: str) -> Any:
     """A :class:`Trainer` for ``cfg`` with its initial masks, as :meth:`Trainer.fit` starts a fresh run."""
-    from sparse_exp.loop import Trainer
-    from sparse_exp.rundir import RunDir
+    from sparse_exp.engine.loop import Trainer
+    from sparse_exp.run.run_dir import RunDir
 
     tr = Trainer(cfg, RunDir(tmp / name))
     tr.run.callbacks.before_init_masks(tr.state)
@@ -409,10 +409,10 @@ def window_events(tr: Any, epoch: int) -> Callable[[], str]:
 
 # ================================================================================================ one model
 def model_part(model: str, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    from sparse_exp.build import build_run
-    from sparse_exp.errors import ConfigError
-    from sparse_exp.fast import check_fast
-    from sparse_exp.validate import validate
+    from sparse_exp.engine.build import build_run
+    from sparse_exp.config.errors import ConfigError
+    from sparse_exp.engine.fast_step import check_fast
+    from sparse_exp.config.validate import validate
 
     dataset, _, (full_train, full_val, full_test) = MODELS[model]
     syn = synthetic_cifar(args.cifar_images, device) if dataset == "cifar10" else None
@@ -548,8 +548,8 @@ def events_part(model: str, args: argparse.Namespace, device: torch.device, trai
                 rows: List[Row], full: Sequence[int]) -> Dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from sparse_exp.metrics import predict
-    from sparse_exp.superpose.sup_tickets import SupTickets
+    from sparse_exp.training.metrics import predict
+    from sparse_exp.superposers.sup_tickets import SupTickets
 
     out: Dict[str, Any] = {}
     eager = trainers["eager"]

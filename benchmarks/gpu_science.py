@@ -173,7 +173,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _dirname(r: Dict[str, Any]) -> str:
     """The run directory's name ``python -m sparse_exp.train <overrides>`` uses (Hydra's override_dirname)."""
-    from sparse_exp.compose import compose, run_name  # the CLI's own directory naming
+    from sparse_exp.config.compose import compose, run_name  # the CLI's own directory naming
 
     if "_dir" not in r:
         from hydra._internal.config_loader_impl import get_overrides_dirname

@@ -12,10 +12,10 @@ exactly as the sparsifier will (``layer_counts`` with ``distribution.dense_first
      "flops/dense_forward": f_D (FLOPs per sample, multiply + add = 2),
      "density": global density, "layers": {layer: density}, "sparsifier": name, "note": ...}
 
-``flops/train`` follows :func:`sparse_exp.sparse.flops.expected_training_ratio` (RigL Appendix
+``flops/train`` follows :func:`sparse_exp.sparse.flop_counts.expected_training_ratio` (RigL Appendix
 H formulas; RigL's dense-gradient updates counted until ``sparsifier.stop_fraction``) applied to
 what the chosen sparsifier class declares (``SPARSIFIERS[name].flop_schedule`` and
-``flop_allocation``, :class:`sparse_exp.sparse.sparsifiers.base.Sparsifier`). Where the layer
+``flop_allocation``, :class:`sparse_exp.sparse.sparsifiers.sparsifier.Sparsifier`). Where the layer
 densities are an outcome of training or scoring (gradual global pruning, SNIP / GraSP /
 SynFlow) the configured distribution stands in for them and ``note`` says so; global random
 pruning is estimated uniform; ``sparsifier=mask_file`` reads the densities from the mask file.
@@ -32,14 +32,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from sparse_exp.cli import check_overrides, explain, refuse
-from sparse_exp.compose import compose
+from sparse_exp.config.refusal import check_overrides, explain, refuse
+from sparse_exp.config.compose import compose
 from sparse_exp.data import DATASETS
-from sparse_exp.errors import UserError
+from sparse_exp.config.errors import UserError
 from sparse_exp.models import build_model
-from sparse_exp.preflight import preflight
-from sparse_exp.registries import SPARSIFIERS
-from sparse_exp.sparse.flops import expected_training_ratio, inference_ratio, layer_forward_profile
+from sparse_exp.config.preflight import preflight
+from sparse_exp.registry import SPARSIFIERS
+from sparse_exp.sparse.flop_counts import expected_training_ratio, inference_ratio, layer_forward_profile
 from sparse_exp.sparse.masking import prunable_parameters
 
 

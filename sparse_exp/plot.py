@@ -10,7 +10,7 @@ active); and, for a Sup-tickets run, each cheap ticket's, the last individual mo
 test accuracy (from ``summary.json``, so once the run has finished). Matplotlib (Agg), no timestamps in the
 file: the same run gives the same bytes.
 
-The per-step LR is the run's own schedule (``LambdaLR`` of :func:`sparse_exp.build.build_run`), so the command
+The per-step LR is the run's own schedule (``LambdaLR`` of :func:`sparse_exp.engine.build.build_run`), so the command
 builds the run from its ``config.yaml`` (loading its data: seconds for Fashion-MNIST); the end of a run passes
 the schedule it trained with.
 """
@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from sparse_exp.errors import UserError
-from sparse_exp.rundir import RunDir, read_summary
+from sparse_exp.config.errors import UserError
+from sparse_exp.run.run_dir import RunDir, read_summary
 
 CURVES = "curves.png"
 PNG_META = {"Software": None}
@@ -130,8 +130,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit code (0, or 2 for a directory that is not a run)."""
     from omegaconf import OmegaConf
 
-    from sparse_exp.build import build_run
-    from sparse_exp.cli import refuse
+    from sparse_exp.engine.build import build_run
+    from sparse_exp.config.refusal import refuse
 
     p = argparse.ArgumentParser(prog="python -m sparse_exp.plot", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)

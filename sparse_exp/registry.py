@@ -1,32 +1,27 @@
-"""One registry per config group: each option registers its implementation, its structured-config
-schema and its config checks side by side, in the file that implements it.
+"""The registries: one :class:`Registry` per config group, and :func:`load_components`.
 
-    from sparse_exp.sparse.sparsifiers.registry import SPARSIFIERS
+Each option registers its implementation, its structured-config schema and its checks in the file that
+implements it::
 
     @SPARSIFIERS.register("rigl", schema=DynamicSparsifierConfig, checks=(check_dynamic,))
-    class RigLSparsifier(DynamicSparsifier):
-        ...
+    class RigLSparsifier(DynamicSparsifier): ...
 
-A :class:`Registry` is a read-only mapping ``name -> implementation`` (``sorted(SPARSIFIERS)``,
-``SPARSIFIERS["rigl"]``, ``"rigl" in SPARSIFIERS``). :func:`sparse_exp.compose.setup` stores every
-schema in Hydra's ConfigStore as ``schema/<group>/<name>`` (the group YAMLs pull it in with
-``- /schema/<group>@_here_: <name>``), and :func:`sparse_exp.validate.validate` runs the checks of the
-chosen option of every group. A check is ``check(cfg) -> None`` on the whole composed config and raises
-:class:`sparse_exp.errors.ConfigError` naming the key, the value and what is allowed. A *pre-flight*
-check, ``check(plan) -> None``, also sees what the run will be (:class:`sparse_exp.preflight.RunPlan`:
-steps per epoch, the model's prunable shapes, split sizes), still before any data is loaded; the
-pre-flight (:func:`sparse_exp.preflight.preflight`) runs them after the config checks.
-
-Pattern: jaxpruner's ``register_algorithm``; lightning-hydra-template's one config group per concern.
+A check ``check(cfg)`` sees the composed config and raises :class:`~sparse_exp.config.errors.ConfigError`
+naming key, value and what is allowed; a pre-flight check ``check(plan)`` also sees the
+:class:`~sparse_exp.engine.context.RunPlan`. :func:`sparse_exp.config.compose.setup` stores the schemas in
+Hydra's ConfigStore as ``schema/<group>/<name>``. Pattern: jaxpruner's ``register_algorithm``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from sparse_exp.errors import ConfigError
+from sparse_exp.config.errors import ConfigError
+from sparse_exp.config.schema import (DatasetConfig, DistributionConfig, LoggerConfig, ModelConfig,
+                                      OptimizerConfig, ScheduleConfig)
 
 Check = Callable[[Any], None]
 
@@ -42,8 +37,8 @@ class Entry:
         name: the option's config name (``sparsifier=<name>``).
         impl: what builds it (a class or a factory function).
         schema: its structured-config dataclass, or None to share the group's ``default_schema``.
-        checks: functions ``check(cfg)`` run by :func:`sparse_exp.validate.validate` when it is chosen.
-        preflight: functions ``check(plan)`` run by :func:`sparse_exp.preflight.preflight` when it is chosen.
+        checks: functions ``check(cfg)`` run by :func:`sparse_exp.config.validate.validate` when it is chosen.
+        preflight: functions ``check(plan)`` run by :func:`sparse_exp.config.preflight.preflight` when it is chosen.
     """
 
     name: str
@@ -169,7 +164,7 @@ class Registry(Mapping):
 
     def preflight(self, plan: Any) -> None:
         """Run the group's and the chosen options' pre-flight checks on ``plan`` (a
-        :class:`sparse_exp.preflight.RunPlan`, whose ``cfg`` has passed :meth:`check`)."""
+        :class:`sparse_exp.config.preflight.RunPlan`, whose ``cfg`` has passed :meth:`check`)."""
         names = self.chosen(plan.cfg)
         for check in self.group_preflights:
             check(plan)
@@ -179,3 +174,32 @@ class Registry(Mapping):
 
     def __repr__(self) -> str:
         return f"Registry({self.group!r}, {sorted(self._entries)})"
+
+
+# One registry per config group.        implementations:
+MODELS = Registry("model", default_schema=ModelConfig)  # fn(in_channels, num_classes, image_size) -> Module
+DATASETS = Registry("dataset", default_schema=DatasetConfig)  # data.spec.DatasetSpec
+DISTRIBUTIONS = Registry("distribution", default_schema=DistributionConfig)  # fn(shape, power) -> raw score
+SPARSIFIERS = Registry("sparsifier")  # sparse.sparsifiers.sparsifier.Sparsifier subclasses
+SUPERPOSERS = Registry("superposer")  # fn(cfg) -> Callback | None
+OPTIMIZERS = Registry("optimizer", default_schema=OptimizerConfig)  # fn(cfg, param_groups) -> Optimizer
+SCHEDULES = Registry("schedule", default_schema=ScheduleConfig)  # fn(cfg, total_steps) -> (step -> LR factor)
+LOGGERS = Registry("logger", default_schema=LoggerConfig)  # fn(cfg, run_dir, config, name) -> logger
+#: list-valued group: ``tweaks=[a,b]`` selects several options, each configured under ``tweaks.<name>``
+TWEAKS = Registry("tweaks", key=lambda cfg: list(cfg.tweaks or {}))  # cls(node) -> Callback
+
+#: the packages whose import registers the built-in options
+COMPONENT_PACKAGES = ("sparse_exp.data", "sparse_exp.run.loggers", "sparse_exp.models", "sparse_exp.training.optimizers",
+                      "sparse_exp.training.lr_schedules", "sparse_exp.sparse.distributions",
+                      "sparse_exp.sparse.sparsifiers", "sparse_exp.superposers", "sparse_exp.tweaks")
+
+
+def load_components() -> Dict[str, "Registry"]:
+    """Import every component package so that each option registers itself; returns :data:`REGISTRIES`.
+
+    Idempotent (Python caches the imports). A new built-in component module is imported by its package's
+    ``__init__``; a new package is added to :data:`COMPONENT_PACKAGES`.
+    """
+    for name in COMPONENT_PACKAGES:
+        importlib.import_module(name)
+    return REGISTRIES

@@ -6,7 +6,7 @@ not started.
     python -m sparse_exp.status --sweep smoke seed=0          # sweep dir from the config; narrowed grid
     python -m sparse_exp.status runs/table1 --json            # machine-readable
 
-The state of a run is the ``status`` of its ``summary.json`` (see :mod:`sparse_exp.rundir`):
+The state of a run is the ``status`` of its ``summary.json`` (see :mod:`sparse_exp.run.run_dir`):
 ``completed``; ``running`` (a process holds the run's lock, ``<run>/.lock``); ``interrupted`` (the
 summary says running but no process holds the lock: killed, e.g. with SIGKILL or a node failure;
 re-launching resumes it from its checkpoint); ``stopped`` (preempted, time limit or ``stop_after_epochs``:
@@ -36,9 +36,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import open_dict, read_write
 
 from sparse_exp import CONF_DIR  # its ``sweep`` group is ``sweeps/`` (``conf/sweep`` links to it)
-from sparse_exp.compose import compose
-from sparse_exp.errors import UserError
-from sparse_exp.rundir import lock_is_held, read_summary
+from sparse_exp.config.compose import compose
+from sparse_exp.config.errors import UserError
+from sparse_exp.run.run_dir import lock_is_held, read_summary
 
 #: ``interrupted``: the summary says running, but no process holds the run's lock (killed; resumable);
 #: ``unreadable``: ``summary.json`` is corrupt (move it aside to resume)

@@ -8,7 +8,7 @@ The run directory is ``runs/<overrides>`` (``$SPARSE_EXP_RUNS`` replaces ``runs`
 same command resumes from its checkpoint, or does nothing if the run is completed. Anything wrong
 with the command line, the config, the data or the run directory prints one line naming the key (or
 the file) and what is allowed and exits with code 2 before anything is loaded or written
-(:mod:`sparse_exp.cli`, :mod:`sparse_exp.preflight`). A run whose loss becomes non-finite stops as
+(:mod:`sparse_exp.config.refusal`, :mod:`sparse_exp.config.preflight`). A run whose loss becomes non-finite stops as
 ``failed`` (exit code 1) and keeps its last good checkpoint.
 """
 
@@ -24,14 +24,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sparse_exp import CONF_DIR
-from sparse_exp.cli import one_line, preflight_cli
-from sparse_exp.compose import run_name, setup
-from sparse_exp.distributed import any_rank
-from sparse_exp.errors import UserError
-from sparse_exp.loop import Trainer
-from sparse_exp.preflight import preflight
-from sparse_exp.rundir import RunDir
-from sparse_exp.summary import format_summary
+from sparse_exp.config.refusal import one_line, preflight_cli
+from sparse_exp.config.compose import run_name, setup
+from sparse_exp.engine.distributed import any_rank
+from sparse_exp.config.errors import UserError
+from sparse_exp.engine.loop import Trainer
+from sparse_exp.config.preflight import preflight
+from sparse_exp.run.run_dir import RunDir
+from sparse_exp.engine.summary import format_summary
 
 log = logging.getLogger("sparse_exp")
 
@@ -43,7 +43,7 @@ def run(cfg: DictConfig, run_path: str) -> dict:
     """Pre-flight-check ``cfg`` and ``run_path``, then train into ``run_path``; returns the summary.
 
     Raises:
-        UserError: anything :func:`sparse_exp.preflight.preflight` refuses (nothing is written then), or
+        UserError: anything :func:`sparse_exp.config.preflight.preflight` refuses (nothing is written then), or
             another process is training into ``run_path`` (see :meth:`RunDir.exclusive`).
     """
     preflight(cfg, run_path)

@@ -11,7 +11,7 @@ import torch
 
 import pytest
 
-from sparse_exp.compose import compose, run_name
+from sparse_exp.config.compose import compose, run_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

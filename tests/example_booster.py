@@ -15,10 +15,10 @@ from typing import Any, Dict, List
 
 from hydra.core.config_store import ConfigStore
 
-from sparse_exp.callbacks import BaseCallback, TrainState
-from sparse_exp.config import SuperposerConfig
-from sparse_exp.errors import require
-from sparse_exp.registries import SUPERPOSERS
+from sparse_exp.callbacks.protocol import BaseCallback, TrainState
+from sparse_exp.config.schema import SuperposerConfig
+from sparse_exp.config.errors import require
+from sparse_exp.registry import SUPERPOSERS
 
 
 @dataclass

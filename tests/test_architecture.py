@@ -15,7 +15,7 @@ import torch
 import sparse_exp
 from conftest import ROOT, compose_cfg, needs_data
 from forked import first_imports
-from sparse_exp.compose import compose
+from sparse_exp.config.compose import compose
 from sparse_exp.registry import REGISTRIES
 from sparse_exp.train import run
 
@@ -46,7 +46,7 @@ def test_the_cli_starts_without_the_heavy_optional_imports():
     """``python -m sparse_exp.train`` (``--help``, a refused config) does not import torchvision,
     torchmetrics or matplotlib: each is imported where it is used (data sets / ImageNet models, ECE,
     plots), which halves the start-up of every command (6.4 s -> 3.2 s measured here)."""
-    code = ("import sys, sparse_exp.train, sparse_exp.compose; "
+    code = ("import sys, sparse_exp.train, sparse_exp.config.compose; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torchvision', 'torchmetrics', 'matplotlib'}))")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -54,7 +54,7 @@ def test_the_cli_starts_without_the_heavy_optional_imports():
 
 
 def test_the_module_list_covers_the_package():
-    assert "sparse_exp.loop" in MODULES and "sparse_exp.superpose.sup_tickets" in MODULES
+    assert "sparse_exp.engine.loop" in MODULES and "sparse_exp.superposers.sup_tickets" in MODULES
     assert len(MODULES) >= 40
 
 
@@ -94,7 +94,7 @@ def test_every_option_composes_and_has_a_schema(group):
 
 
 def test_an_unknown_option_is_refused_by_its_registry():
-    from sparse_exp.errors import ConfigError
+    from sparse_exp.config.errors import ConfigError
 
     cfg = compose([])
     cfg.sparsifier.name = "magic"
@@ -116,8 +116,8 @@ TAIL = ["superposer=lr_tail", "superposer.factor=0.25", "superposer.epochs=1", "
 
 
 def test_example_booster_is_refused_with_its_own_check(lr_tail):
-    from sparse_exp.errors import ConfigError
-    from sparse_exp.validate import validate
+    from sparse_exp.config.errors import ConfigError
+    from sparse_exp.config.validate import validate
 
     with pytest.raises(ConfigError, match="superposer.epochs"):
         validate(compose_cfg(TAIL + ["superposer.epochs=4"]))
@@ -126,7 +126,7 @@ def test_example_booster_is_refused_with_its_own_check(lr_tail):
 @needs_data
 @pytest.mark.slow
 def test_example_booster_plugs_in_and_resumes_bitwise(lr_tail, tmp_path):
-    from sparse_exp.rundir import RunDir
+    from sparse_exp.run.run_dir import RunDir
 
     full = run(compose_cfg(TAIL), tmp_path / "full")
     rows = RunDir(tmp_path / "full").metrics()

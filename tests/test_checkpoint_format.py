@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg, needs_data
-from sparse_exp.errors import UserError
-from sparse_exp.rundir import CHECKPOINT_FORMAT, CHECKPOINT_FORMATS, RunDir, migrate_checkpoint
+from sparse_exp.config.errors import UserError
+from sparse_exp.run.run_dir import CHECKPOINT_FORMAT, CHECKPOINT_FORMATS, RunDir, migrate_checkpoint
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "checkpoint_v1_sup_tickets"
 FIXTURE_OVERRIDES = ["sparsifier=rigl", "sparsifier.delta_t=5", "epochs=3", "superposer=sup_tickets",

@@ -8,10 +8,10 @@ import torch
 from torch.optim.swa_utils import update_bn
 
 from conftest import compose_cfg
-from sparse_exp.loop import Trainer
-from sparse_exp.rundir import RunDir
+from sparse_exp.engine.loop import Trainer
+from sparse_exp.run.run_dir import RunDir
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS
-from sparse_exp.superpose.tickets import BN_PASS_EPOCH
+from sparse_exp.superposers.tickets import BN_PASS_EPOCH
 from sparse_exp.train import run
 from test_sparsifier_contract import FAST
 

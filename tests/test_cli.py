@@ -99,7 +99,7 @@ def test_multirun_flag_anywhere():
 
 HOLD_LOCK = """
 import sys, time
-from sparse_exp.rundir import RunDir
+from sparse_exp.run.run_dir import RunDir
 with RunDir(sys.argv[1]).exclusive():
     print("locked", flush=True)
     time.sleep(600)
@@ -149,7 +149,7 @@ def test_log_outside_a_terminal_has_one_line_per_epoch_and_no_progress_bar(tmp_p
 
 
 def test_help_is_the_project_page_with_every_option_and_no_internal_group(tmp_path):
-    from sparse_exp.help import USER_GROUPS
+    from sparse_exp.config.help import USER_GROUPS
 
     out = run_cli(["--help"], tmp_path / "runs")
     assert out.returncode == 0, out.stderr[-2000:]

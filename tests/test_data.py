@@ -22,7 +22,7 @@ from conftest import bypass_cifar_md5, write_fake_cifar10
 from sparse_exp.data import DATASETS, DataError, build_data, check_data_available, resolve_root
 from sparse_exp.data import fashion_mnist as fm
 from sparse_exp.data import vision
-from sparse_exp.errors import UserError
+from sparse_exp.config.errors import UserError
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 HAVE_FMNIST = all((FMNIST_DIR / f).is_file() for f in fm.FILES.values())

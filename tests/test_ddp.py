@@ -30,8 +30,8 @@ def worker(rank, world, port, out_dir, overrides):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from conftest import compose_cfg
-    from sparse_exp.loop import Trainer
-    from sparse_exp.rundir import RunDir
+    from sparse_exp.engine.loop import Trainer
+    from sparse_exp.run.run_dir import RunDir
 
     cfg = compose_cfg(overrides)
     rd = RunDir(Path(out_dir) / "run")
@@ -78,7 +78,7 @@ def locked_worker(rank, world, port, run_dir, out_dir):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from conftest import compose_cfg
-    from sparse_exp.errors import UserError
+    from sparse_exp.config.errors import UserError
     from sparse_exp.train import run
 
     try:
@@ -94,7 +94,7 @@ def locked_worker(rank, world, port, run_dir, out_dir):
 def test_every_rank_is_refused_when_another_process_holds_the_run(tmp_path):
     """A torchrun job whose run directory is locked by another process: rank 0 is refused and so is
     every other rank (they agree with one all-reduce), instead of waiting for rank 0 forever."""
-    from sparse_exp.rundir import RunDir
+    from sparse_exp.run.run_dir import RunDir
 
     run_dir = tmp_path / "run"
     with RunDir(run_dir).exclusive():

@@ -87,7 +87,7 @@ def test_cifar_uses_the_device_loader_and_torchvision_stays_available(fake_cifar
 
 @pytest.mark.slow
 def test_a_cifar_run_on_the_device_loader_resumes_bitwise(tmp_path, fake_cifar_root):
-    from sparse_exp.rundir import RunDir
+    from sparse_exp.run.run_dir import RunDir
     from sparse_exp.train import run
     from test_resume import assert_same_run
 

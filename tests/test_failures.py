@@ -12,7 +12,7 @@ import pytest
 
 from sparse_exp.analysis.collect import collect_local
 from conftest import ROOT, TINY, cli_run_dir, compose_cfg, needs_data
-from sparse_exp.rundir import RunDir
+from sparse_exp.run.run_dir import RunDir
 from sparse_exp.train import run
 
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`

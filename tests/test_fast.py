@@ -1,4 +1,4 @@
-"""The fast path of the train step (``fast.*``, :mod:`sparse_exp.fast`).
+"""The fast path of the train step (``fast.*``, :mod:`sparse_exp.engine.fast_step`).
 
 On CPU: the compiled step gives the eager step's weights (fp32, float-rounding tolerance) for a static, a DST
 and a Sup-tickets run; channels_last matches eager the same way; bf16 autocasts the forward and keeps fp32
@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import compose_cfg, needs_cuda, needs_data
-from sparse_exp.errors import ConfigError
-from sparse_exp.fast import GraphSafeSGD, TrainStep, make_train_step, preflight_fast, tensor_lr_
-from sparse_exp.rundir import RunDir
+from sparse_exp.config.errors import ConfigError
+from sparse_exp.engine.fast_step import GraphSafeSGD, TrainStep, make_train_step, preflight_fast, tensor_lr_
+from sparse_exp.run.run_dir import RunDir
 from sparse_exp.train import run
 
 pytestmark = pytest.mark.slow  # end-to-end training runs (compiled ones among them); still part of `make test`
@@ -103,7 +103,7 @@ def test_fast_options_resume_bitwise(tmp_path, options):
 
 @needs_data
 def test_bf16_autocasts_the_forward_and_keeps_fp32_master_weights():
-    from sparse_exp.build import build_run
+    from sparse_exp.engine.build import build_run
 
     run_ = build_run(compose_cfg(["model=lenet5", "fast.dtype=bf16"]))
     run_.sparsifier.init_masks()

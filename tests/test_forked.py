@@ -22,6 +22,6 @@ def test_module_jobs_report_exit_code_and_output_per_job(tmp_path):
 
 
 def test_first_imports_reports_only_the_failing_module():
-    failed = first_imports(["sparse_exp.loop", "sparse_exp.no_such_module"], ["torch"])
+    failed = first_imports(["sparse_exp.engine.loop", "sparse_exp.no_such_module"], ["torch"])
     assert list(failed) == ["sparse_exp.no_such_module"]
     assert failed["sparse_exp.no_such_module"].startswith("ModuleNotFoundError")

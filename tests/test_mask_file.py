@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg, needs_data
-from sparse_exp.errors import ConfigError
-from sparse_exp.rundir import MASKS_FORMAT, RunDir
+from sparse_exp.config.errors import ConfigError
+from sparse_exp.run.run_dir import MASKS_FORMAT, RunDir
 from sparse_exp.train import run
 
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`

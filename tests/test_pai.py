@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sparse_exp.sparse.masking import Masking
-from sparse_exp.sparse.sparsifiers.base import SparseContext
+from sparse_exp.sparse.sparsifiers.sparsifier import SparseContext
 from sparse_exp.sparse.sparsifiers.grasp import GraspConfig, GraspSparsifier
 from sparse_exp.sparse.sparsifiers.random_pruning import RandomPruningConfig, RandomPruningSparsifier
 from sparse_exp.sparse.sparsifiers.snip import SnipConfig, SnipSparsifier
@@ -321,7 +321,7 @@ def test_zero_sparsity_keeps_everything():
 @pytest.mark.parametrize("name,key,value", [("snip", "num_batches", 0), ("grasp", "temperature", 0.0),
                                             ("synflow", "iterations", 0)])
 def test_bad_config_values_raise(name, key, value):
-    from sparse_exp.errors import ConfigError
+    from sparse_exp.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match=key):
         make(mlp(), name, **{key: value})

@@ -29,8 +29,8 @@ def with_base(args):
 
 def _mask_file(path: Path, model: str = "lenet5", sparsity: float = 0.9, fmt: str = "sparse_exp.masks/v1",
                drop: int = 0) -> Path:
-    from sparse_exp.compose import compose
-    from sparse_exp.preflight import plan_run
+    from sparse_exp.config.compose import compose
+    from sparse_exp.config.preflight import plan_run
 
     plan = plan_run(compose([f"model={model}", f"sparsity={sparsity}"]))
     masks = {}

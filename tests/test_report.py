@@ -1,4 +1,4 @@
-"""``report=last|best_val``: which model's test metrics a run reports (sparse_exp/report.py).
+"""``report=last|best_val``: which model's test metrics a run reports (sparse_exp/callbacks/best_val.py).
 
 Unit checks of :class:`BestValReport` on hand-made rows (eligibility, LR phases, ties, test evaluated only at
 improving epochs, the final model as a candidate, checkpoint state), and tiny end-to-end runs: ``best_val``
@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from conftest import compose_cfg, needs_data
-from sparse_exp.errors import ConfigError
-from sparse_exp.metrics import evaluate
-from sparse_exp.report import BestValReport
-from sparse_exp.rundir import RunDir
+from sparse_exp.config.errors import ConfigError
+from sparse_exp.training.metrics import evaluate
+from sparse_exp.callbacks.best_val import BestValReport
+from sparse_exp.run.run_dir import RunDir
 from sparse_exp.train import run
-from sparse_exp.validate import validate
+from sparse_exp.config.validate import validate
 
 #: a constant, high LR: the validation accuracy peaks before the last epoch (epoch 2 of 4 here)
 BASE = ["sparsifier=static", "model=lenet_300_100", "epochs=4", "schedule=constant", "optimizer.lr=0.3"]
@@ -53,7 +53,7 @@ def fake(monkeypatch):
     state = SimpleNamespace(model=None, data=SimpleNamespace(test="test-loader"), num_classes=10, step=0, epoch=0,
                             pre_steps=0, steps_per_epoch=5)
     test = FakeTest(state)
-    monkeypatch.setattr("sparse_exp.report.evaluate", test)
+    monkeypatch.setattr("sparse_exp.callbacks.best_val.evaluate", test)
     cb = BestValReport()
 
     def epoch(val, **row):
@@ -121,7 +121,7 @@ def test_state_round_trips_through_a_checkpoint(fake):
 
 
 def test_built_last_and_only_for_best_val():
-    from sparse_exp.build import build_callbacks
+    from sparse_exp.engine.build import build_callbacks
 
     names = [cb.name for cb in build_callbacks(compose_cfg(["superposer=sup_tickets", "report=best_val"]))]
     assert names == ["sup_tickets", "report"]
@@ -199,8 +199,8 @@ def test_best_val_reports_the_best_validation_epoch(trained):
 
 @needs_data
 def test_stopped_and_preempted_runs_resume_to_the_same_report(trained):
-    from sparse_exp.build import build_run
-    from sparse_exp.loop import Preempted, Trainer
+    from sparse_exp.engine.build import build_run
+    from sparse_exp.engine.loop import Preempted, Trainer
 
     full, tmp = trained["best"], trained["tmp"]
     cfg = compose_cfg(BASE + ["report=best_val"])

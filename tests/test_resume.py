@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg, needs_data
-from sparse_exp.rundir import RunDir
+from sparse_exp.run.run_dir import RunDir
 from sparse_exp.train import run
 
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
@@ -70,7 +70,7 @@ class StepGuard:
 
 @needs_data
 def test_preemption_mid_epoch_resumes_bitwise(tmp_path):
-    from sparse_exp.loop import Preempted, Trainer
+    from sparse_exp.engine.loop import Preempted, Trainer
 
     overrides = ["sparsifier=rigl", "sparsifier.delta_t=5", "epochs=3", "superposer=sup_tickets",
                  "superposer.phase_fraction=0.67", "superposer.cycle_epochs=1"]

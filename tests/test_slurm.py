@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, needs_data
-from sparse_exp.preemption import PreemptionGuard, requeue_signal
+from sparse_exp.engine.preemption import PreemptionGuard, requeue_signal
 from sparse_exp.status import collect, expand_sweep
 
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
@@ -286,7 +286,7 @@ def test_submitit_local_launcher(tmp_path):
 def test_sigterm_checkpoints_and_the_rerun_resumes(tmp_path, reference_run):
     """`kill` on a plain run: checkpoint at the next step, exit 143, summary `stopped`; the same
     command again resumes and ends exactly like the uninterrupted run."""
-    assert _engine_integrated(), "the engine does not use sparse_exp.preemption.PreemptionGuard yet"
+    assert _engine_integrated(), "the engine does not use sparse_exp.engine.preemption.PreemptionGuard yet"
     log = tmp_path / "first.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(_train_cmd(*PREEMPT_RUN), cwd=ROOT, env=_env(tmp_path), stdout=out,
@@ -397,7 +397,7 @@ def test_packed_job_stops_every_run_then_requeues_the_unfinished(restore_signals
         import time
         from pathlib import Path
         from hydra.core.utils import JobReturn, JobStatus
-        from sparse_exp.preemption import PreemptionGuard
+        from sparse_exp.engine.preemption import PreemptionGuard
 
         d = Path(d)
         with open(d / f"ran{k}", "a") as f:
@@ -607,7 +607,7 @@ def test_preempted_job_is_requeued_and_resumes(slurm, tmp_path, reference_run):
     """`scancel --signal=USR2` after the first checkpoint: the run checkpoints at the next step,
     submitit requeues the job, the requeued job resumes in the same directory (epochs continue)
     and ends with exactly the metrics of the uninterrupted run."""
-    assert _engine_integrated(), ("the engine does not use sparse_exp.preemption.PreemptionGuard yet: "
+    assert _engine_integrated(), ("the engine does not use sparse_exp.engine.preemption.PreemptionGuard yet: "
                                   "see the module docstring for the contract")
     name = "sx_preempt"
     env = _env(tmp_path, slurm)

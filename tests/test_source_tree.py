@@ -81,8 +81,8 @@ def test_logger_wandb_without_the_package_is_refused_before_training(monkeypatch
     import pytest
 
     from conftest import compose_cfg
-    from sparse_exp import preflight
-    from sparse_exp.errors import ConfigError
+    from sparse_exp.config import preflight
+    from sparse_exp.config.errors import ConfigError
 
     real = importlib.util.find_spec
     monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda n, *a: None if n == "wandb" else real(n, *a))

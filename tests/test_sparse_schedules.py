@@ -1,4 +1,4 @@
-"""The sparsifiers' schedules as objects (sparse_exp.sparse.schedules): hand-computed values, and the
+"""The sparsifiers' schedules as objects (sparse_exp.sparse.density_schedules): hand-computed values, and the
 sparsifiers and the FLOP estimator reading the same schedule."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from sparse_exp.sparse.flops import expected_training_ratio, inference_flops
+from sparse_exp.sparse.flop_counts import expected_training_ratio, inference_flops
 from sparse_exp.sparse.masking import Masking
-from sparse_exp.sparse.schedules import (ConstantDensity, ConstantFraction, CosineDecay, CubicDensity, FlopSchedule,
+from sparse_exp.sparse.density_schedules import (ConstantDensity, ConstantFraction, CosineDecay, CubicDensity, FlopSchedule,
                                          UpdateInterval, drop_fraction_schedule)
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS, SparseContext, build_sparsifier
 from sparse_exp.sparse.topology import cosine_fraction

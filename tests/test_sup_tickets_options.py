@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import compose_cfg, needs_data
-from sparse_exp.loop import Trainer
-from sparse_exp.rundir import RunDir
+from sparse_exp.engine.loop import Trainer
+from sparse_exp.run.run_dir import RunDir
 
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
 

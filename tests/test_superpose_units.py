@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from sparse_exp.superpose.averaging import TicketAverager, reprune
-from sparse_exp.superpose.cyclic_lr import collect_fraction, cyclic_lr, make_budget
-from sparse_exp.superpose.diversity import pairwise_diversity
+from sparse_exp.superposers.averaging import TicketAverager, reprune
+from sparse_exp.superposers.cyclic_lr import collect_fraction, cyclic_lr, make_budget
+from sparse_exp.superposers.diversity import pairwise_diversity
 
 
 # ----------------------------------------------------------------------------- Eq. 3

@@ -19,10 +19,10 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from conftest import CONF, ROOT, needs_data
-from sparse_exp.compose import compose
+from sparse_exp.config.compose import compose
 from sparse_exp.status import collect, expand_sweep, sweep_names
-from sparse_exp.superpose.cyclic_lr import make_budget
-from sparse_exp.validate import validate
+from sparse_exp.superposers.cyclic_lr import make_budget
+from sparse_exp.config.validate import validate
 
 #: runs per grid, as in the paper (methods x sparsities x data sets x models x seeds)
 EXPECTED_JOBS = {

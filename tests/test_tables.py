@@ -354,7 +354,7 @@ def test_sweeps_fill_their_tables():
     from sparse_exp.analysis.figures import AVERAGING, _avg_filters
     from sparse_exp.analysis.selection import method_filters, select
     from sparse_exp.analysis.tables import build_tables
-    from sparse_exp.compose import compose
+    from sparse_exp.config.compose import compose
     from sparse_exp.status import expand_sweep
 
     tables = {f"table{n}": n for n in range(1, 8)}

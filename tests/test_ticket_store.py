@@ -1,4 +1,4 @@
-"""Saved cheap tickets and offline superposition (:mod:`sparse_exp.superpose.tickets`, ``python -m
+"""Saved cheap tickets and offline superposition (:mod:`sparse_exp.superposers.tickets`, ``python -m
 sparse_exp.superpose``): the tickets of same-seed runs that differ only in how they superpose are bitwise the
 same, and offline superposition of one run's tickets reproduces every such run's ultimate ticket bitwise (masks,
 weights) with its metrics -- so Figure 3's variants need one training run per (sparsity, seed)."""
@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from conftest import ROOT, compose_cfg, needs_data
-from sparse_exp.errors import UserError
-from sparse_exp.rundir import RunDir
-from sparse_exp.superpose.__main__ import main as superpose_main
-from sparse_exp.superpose.__main__ import run_offline
-from sparse_exp.superpose.averaging import TicketAverager
-from sparse_exp.superpose.tickets import load_tickets, superposed_state
+from sparse_exp.config.errors import UserError
+from sparse_exp.run.run_dir import RunDir
+from sparse_exp.superpose import main as superpose_main
+from sparse_exp.superpose import run_offline
+from sparse_exp.superposers.averaging import TicketAverager
+from sparse_exp.superposers.tickets import load_tickets, superposed_state
 from sparse_exp.train import run
 
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`

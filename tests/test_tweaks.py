@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from conftest import compose_cfg
-from sparse_exp.errors import ConfigError, UserError
+from sparse_exp.config.errors import ConfigError, UserError
 from sparse_exp.models import build_model
-from sparse_exp.preflight import preflight
+from sparse_exp.config.preflight import preflight
 from sparse_exp.sparse.masking import prunable_parameters
 from sparse_exp.tweaks.ghost_skip import GhostPath, ghost_units, insert_ghosts, remove_ghosts
 from sparse_exp.tweaks.label_smoothing import smoothed_cross_entropy

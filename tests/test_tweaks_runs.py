@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import compose_cfg, needs_data
-from sparse_exp.loop import Trainer
+from sparse_exp.engine.loop import Trainer
 from sparse_exp.models import build_model
-from sparse_exp.rundir import RunDir
+from sparse_exp.run.run_dir import RunDir
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS
 from sparse_exp.train import run
 from sparse_exp.tweaks.ghost_skip import GhostPath

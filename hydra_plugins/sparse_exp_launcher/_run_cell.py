@@ -7,11 +7,11 @@
 ``("success", JobReturn)``, or ``("error", traceback text)`` if the call raised. Exit code 0 or 1
 accordingly; ``128 + signum`` when a stop signal ended it.
 
-Stop signals (``SIGUSR2`` / ``SIGTERM``, :func:`sparse_exp.preemption.default_signals`): SLURM signals every
+Stop signals (``SIGUSR2`` / ``SIGTERM``, :func:`sparse_exp.engine.preemption.default_signals`): SLURM signals every
 process of the job step and the job's process forwards the signal too, so a child usually gets it twice.
 :func:`exit_on_first_signal`, installed before the job runs, exits gracefully (``SystemExit(128 + signum)``, so
 ``finally`` blocks and the run lock's release still run) on the first one and ignores the others. During
-training the trainer's own :class:`~sparse_exp.preemption.PreemptionGuard` sits on top of it: the guard
+training the trainer's own :class:`~sparse_exp.engine.preemption.PreemptionGuard` sits on top of it: the guard
 records the signal, the trainer writes its checkpoint at the next step and ``guard.finish()`` hands the
 signal to :func:`exit_on_first_signal`, which exits; a repeated signal during the exit that follows is
 ignored (until the interpreter's last moments, when Python restores the default handlers: a signal
@@ -39,7 +39,7 @@ def exit_on_first_signal(signum: int, frame: Optional[FrameType]) -> None:
 
 def main(argv: List[str]) -> int:
     """Run the pickled cell ``argv[0]``, pickle its outcome to ``argv[1]``; returns the exit code."""
-    from sparse_exp.preemption import default_signals
+    from sparse_exp.engine.preemption import default_signals
 
     for sig in default_signals():
         signal.signal(sig, exit_on_first_signal)

@@ -19,7 +19,7 @@ cell, sharing the job's GPU, CPUs and memory (``mem_gb`` is per job: ask for N r
   max(1, cpus // cells)``: ``cpus`` is the job's ``$SLURM_CPUS_PER_TASK`` (``cpus_per_task``; else
   ``os.cpu_count()``), ``cells`` the number of cells of this job (the trainer sets torch's thread count
   from ``SLURM_CPUS_PER_TASK``). The count does not change when the job is requeued.
-* **Requeue and preemption.** The job's process holds a :class:`sparse_exp.preemption.PreemptionGuard`
+* **Requeue and preemption.** The job's process holds a :class:`sparse_exp.engine.preemption.PreemptionGuard`
   over submitit's handlers. On SIGUSR2 (submitit's requeue signal: the time limit's ``--signal``,
   ``scancel --signal=USR2``, preemption) or SIGTERM it forwards the signal to every child still running
   (SLURM signals them too; a child acts on the first one, see ``_run_cell``), waits until all have
@@ -39,7 +39,7 @@ cell, sharing the job's GPU, CPUs and memory (``mem_gb`` is per job: ask for N r
 Refused before anything is submitted (one line ``error: hydra.launcher.runs_per_gpu=... is not allowed:
 ...``, exit code 2): ``runs_per_gpu`` below 1; ``runs_per_gpu > 1`` with ``tasks_per_node > 1`` or
 ``nodes > 1`` (DDP runs cannot share a GPU) or with ``gpus_per_node > 1`` (a packed job has one GPU).
-A value that is not an integer is refused by the typed config (``must be an integer``, ``sparse_exp.cli``).
+A value that is not an integer is refused by the typed config (``must be an integer``, ``sparse_exp.config.refusal``).
 
 Hydra loads launchers only from the ``hydra_plugins`` namespace package, hence this module's place (it
 ships with the ``sparse_exp`` distribution, see ``pyproject.toml``). ``conf/hydra/launcher/slurm.yaml``
@@ -141,7 +141,7 @@ class SparseExpSlurmLauncher(submitit_launcher.SlurmLauncher):
     def __init__(self, runs_per_gpu: int = 1, **params: Any) -> None:
         problem = packing_problem({"runs_per_gpu": runs_per_gpu, **params})
         if problem:
-            from sparse_exp.cli import refuse  # lazily: the plugin scan imports this module early
+            from sparse_exp.config.refusal import refuse  # lazily: the plugin scan imports this module early
 
             sys.exit(refuse(problem))
         super().__init__(**params)
@@ -274,7 +274,7 @@ class CellPack:
 
     def __call__(self) -> List[JobReturn]:
         """Run the unfinished cells as child processes (see the class doc)."""
-        from sparse_exp.preemption import PreemptionGuard
+        from sparse_exp.engine.preemption import PreemptionGuard
 
         if self.folder is None:
             _log_to_stdout()
@@ -384,7 +384,7 @@ def _load(path: Path) -> Optional[Tuple[str, Any]]:
 
 def _stop_signal(rc: Optional[int]) -> Optional[str]:
     """The stop signal's name if exit code ``rc`` is how a child ends on it (``128 + n`` or killed by ``n``)."""
-    from sparse_exp.preemption import default_signals
+    from sparse_exp.engine.preemption import default_signals
 
     for sig in default_signals():
         if rc in (128 + int(sig), -int(sig)):

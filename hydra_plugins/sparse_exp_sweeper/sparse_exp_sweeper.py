@@ -6,9 +6,9 @@
 It is Hydra's basic sweeper (same grid syntax, same job order, same ``hydra.sweeper.params``) with
 two steps before anything is launched:
 
-1. **Pre-flight every cell.** Each job's overrides are checked (:func:`sparse_exp.cli.check_overrides`),
+1. **Pre-flight every cell.** Each job's overrides are checked (:func:`sparse_exp.config.refusal.check_overrides`),
    its config is composed exactly as the job will see it and passed through the whole pre-flight
-   (:func:`sparse_exp.preflight.preflight`: config, data present, budgets in steps, distribution
+   (:func:`sparse_exp.config.preflight.preflight`: config, data present, budgets in steps, distribution
    feasibility, mask files, the run directory's files). If any cell is bad, every bad cell is printed
    (its overrides and one line saying what is wrong) and the command exits with code 2 -- no job is
    launched, no run directory is created. (Hydra's basic sweeper would run the valid cells in order and
@@ -82,11 +82,11 @@ class SparseExpSweeper(BasicSweeper):
             to launch, and how many were skipped because their run is completed.
         """
         # imported here, not at the top: Hydra's plugin scan imports this module while sparse_exp itself
-        # may still be importing (sparse_exp.compose starts Hydra)
-        from sparse_exp.cli import check_overrides, explain, one_line
-        from sparse_exp.errors import UserError
-        from sparse_exp.preflight import preflight
-        from sparse_exp.rundir import RunDir
+        # may still be importing (sparse_exp.config.compose starts Hydra)
+        from sparse_exp.config.refusal import check_overrides, explain, one_line
+        from sparse_exp.config.errors import UserError
+        from sparse_exp.config.preflight import preflight
+        from sparse_exp.run.run_dir import RunDir
 
         assert self.hydra_context is not None and self.config is not None
         errors: List[Tuple[str, str]] = []

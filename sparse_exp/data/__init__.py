@@ -6,11 +6,11 @@ Data sets (:data:`DATASETS`): ``fashion_mnist``, ``cifar10``, ``cifar100``, ``ti
 labels, both already on the requested device.
 
 Splits. ``val_size`` images are held out of the official training set for validation, chosen by a
-permutation with the fixed split seed 0 (:data:`~sparse_exp.data.base.SPLIT_SEED`), so all run seeds
-validate on the same images; see :func:`~sparse_exp.data.base.split_indices`. ``subset_train`` keeps
+permutation with the fixed split seed 0 (:data:`~sparse_exp.data.spec.SPLIT_SEED`), so all run seeds
+validate on the same images; see :func:`~sparse_exp.data.spec.split_indices`. ``subset_train`` keeps
 the first N images of the remaining training pool (in that permutation's order), ``subset_test``
 the first N test images (file order); both are for smoke runs (the pre-flight refuses a subset larger than
-the official split, :mod:`sparse_exp.preflight`; the loaders clamp to what a smaller copy on disk holds).
+the official split, :mod:`sparse_exp.config.preflight`; the loaders clamp to what a smaller copy on disk holds).
 Validation images always get the evaluation transform, never the training augmentation.
 
 Determinism. Epoch ``e`` of the training loader is ordered (and augmented) from a
@@ -43,12 +43,12 @@ import torch
 
 from sparse_exp.data import fashion_mnist as fm
 from sparse_exp.data import vision
-from sparse_exp.data.base import (SPLIT_SEED, DataBundle, DataError, DatasetSpec, Loader, cfg_get, epoch_seed,
+from sparse_exp.data.spec import (SPLIT_SEED, DataBundle, DataError, DatasetSpec, Loader, cfg_get, epoch_seed,
                                   split_indices)
 from sparse_exp.data.device_loader import DeviceImageLoader
 from sparse_exp.data.loaders import TensorLoader, TorchLoader
-from sparse_exp.errors import one_of, require
-from sparse_exp.registries import DATASETS
+from sparse_exp.config.errors import one_of, require
+from sparse_exp.registry import DATASETS
 
 __all__ = [
     "DATASETS", "DatasetSpec", "DataError", "DataBundle", "Loader", "TensorLoader", "TorchLoader",
@@ -61,7 +61,7 @@ log = logging.getLogger("sparse_exp")
 #: environment variable naming a data directory (used when ``dataset.root`` is not set)
 ENV_VAR = "SPARSE_EXP_DATA"
 
-#: ``dataset.name`` -> :class:`DatasetSpec`; every data set shares the :class:`~sparse_exp.config.DatasetConfig`
+#: ``dataset.name`` -> :class:`DatasetSpec`; every data set shares the :class:`~sparse_exp.config.schema.DatasetConfig`
 #: schema and the group checks below
 for _spec in (
     DatasetSpec("fashion_mnist", in_channels=1, num_classes=10, image_size=28, default_val_size=5000,

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparse_exp.data.base import epoch_seed
+from sparse_exp.data.spec import epoch_seed
 
 #: mixes the epoch seed into the augmentation generator's (decorrelates it from the order generator)
 _AUG_SEED_MIX = 0x5DEECE66D

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from sparse_exp.data.base import DataError
+from sparse_exp.data.spec import DataError
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",

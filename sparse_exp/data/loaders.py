@@ -1,4 +1,4 @@
-"""The two :class:`~sparse_exp.data.base.Loader` implementations.
+"""The two :class:`~sparse_exp.data.spec.Loader` implementations.
 
 * :class:`TensorLoader` -- the whole split is one in-memory tensor on the target device; a batch is
   one index operation. Used for Fashion-MNIST: an epoch of 55k images takes a few milliseconds
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sparse_exp.data.base import epoch_seed
+from sparse_exp.data.spec import epoch_seed
 
 # seeds the augmentation RNG of in-process (num_workers=0) loading; any constant != 0 decorrelates
 # it from the order generator, which is seeded with epoch_seed itself

@@ -24,7 +24,7 @@ import copy
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
-from sparse_exp.data.base import DataError
+from sparse_exp.data.spec import DataError
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),

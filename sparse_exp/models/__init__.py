@@ -43,8 +43,8 @@ from typing import Any
 
 from torch import nn
 
-from sparse_exp.errors import one_of
-from sparse_exp.registries import MODELS
+from sparse_exp.config.errors import one_of
+from sparse_exp.registry import MODELS
 from sparse_exp.models.lenet import lenet5, lenet_300_100
 from sparse_exp.models.vgg import vgg16
 from sparse_exp.models.resnet_cifar import resnet18, resnet32, resnet50

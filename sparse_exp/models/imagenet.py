@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparse_exp.registries import MODELS
+from sparse_exp.registry import MODELS
 
 from torch import nn
 

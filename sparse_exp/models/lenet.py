@@ -7,7 +7,7 @@ They return logits (no ``log_softmax``).
 
 from __future__ import annotations
 
-from sparse_exp.registries import MODELS
+from sparse_exp.registry import MODELS
 
 import torch
 from torch import nn

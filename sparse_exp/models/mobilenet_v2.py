@@ -11,7 +11,7 @@ Depthwise convs are ``nn.Conv2d`` with ``groups = channels`` (weight ``(C, 1, 3,
 
 from __future__ import annotations
 
-from sparse_exp.registries import MODELS
+from sparse_exp.registry import MODELS
 
 from typing import List, Tuple
 

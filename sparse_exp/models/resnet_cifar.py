@@ -19,7 +19,7 @@ a block's shortcut is registered after its main path). A global average pool
 
 from __future__ import annotations
 
-from sparse_exp.registries import MODELS
+from sparse_exp.registry import MODELS
 
 from typing import List, Sequence, Type, Union
 

@@ -21,7 +21,7 @@ Note: the classifier's ``BatchNorm1d`` needs more than one example per batch in 
 
 from __future__ import annotations
 
-from sparse_exp.registries import MODELS
+from sparse_exp.registry import MODELS
 
 from typing import List, Union
 

@@ -13,7 +13,7 @@ default).
 
 from __future__ import annotations
 
-from sparse_exp.registries import MODELS
+from sparse_exp.registry import MODELS
 
 from typing import List
 

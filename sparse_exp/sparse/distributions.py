@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterable, Mapping, Sequence
 
-from sparse_exp.errors import ConfigError, require
-from sparse_exp.registries import DISTRIBUTIONS
+from sparse_exp.config.errors import ConfigError, require
+from sparse_exp.registry import DISTRIBUTIONS
 
 #: ``distribution.name`` -> raw layer score ``fn(shape, erk_power_scale) -> float`` (density is
 #: proportional to it); ``uniform`` has none: every layer gets the same density.

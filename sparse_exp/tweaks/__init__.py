@@ -1,7 +1,7 @@
 """Any-mask training tweaks (``tweaks=[...]``): Jaiswal et al., "Training Your Sparse Neural Network
 Better with Any Mask", ICML 2022 (reference code VITA-Group/ToST).
 
-Any subset of the four, each a callback registered in :data:`sparse_exp.registries.TWEAKS` with its
+Any subset of the four, each a callback registered in :data:`sparse_exp.registry.TWEAKS` with its
 schema and checks beside it, composable with every sparsifier and with ``superposer=sup_tickets``:
 
 =====================  ==================================================  ===============================
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparse_exp.registries import TWEAKS
+from sparse_exp.registry import TWEAKS
 from sparse_exp.tweaks.ghost_skip import GhostSkip
 from sparse_exp.tweaks.soft_neurons import SoftNeurons
 from sparse_exp.tweaks.lrsi import LRsI

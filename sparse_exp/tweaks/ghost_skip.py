@@ -19,7 +19,7 @@ ghost by default (``depthwise=grouped``; ``dense`` is the costly alternative).
 * Init as the code: 1x1 weights filled with ``init`` (1e-4), BN gamma 1 / beta 0. The train-mode BN makes
   the branch far from zero at init (on input {+1, -1} a 1 -> 1 ghost gives +-1e-4 / sqrt(1e-8 + 1e-5) =
   +-0.031607); ``zero_init=true`` sets the ghost BN's gamma to 0, an exactly-zero start.
-* ``alpha`` (a :class:`~sparse_exp.tweaks.base.RampConfig`): constant 1 is the code; ``alpha.end=0`` with
+* ``alpha`` (a :class:`~sparse_exp.tweaks.tweak.RampConfig`): constant 1 is the code; ``alpha.end=0`` with
   ``alpha.end_epoch`` anneals to 0 (the paper's "early stage" intent; no published length). At alpha 0 the
   paths are skipped, so outputs equal the plain model's exactly. ``remove_at_end=true`` (needs
   ``alpha.end=0``) then deletes the ghost modules from the model, the optimizer and the LR scheduler, so
@@ -45,11 +45,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from sparse_exp.callbacks import BaseCallback, TrainState
-from sparse_exp.errors import ConfigError, UserError, one_of, require
-from sparse_exp.registries import TWEAKS
-from sparse_exp.sparse.flops import layer_forward_flops
-from sparse_exp.tweaks.base import RampConfig, check_ramp, check_settled_before_cycles, schedule_epoch
+from sparse_exp.callbacks.protocol import BaseCallback, TrainState
+from sparse_exp.config.errors import ConfigError, UserError, one_of, require
+from sparse_exp.registry import TWEAKS
+from sparse_exp.sparse.flop_counts import layer_forward_flops
+from sparse_exp.tweaks.tweak import RampConfig, check_ramp, check_settled_before_cycles, schedule_epoch
 
 
 @dataclass
@@ -160,8 +160,8 @@ def remove_ghosts(model: nn.Module, handles: List[Any]) -> int:
 
 def ghost_forward_flops(model: nn.Module, input_shape: Tuple[int, int, int]) -> Tuple[float, float]:
     """``(ghost, base)``: dense forward FLOPs per sample of every ghost 1x1 conv (2 per multiply-add; BN not
-    counted, as for the base layers in :mod:`sparse_exp.sparse.flops`) and of the base model's prunable
-    layers (:func:`~sparse_exp.sparse.flops.layer_forward_flops`), measured on one ``meta`` copy."""
+    counted, as for the base layers in :mod:`sparse_exp.sparse.flop_counts`) and of the base model's prunable
+    layers (:func:`~sparse_exp.sparse.flop_counts.layer_forward_flops`), measured on one ``meta`` copy."""
     probe = copy.deepcopy(model).to("meta")
     base = float(sum(layer_forward_flops(probe, input_shape).values()))
     total = [0.0]

@@ -24,10 +24,10 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from sparse_exp.callbacks import BaseCallback, LossFn, TrainState
-from sparse_exp.errors import one_of, require
-from sparse_exp.registries import TWEAKS
-from sparse_exp.tweaks.base import check_window, schedule_epoch
+from sparse_exp.callbacks.protocol import BaseCallback, LossFn, TrainState
+from sparse_exp.config.errors import one_of, require
+from sparse_exp.registry import TWEAKS
+from sparse_exp.tweaks.tweak import check_window, schedule_epoch
 
 
 @dataclass

@@ -30,9 +30,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from sparse_exp.callbacks import BaseCallback, TrainState
-from sparse_exp.errors import one_of, require
-from sparse_exp.registries import TWEAKS
+from sparse_exp.callbacks.protocol import BaseCallback, TrainState
+from sparse_exp.config.errors import one_of, require
+from sparse_exp.registry import TWEAKS
 from sparse_exp.tweaks.gradinit import GradInitSettings, gradinit_
 
 #: first training-loader epoch id GradInit draws batches from (never a training epoch)

@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from sparse_exp.callbacks import BaseCallback, TrainState
-from sparse_exp.errors import ConfigError, one_of, require
-from sparse_exp.registries import TWEAKS
-from sparse_exp.tweaks.base import check_settled_before_cycles, check_window, ramp, schedule_epoch
+from sparse_exp.callbacks.protocol import BaseCallback, TrainState
+from sparse_exp.config.errors import ConfigError, one_of, require
+from sparse_exp.registry import TWEAKS
+from sparse_exp.tweaks.tweak import check_settled_before_cycles, check_window, ramp, schedule_epoch
 
 
 def _pswish(x: torch.Tensor, beta: float) -> torch.Tensor:

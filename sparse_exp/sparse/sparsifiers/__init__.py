@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparse_exp.registries import SPARSIFIERS
+from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.sparsifiers import (dst, gradual, grasp, lth, mask_file, random_pruning,  # noqa: F401
                                            snip, static, synflow)
-from sparse_exp.sparse.sparsifiers.base import SparseContext, Sparsifier
+from sparse_exp.sparse.sparsifiers.sparsifier import SparseContext, Sparsifier
 
 
 def build_sparsifier(cfg: Any, ctx: SparseContext) -> Sparsifier:
     """Instantiate the sparsifier named ``cfg.name`` for ``ctx``.
 
     Raises:
-        sparse_exp.errors.ConfigError: unknown name (lists the allowed ones).
+        sparse_exp.config.errors.ConfigError: unknown name (lists the allowed ones).
     """
     return SPARSIFIERS.build(cfg.name, cfg, ctx)
 

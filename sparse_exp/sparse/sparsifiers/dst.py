@@ -23,11 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sparse_exp.config import SparsifierConfig
-from sparse_exp.errors import one_of, require
-from sparse_exp.registries import SPARSIFIERS
-from sparse_exp.sparse.schedules import ConstantDensity, FlopSchedule, UpdateInterval, drop_fraction_schedule
-from sparse_exp.sparse.sparsifiers.base import check_sparse_target
+from sparse_exp.config.schema import SparsifierConfig
+from sparse_exp.config.errors import one_of, require
+from sparse_exp.registry import SPARSIFIERS
+from sparse_exp.sparse.density_schedules import ConstantDensity, FlopSchedule, UpdateInterval, drop_fraction_schedule
+from sparse_exp.sparse.sparsifiers.sparsifier import check_sparse_target
 from sparse_exp.sparse.sparsifiers.static import StaticSparsifier
 from sparse_exp.sparse.topology import drop_and_grow
 

@@ -3,7 +3,7 @@
 Accepted files (``torch.load``-able):
 
 * ours -- ``masks.pt`` of any run: ``{"format": "sparse_exp.masks/v1", "masks": {name: bool tensor}}``
-  (see :mod:`sparse_exp.rundir`), e.g. from ``sparsifier=snip`` / ``grasp`` / ``synflow`` /
+  (see :mod:`sparse_exp.run.run_dir`), e.g. from ``sparsifier=snip`` / ``grasp`` / ``synflow`` /
   ``random`` / ``lth`` or the ultimate ticket of a Sup-tickets run;
 * a plain ``{name: tensor}`` dict, or a checkpoint holding one under ``"masks"`` or
   ``"state_dict"`` -- names may carry a ``module.`` prefix (DataParallel) and ``_mask`` suffix
@@ -23,12 +23,12 @@ from typing import Any, Dict, Tuple
 import torch
 from omegaconf import MISSING
 
-from sparse_exp.config import SparsifierConfig
-from sparse_exp.errors import ConfigError
-from sparse_exp.registries import SPARSIFIERS
-from sparse_exp.rundir import MASKS_FORMAT
-from sparse_exp.sparse.flops import Allocation
-from sparse_exp.sparse.sparsifiers.base import Sparsifier, check_sparse_target
+from sparse_exp.config.schema import SparsifierConfig
+from sparse_exp.config.errors import ConfigError
+from sparse_exp.registry import SPARSIFIERS
+from sparse_exp.run.run_dir import MASKS_FORMAT
+from sparse_exp.sparse.flop_counts import Allocation
+from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier, check_sparse_target
 
 
 @dataclass

@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_exp.sparse.flops import Allocation
+from sparse_exp.sparse.flop_counts import Allocation
 from sparse_exp.sparse.topology import global_topk_masks
-from sparse_exp.sparse.sparsifiers.base import Sparsifier, check_sparse_target
+from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier, check_sparse_target
 
 
 # ---------------------------------------------------------------------------------------- helpers

@@ -10,9 +10,9 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from sparse_exp.config import SparsifierConfig
-from sparse_exp.registries import SPARSIFIERS
-from sparse_exp.sparse.flops import Allocation
+from sparse_exp.config.schema import SparsifierConfig
+from sparse_exp.registry import SPARSIFIERS
+from sparse_exp.sparse.flop_counts import Allocation
 from sparse_exp.sparse.sparsifiers.pai import PruningAtInitSparsifier, check_pai_target
 
 

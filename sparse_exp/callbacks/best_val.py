@@ -1,0 +1,131 @@
+"""Which model a run reports: ``report=last`` (the final model; no callback) or ``report=best_val``.
+
+``report=best_val`` reports the test metrics of the run's best-validation epoch, the protocol of
+VITA-Group/ToST (Jaiswal et al., "Training Your Sparse Neural Network Better with Any Mask", ICML 2022),
+which reports test accuracy at the epoch of best validation accuracy. :class:`BestValReport` is a
+:class:`~sparse_exp.callbacks.protocol.Callback`, built last by :func:`sparse_exp.engine.build.build_callbacks`:
+
+- the choice is made on validation accuracy (``val/acc`` of the epoch's metrics row) only, never on
+  test; an epoch is chosen only if it is strictly better than every earlier candidate (ties: the
+  earliest). The test split is evaluated only at such improving epochs, right there (the model of
+  that epoch is gone afterwards); its numbers never influence any choice;
+- candidates: every epoch of the run's own training, except
+  - epochs of the sparsifier's LR phases before it (``state.step <= state.pre_steps``: e.g. IMP
+    rounds, which train other networks), and
+  - epochs whose row an earlier callback marked ``row["report/eligible"] = False`` in its own
+    ``on_epoch_end`` (the epoch's network is not the final architecture, e.g. a training tweak that
+    removes modules later); the convention is listed in :mod:`sparse_exp.callbacks.protocol`;
+- the final reported model is always a candidate too, compared on its ``val/acc`` in ``final_metrics``:
+  the individual model, or a booster's model (e.g. a superposed model) whose metrics an earlier
+  callback has already put into ``test/*`` / ``val/*``. Only an epoch with a strictly better
+  validation accuracy than the final model replaces its ``test/*`` / ``val/*``.
+
+Summary keys: ``report/mode`` (``best_val``), ``report/source`` (``epoch`` or ``final``),
+``report/epoch`` (the chosen epoch, 1-based over the whole run, or the last epoch when the final model
+is reported), ``report/phase`` (the chosen epoch's phase; absent for the final model),
+``report/total_epochs`` (epochs of the whole run), ``report/sparsity`` (``sparsity/global`` of
+the reported epoch), and the final model's metrics as ``final/test/*`` / ``final/val/*``.
+``masks.pt``, ``sparsity/*``, ``params/*`` and ``flops/test`` stay those of the final model: with
+dynamic sparse training the best epoch's mask may differ from it (``report/sparsity`` gives that
+epoch's global sparsity). The best-so-far record is checkpointed, so a resumed run (also from a
+mid-epoch preemption checkpoint) reports exactly what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from sparse_exp.callbacks.protocol import BaseCallback, TrainState
+from sparse_exp.training.metrics import evaluate
+
+#: row key an earlier callback sets to False when the epoch's network is not a candidate
+ELIGIBLE_KEY = "report/eligible"
+#: metrics of the final model kept under ``final/`` (``test/*`` / ``val/*`` may be replaced)
+FINAL_KEYS = ("test/acc", "test/nll", "test/ece", "val/acc", "val/nll", "val/ece")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class BestValReport(BaseCallback):
+    """``report=best_val``: report the test metrics of the best-validation epoch (see the module doc).
+
+    Attributes:
+        best: the best candidate epoch so far, or None: ``{"epoch", "phase", "sparsity", "val", "test"}``
+            (``val`` / ``test``: ``{"val/acc": ..., ...}`` / ``{"test/acc": ..., ...}``).
+    """
+
+    name = "report"
+
+    def __init__(self) -> None:
+        self.best: Optional[Dict[str, Any]] = None
+
+    @staticmethod
+    def is_candidate(state: TrainState, row: Dict[str, Any]) -> bool:
+        """Whether the epoch that just ended may be reported: in the run's own training (not a
+        sparsifier LR phase before it), not marked ineligible, with a finite ``val/acc``."""
+        if state.step <= state.pre_steps:
+            return False
+        if not row.get(ELIGIBLE_KEY, True):
+            return False
+        return _finite(row.get("val/acc"))
+
+    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None:
+        """Record the epoch if it is a candidate with a strictly better ``val/acc`` than the best so far;
+        only then is the test split evaluated (it never influences the choice)."""
+        if not self.is_candidate(state, row):
+            return
+        acc = float(row["val/acc"])
+        if self.best is not None and not acc > self.best["val"]["val/acc"]:
+            return
+        test = evaluate(state.model, state.data.test, state.num_classes, prefix="test")
+        self.best = {"epoch": int(state.epoch), "phase": row.get("phase"),
+                     "sparsity": row.get("sparsity/global"),
+                     "val": {k: float(v) for k, v in row.items() if k.startswith("val/") and _finite(v)},
+                     "test": {k: float(v) for k, v in test.items()}}
+
+    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+        """``report/*`` keys, the final model's metrics under ``final/``, and the best epoch's ``test/*`` /
+        ``val/*`` if its validation accuracy is strictly better than the final model's."""
+        out: Dict[str, Any] = {f"final/{k}": individual[k] for k in FINAL_KEYS if k in individual}
+        final_val = individual.get("val/acc")
+        best = self.best
+        epoch_wins = best is not None and (not _finite(final_val) or best["val"]["val/acc"] > final_val)
+        out["report/mode"] = "best_val"
+        out["report/total_epochs"] = int(state.epoch)
+        if epoch_wins:
+            out.update(best["test"])
+            out.update(best["val"])
+            out.update({"report/source": "epoch", "report/epoch": best["epoch"], "report/phase": best["phase"],
+                        "report/sparsity": best["sparsity"]})
+        else:
+            out.update({"report/source": "final", "report/epoch": int(state.epoch),
+                        "report/sparsity": individual.get("sparsity/global")})
+        return out
+
+    def summary_lines(self, summary: Dict[str, Any]) -> List[str]:
+        """One line: which model the run reports and its validation accuracy."""
+        if summary.get("report/mode") != "best_val":
+            return []
+        total, val = summary.get("report/total_epochs"), summary.get("val/acc", math.nan)
+        if summary.get("report/source") == "epoch":
+            line = (f"reported: best-validation epoch {summary['report/epoch']} of {total} (val {val:.2f} %; "
+                    f"final model: test {summary.get('final/test/acc', math.nan):.2f} %, "
+                    f"val {summary.get('final/val/acc', math.nan):.2f} %)")
+        else:
+            line = (f"reported: the final model, after epoch {summary['report/epoch']} of {total} (val {val:.2f} %; "
+                    "no epoch had a better validation accuracy)")
+        return [line, ""]
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The best-so-far record (plain Python numbers)."""
+        return {"best": None if self.best is None else {**self.best, "val": dict(self.best["val"]),
+                                                          "test": dict(self.best["test"])}}
+
+    def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
+        best = state["best"]
+        self.best = None if best is None else {**best, "val": dict(best["val"]), "test": dict(best["test"])}

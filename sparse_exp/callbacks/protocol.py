@@ -1,0 +1,317 @@
+"""The callback protocol: how boosters (Sup-tickets), training tweaks and accounting plug into a run.
+
+The training loop (:mod:`sparse_exp.engine.loop`) names no method. Everything method-specific that is not
+the sparse topology itself (that is the sparsifier's job) is a :class:`Callback`, built by
+:func:`sparse_exp.engine.build.build_run` from the config and called at fixed points:
+
+=====================  =====================================================================  ==========
+hook                   when / what                                                            returns
+=====================  =====================================================================  ==========
+``transform_model``    once, after the model is built, before the optimizer and the masks     a model
+``param_groups``       once, before the optimizer: extra groups (claimed params leave group 0) groups
+``wrap_loss``          once: wrap or replace the training loss ``loss(logits, y) -> scalar``  a loss
+``wrap_score_loss``    once: wrap the loss of pruning-at-init scores (plain CE by default)    a loss
+``lr_schedule``        once: replace the main phase's LR multiplier (``base(n)`` = base        fn or None
+                       schedule over ``n`` steps); at most one callback may
+``lr_multiplier``      per step: a factor multiplied into the LR                              float
+``setup``              once, after the sparsifier is built (before masks are initialised)      --
+``before_init_masks``  once, on a fresh start only, before the sparsifier's initial masks     --
+``allow_mask_update``  per main-phase step: may veto the sparsifier's update this step         bool
+``on_epoch_start``     before each training epoch                                             --
+``on_step_end``        after each optimizer step, mask application and sparsifier update      --
+``on_epoch_end``       after each epoch's validation; may add keys to the epoch's metrics row  --
+``final_masks``        at the end: the masks of the model the run reports, if not the         (label,
+                       individual model's (a booster's superposed model)                      masks)
+``final_metrics``      at the end: keys for ``summary.json`` (may override the individual      dict
+                       model's ``test/*`` / ``val/*``)
+``summary_lines``      at the end: lines printed above the run's result table                 lines
+``plot_marks``         for ``curves.png``: ``(global step, label)`` events worth marking on     list
+                       the LR curve (a booster's phase start and ticket points)
+``state_dict`` /       checkpointing: everything needed to resume bitwise                     dict
+``load_state_dict``
+=====================  =====================================================================  ==========
+
+Row key convention: ``on_epoch_end`` sets ``row["report/eligible"] = False`` when the epoch's network is
+not the final architecture; ``report=best_val`` never reports such an epoch (:mod:`sparse_exp.callbacks.best_val`).
+
+Callbacks see a :class:`TrainState`, a narrow documented view of the run, never the loop itself.
+Subclass :class:`BaseCallback` (every hook a no-op) and override what you need; see
+``docs/architecture.md`` for a worked example (``tests/test_architecture.py`` runs it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
+
+import torch
+from torch import nn
+
+#: ``factor(step) -> LR multiplier`` for the 0-based optimizer step (``LambdaLR`` convention)
+LRFactor = Callable[[int], float]
+#: ``loss(logits (N, C), labels (N,)) -> scalar`` in nats
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Masks = Dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainState:
+    """What a callback may read (and the loop keeps current).
+
+    Attributes:
+        model: the network being trained (not the DDP wrapper).
+        masking: its masks (:class:`sparse_exp.sparse.masking.Masking`).
+        optimizer: the optimizer.
+        sparsifier: the sparsifier (its ``growth``, ``generator``, ``updates``, ``dense_gradient_at``).
+        data: train / val / test loaders (:class:`sparse_exp.data.spec.DataBundle`).
+        num_classes: logits per sample.
+        device: where the model lives.
+        steps_per_epoch: optimizer steps per epoch.
+        epochs: epochs of the run's own training (``cfg.epochs``).
+        pre_steps: steps of the sparsifier's LR phases before it (``Sparsifier.lr_phases``; else 0).
+        base_lr: the optimizer's configured LR (``optimizer.lr``).
+        dense_layers: layers the distribution keeps dense (never pruned or regrown).
+        step: optimizer steps completed in the whole run.
+        epoch: epochs completed in the whole run.
+        elapsed: training seconds so far, over all sessions of the run.
+        log: ``log(row)`` sends scalars to the experiment logger at the current step.
+        scheduler: the per-step LR scheduler (``LambdaLR``; set once it exists, after ``setup``).
+        reported_masks: set at the end of training: the masks of the reported model if a callback
+            replaced the individual model (``final_masks``), else None.
+        run_dir: the run directory a callback may write its own files into (None in processes that do not
+            write: DDP ranks > 0, in-memory runs).
+    """
+
+    model: nn.Module
+    masking: Any
+    optimizer: torch.optim.Optimizer
+    sparsifier: Any
+    data: Any
+    num_classes: int
+    device: torch.device
+    steps_per_epoch: int
+    epochs: int
+    pre_steps: int
+    base_lr: float
+    dense_layers: Tuple[str, ...]
+    step: int = 0
+    epoch: int = 0
+    elapsed: float = 0.0
+    log: Callable[[Dict[str, Any]], None] = field(default=lambda row: None, repr=False)
+    scheduler: Any = None
+    reported_masks: Optional[Masks] = None
+    run_dir: Optional[Path] = None
+
+    @property
+    def main_step(self) -> int:
+        """Steps completed in the run's own training (after the sparsifier's LR phases); <= 0 before."""
+        return self.step - self.pre_steps
+
+    @property
+    def main_steps(self) -> int:
+        """Steps of the run's own training, ``epochs * steps_per_epoch``."""
+        return self.epochs * self.steps_per_epoch
+
+
+@runtime_checkable
+class Callback(Protocol):
+    """The hooks a booster or training tweak may implement (all of them; see the module table)."""
+
+    name: str
+
+    def transform_model(self, model: nn.Module) -> nn.Module: ...
+    def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]: ...
+    def wrap_loss(self, loss: LossFn) -> LossFn: ...
+    def wrap_score_loss(self, loss: LossFn) -> LossFn: ...
+    def lr_schedule(self, base: Callable[[int], LRFactor], total_steps: int) -> Optional[LRFactor]: ...
+    def lr_multiplier(self, step: int) -> float: ...
+    def setup(self, state: TrainState) -> None: ...
+    def before_init_masks(self, state: TrainState) -> None: ...
+    def allow_mask_update(self, main_step: int) -> bool: ...
+    def on_epoch_start(self, state: TrainState) -> None: ...
+    def on_step_end(self, state: TrainState, mask_changed: bool) -> None: ...
+    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None: ...
+    def final_masks(self, state: TrainState) -> Optional[Tuple[str, Masks]]: ...
+    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]: ...
+    def summary_lines(self, summary: Dict[str, Any]) -> List[str]: ...
+    def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]: ...
+    def state_dict(self) -> Dict[str, Any]: ...
+    def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None: ...
+
+
+class BaseCallback:
+    """Every hook of :class:`Callback` as a no-op; subclass and override what you need."""
+
+    name = "callback"
+
+    def transform_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
+        return []
+
+    def wrap_loss(self, loss: LossFn) -> LossFn:
+        return loss
+
+    def wrap_score_loss(self, loss: LossFn) -> LossFn:
+        return loss
+
+    def lr_schedule(self, base: Callable[[int], LRFactor], total_steps: int) -> Optional[LRFactor]:
+        return None
+
+    def lr_multiplier(self, step: int) -> float:
+        return 1.0
+
+    def setup(self, state: TrainState) -> None:
+        pass
+
+    def before_init_masks(self, state: TrainState) -> None:
+        pass
+
+    def allow_mask_update(self, main_step: int) -> bool:
+        return True
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        pass
+
+    def on_step_end(self, state: TrainState, mask_changed: bool) -> None:
+        pass
+
+    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None:
+        pass
+
+    def final_masks(self, state: TrainState) -> Optional[Tuple[str, Masks]]:
+        return None
+
+    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+        return {}
+
+    def summary_lines(self, summary: Dict[str, Any]) -> List[str]:
+        return []
+
+    def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]:
+        return []
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None:
+        pass
+
+
+class CallbackList:
+    """Calls every callback's hook in list order and combines the results (see the module table).
+
+    Args:
+        callbacks: the run's callbacks; their ``name`` keys their checkpoint state, so names are unique.
+
+    Raises:
+        ValueError: two callbacks with the same name.
+    """
+
+    def __init__(self, callbacks: Iterable[Any]) -> None:
+        self.callbacks: List[Any] = list(callbacks)
+        names = [cb.name for cb in self.callbacks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"callback names must be unique, got {names}")
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def transform_model(self, model: nn.Module) -> nn.Module:
+        for cb in self.callbacks:
+            model = cb.transform_model(model)
+        return model
+
+    def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
+        return [g for cb in self.callbacks for g in cb.param_groups(model)]
+
+    def wrap_loss(self, loss: LossFn) -> LossFn:
+        for cb in self.callbacks:
+            loss = cb.wrap_loss(loss)
+        return loss
+
+    def wrap_score_loss(self, loss: LossFn) -> LossFn:
+        for cb in self.callbacks:
+            loss = cb.wrap_score_loss(loss)
+        return loss
+
+    def lr_factor(self, base: Callable[[int], LRFactor], total_steps: int) -> LRFactor:
+        """The main phase's LR multiplier: a callback's ``lr_schedule`` (at most one), else
+        ``base(total_steps)``; times every callback's ``lr_multiplier`` if any overrides it.
+
+        Raises:
+            ValueError: two callbacks both replace the schedule.
+        """
+        owners = [(cb.name, f) for cb in self.callbacks if (f := cb.lr_schedule(base, total_steps)) is not None]
+        if len(owners) > 1:
+            raise ValueError(f"callbacks {[n for n, _ in owners]} both replace the LR schedule; at most one may")
+        factor = owners[0][1] if owners else base(total_steps)
+        scaling = [cb for cb in self.callbacks if type(cb).lr_multiplier is not BaseCallback.lr_multiplier]
+        if not scaling:
+            return factor
+
+        def scaled(step: int) -> float:
+            out = factor(step)
+            for cb in scaling:
+                out *= cb.lr_multiplier(step)
+            return out
+
+        return scaled
+
+    def setup(self, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.setup(state)
+
+    def before_init_masks(self, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.before_init_masks(state)
+
+    def allow_mask_update(self, main_step: int) -> bool:
+        return all(cb.allow_mask_update(main_step) for cb in self.callbacks)
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_start(state)
+
+    def on_step_end(self, state: TrainState, mask_changed: bool) -> None:
+        for cb in self.callbacks:
+            cb.on_step_end(state, mask_changed)
+
+    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(state, row)
+
+    def final_masks(self, state: TrainState) -> Optional[Tuple[str, Masks]]:
+        """The last callback's answer that is not None (the reported model's label and masks)."""
+        out = None
+        for cb in self.callbacks:
+            got = cb.final_masks(state)
+            out = got if got is not None else out
+        return out
+
+    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+        """Each callback's keys, in order; a later callback sees (and may override) earlier ones."""
+        out: Dict[str, Any] = {}
+        for cb in self.callbacks:
+            out.update(cb.final_metrics(state, {**individual, **out}))
+        return out
+
+    def summary_lines(self, summary: Dict[str, Any]) -> List[str]:
+        return [line for cb in self.callbacks for line in cb.summary_lines(summary)]
+
+    def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]:
+        """Every callback's marks, sorted by step."""
+        return sorted(m for cb in self.callbacks for m in getattr(cb, "plot_marks", lambda s: [])(state))
+
+    def state_dict(self) -> Dict[str, Dict[str, Any]]:
+        return {cb.name: cb.state_dict() for cb in self.callbacks}
+
+    def load_state_dict(self, state: Dict[str, Dict[str, Any]], device: torch.device) -> None:
+        """Restore each callback from ``state[name]`` (a callback absent from the checkpoint keeps its
+        fresh state)."""
+        for cb in self.callbacks:
+            if cb.name in state:
+                cb.load_state_dict(state[cb.name], device)
+

@@ -1,0 +1,123 @@
+"""Shared types of the data layer: data set specs, the loader protocol, the bundle, the error.
+
+Kept apart from :mod:`sparse_exp.data` so the per-source modules can import them without a cycle;
+everything here is re-exported by :mod:`sparse_exp.data`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Protocol, Tuple, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from sparse_exp.config.errors import UserError
+
+#: the train/val split permutation is drawn from ``torch.Generator().manual_seed(SPLIT_SEED)``,
+#: independent of the run's seed, so every seed of a sweep is validated on the same images.
+SPLIT_SEED = 0
+
+#: multiplier that mixes the run seed and the epoch into one generator seed (a prime, larger than
+#: any epoch index used in practice, so ``(seed, epoch)`` pairs do not collide).
+EPOCH_SEED_MULTIPLIER = 100003
+
+
+class DataError(UserError):
+    """The data set cannot be found, read or split; the message is one line saying how to fix it.
+
+    A :class:`sparse_exp.config.errors.UserError`, so the CLI prints it without a traceback (exit code 2).
+    """
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Static facts about one data set, known without touching the disk.
+
+    Attributes:
+        name: key in :data:`sparse_exp.data.DATASETS` (and ``dataset.name`` in the config).
+        in_channels: channels ``C`` of the images the loaders yield (1 grey, 3 RGB).
+        num_classes: number of labels; the loaders' labels are in ``[0, num_classes)``.
+        image_size: height = width ``H = W`` in pixels of the images the loaders yield.
+        default_val_size: images held out of the official training set for validation by default.
+        train_size: images of the official training split (before the validation hold-out).
+        test_size: images of the official test split (ImageNet / Tiny-ImageNet: their validation split).
+    """
+
+    name: str
+    in_channels: int
+    num_classes: int
+    image_size: int
+    default_val_size: int
+    train_size: int = 0
+    test_size: int = 0
+
+
+@runtime_checkable
+class Loader(Protocol):
+    """A re-iterable source of batches; one pass of :meth:`iterate` is one epoch."""
+
+    def __len__(self) -> int:
+        """Batches per epoch: ``ceil(num_samples / batch_size)`` (the last batch may be short; 0 if empty)."""
+        ...
+
+    def iterate(self, epoch: int) -> Iterator[Tuple[Tensor, Tensor]]:
+        """Yield ``(x, y)`` batches of epoch ``epoch``.
+
+        ``x`` is float32 ``(B, C, H, W)``, normalized per channel; ``y`` is int64 ``(B,)``; both on
+        the loader's device. The order (and, for training, the augmentation) depends only on the
+        run seed and ``epoch``, never on what was iterated before.
+        """
+        ...
+
+
+@dataclass
+class DataBundle:
+    """The three loaders of a run and their sizes (numbers of images, not batches)."""
+
+    train: Loader
+    val: Loader
+    test: Loader
+    spec: DatasetSpec
+    num_train: int
+    num_val: int
+    num_test: int
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the generator that orders (and augments) epoch ``epoch`` of a run with seed ``seed``.
+
+    ``seed * 100003 + epoch``: a function of ``(seed, epoch)`` only, so resuming at epoch ``k``
+    replays exactly the batches a run without interruption would have seen.
+    """
+    return int(seed) * EPOCH_SEED_MULTIPLIER + int(epoch)
+
+
+def split_indices(pool_size: int, val_size: int, name: str = "dataset") -> Tuple[Tensor, Tensor]:
+    """Split ``range(pool_size)`` into (train, val) index tensors with the fixed split seed.
+
+    A permutation drawn from ``torch.Generator().manual_seed(SPLIT_SEED)`` (seed 0, whatever the
+    run seed): its first ``val_size`` entries, sorted, are the validation images; the remaining
+    entries, in permutation order, are the training pool (so "the first N of the pool" for
+    ``subset_train`` is a random, roughly class-balanced subset).
+
+    Returns:
+        ``(train_idx, val_idx)``, int64 CPU tensors of lengths ``pool_size - val_size`` and ``val_size``.
+
+    Raises:
+        DataError: ``val_size`` is negative or leaves no training image.
+    """
+    if val_size < 0 or val_size >= pool_size:
+        raise DataError(f"{name}: dataset.val_size={val_size} is not allowed: the training set has {pool_size} "
+                        f"images, so val_size must be in [0, {pool_size - 1}]")
+    perm = torch.randperm(pool_size, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return perm[val_size:].clone(), perm[:val_size].sort().values
+
+
+def cfg_get(cfg: Any, key: str, default: Any) -> Any:
+    """``cfg.key`` for a DictConfig, dataclass or namespace; ``default`` when absent or None."""
+    try:
+        value = getattr(cfg, key)
+    except (AttributeError, KeyError):
+        return default
+    return default if value is None else value

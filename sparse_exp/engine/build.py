@@ -1,0 +1,220 @@
+"""Build a run from a validated config: ``build_run(cfg) -> Run``, everything a run is made of.
+
+Data flows one way: config -> :func:`build_run` -> :class:`sparse_exp.engine.loop.Trainer` (the epoch loop)
+-> ``summary.json``. Order matters for bitwise reproducibility (the global RNG is seeded first and
+consumed by the model's initialisation only):
+
+1. seed, device, distributed environment, data;
+2. callbacks from the config (the training tweaks, then the superposer group), then the model, which
+   each callback may transform (``transform_model``), then the optimizer with the callbacks'
+   parameter groups, the masks, the FLOP meter (itself a callback);
+3. the sparsifier (:class:`~sparse_exp.sparse.sparsifiers.sparsifier.SparseContext`), the callbacks'
+   :class:`~sparse_exp.callbacks.protocol.TrainState`, ``setup``;
+4. the LR schedule: the phases the sparsifier declares (``lr_phases``), each a full base schedule, then
+   the main phase, whose multiplier a callback may replace (``lr_schedule``) or scale (``lr_multiplier``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparse_exp.callbacks.protocol import CallbackList, LossFn, LRFactor, TrainState
+from sparse_exp.data import build_data
+from sparse_exp.data.spec import DataBundle
+from sparse_exp.engine.distributed import DistEnv, ShardedLoader, init_distributed
+from sparse_exp.callbacks.flop_meter import FlopMeter
+from sparse_exp.models import build_model, reinitialize_
+from sparse_exp.training.optimizers import build_optimizer
+from sparse_exp.registry import SUPERPOSERS
+from sparse_exp.callbacks.best_val import BestValReport
+from sparse_exp.training.lr_schedules import lr_factor_fn
+from sparse_exp.engine.seeding import seed_everything
+from sparse_exp.sparse.flop_counts import layer_forward_flops
+from sparse_exp.sparse.masking import Masking
+from sparse_exp.sparse.sparsifiers import SparseContext, Sparsifier, build_sparsifier
+from sparse_exp.tweaks import build_tweaks
+
+#: epoch id used to draw batches for pruning-at-init scores (never a training epoch)
+INIT_BATCHES_EPOCH = 1_000_000
+
+
+@dataclass
+class Run:
+    """What one run is made of (built by :func:`build_run`, driven by :class:`sparse_exp.engine.loop.Trainer`).
+
+    Attributes:
+        cfg: the composed, validated config.
+        device: where the model and the batches live.
+        dist: the distributed environment (one process: ``enabled`` is False).
+        data: train / val / test loaders.
+        train_loader: the training loader this rank iterates (a shard of each global batch under DDP).
+        model: the network; ``train_model`` is what the step calls (the DDP wrapper, or ``model``).
+        optimizer: SGD / Adam over the model's parameters (callbacks may add groups).
+        masking: the masks of the prunable weights.
+        sparsifier: chooses and evolves the masks.
+        callbacks: boosters, tweaks and the FLOP meter, in call order.
+        loss_fn: the training loss (plain cross-entropy, possibly wrapped by callbacks).
+        scheduler: per-step LR multiplier (``LambdaLR``, stepped once per optimizer step).
+        phases: ``(name, epochs)`` of the run in order: the sparsifier's LR phases, then ``("main", epochs)``.
+        state: the :class:`TrainState` the loop keeps current and callbacks read.
+    """
+
+    cfg: Any
+    device: torch.device
+    dist: DistEnv
+    data: DataBundle
+    train_loader: Any
+    model: nn.Module
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    masking: Masking
+    sparsifier: Sparsifier
+    callbacks: CallbackList
+    loss_fn: LossFn
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    phases: List[Tuple[str, int]]
+    state: TrainState
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the whole run, LR phases included."""
+        return sum(epochs for _, epochs in self.phases)
+
+    def phase_at(self, epoch: int) -> str:
+        """Name of the phase the 0-based ``epoch`` belongs to."""
+        for name, epochs in self.phases:
+            if epoch < epochs:
+                return name
+            epoch -= epochs
+        return self.phases[-1][0]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA if available, else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits ``(N, C)`` against labels ``(N,)``, in nats (the plain training loss)."""
+    return F.cross_entropy(logits, y)
+
+
+def build_callbacks(cfg: Any) -> List[Any]:
+    """The config's callbacks, in call order: the training tweaks (:func:`sparse_exp.tweaks.build_tweaks`),
+    then the superposer's (``superposer=none`` builds none); last,
+    with ``report=best_val``, :class:`~sparse_exp.callbacks.best_val.BestValReport` (it sees the epoch rows and final
+    metrics of every callback before it; the FLOP meter, added after them by :func:`build_run`, reads no
+    ``val/*`` or ``test/*``)."""
+    out = build_tweaks(cfg)
+    booster = SUPERPOSERS.build(cfg.superposer.name, cfg.superposer)
+    if booster is not None:
+        out.append(booster)
+    # keep last: which model the run reports (after every other callback)
+    if cfg.report == "best_val":
+        out.append(BestValReport())
+    return out
+
+
+def phased_lr(phases: List[Tuple[str, int]], steps_per_epoch: int, base: Callable[[int], LRFactor],
+              main: LRFactor) -> LRFactor:
+    """LR multiplier over the whole run: each LR phase but the last is a full ``base`` schedule over its
+    own steps (restarted), the last phase follows ``main`` (0-based steps within it)."""
+    if len(phases) == 1:
+        return main
+    bounds, start = [], 0
+    for _, epochs in phases[:-1]:
+        n = epochs * steps_per_epoch
+        bounds.append((start, start + n, base(n)))
+        start += n
+    pre = start
+
+    def factor(step: int) -> float:
+        if step >= pre:
+            return main(step - pre)
+        for lo, hi, fn in bounds:
+            if step < hi:
+                return fn(step - lo)
+        raise AssertionError("unreachable")
+
+    return factor
+
+
+def build_run(cfg: Any) -> Run:
+    """Everything a run is made of, from a composed and validated config (see the module doc).
+
+    Raises:
+        sparse_exp.config.errors.UserError: data missing or unreadable; a component refuses the config once the
+            data's size is known (e.g. a Sup-tickets budget that holds no ticket).
+    """
+    device = resolve_device(cfg.device)
+    if os.environ.get("SLURM_CPUS_PER_TASK"):  # use the CPUs SLURM gave us, not the node's count
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+    dist = init_distributed(device.type)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    seed_everything(cfg.seed)
+    data = build_data(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+                      device=device)
+    spec = data.spec
+    # DDP: each rank trains on its rows of every global batch; evaluation, pruning-at-init scores and
+    # BN re-estimation use the full data on every rank (identical results)
+    train_loader = ShardedLoader(data.train, dist) if dist.enabled else data.train
+
+    callbacks = build_callbacks(cfg)
+    hooks = CallbackList(callbacks)
+    model = reinitialize_(build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
+                                      image_size=spec.image_size), cfg.model.init)
+    model = hooks.transform_model(model).to(device)
+    optimizer = build_optimizer(cfg.optimizer, model, hooks.param_groups(model))
+    train_model = model
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        # buffers are broadcast after every step instead (sparse_exp.engine.distributed.broadcast_buffers_)
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    steps_per_epoch = len(data.train)
+    masking = Masking(model)
+    # FLOP accounting (sparse_exp.callbacks.flop_meter): per-layer dense forward FLOPs, once
+    meter = FlopMeter(layer_forward_flops(model, (spec.in_channels, spec.image_size, spec.image_size)))
+    hooks = CallbackList(callbacks + [meter])
+    loss_fn = hooks.wrap_loss(cross_entropy)
+
+    def init_batches(n: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for i, batch in enumerate(data.train.iterate(INIT_BATCHES_EPOCH)):
+            if i >= n:
+                return
+            yield batch
+
+    ctx = SparseContext(model=model, masking=masking, optimizer=optimizer, sparsity=float(cfg.sparsity),
+                        distribution=cfg.distribution, total_steps=cfg.epochs * steps_per_epoch,
+                        steps_per_epoch=steps_per_epoch, seed=int(cfg.seed), device=device, batches=init_batches,
+                        loss_fn=hooks.wrap_score_loss(cross_entropy))
+    sparsifier = build_sparsifier(cfg.sparsifier, ctx)
+    phases = list(sparsifier.lr_phases()) + [("main", int(cfg.epochs))]
+    pre_steps = sum(epochs for _, epochs in phases[:-1]) * steps_per_epoch
+    state = TrainState(model=model, masking=masking, optimizer=optimizer, sparsifier=sparsifier, data=data,
+                       num_classes=spec.num_classes, device=device, steps_per_epoch=steps_per_epoch,
+                       epochs=int(cfg.epochs), pre_steps=pre_steps, base_lr=float(cfg.optimizer.lr),
+                       dense_layers=tuple(ctx.dense_layers()))
+    hooks.setup(state)
+
+    def base(n: int) -> LRFactor:
+        return lr_factor_fn(cfg.schedule, n, steps_per_epoch)
+
+    main = hooks.lr_factor(base, state.main_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, phased_lr(phases, steps_per_epoch, base, main))
+    state.scheduler = scheduler
+    return Run(cfg=cfg, device=device, dist=dist, data=data, train_loader=train_loader, model=model,
+               train_model=train_model, optimizer=optimizer, masking=masking, sparsifier=sparsifier,
+               callbacks=hooks, loss_fn=loss_fn, scheduler=scheduler, phases=phases, state=state)
+

@@ -1,0 +1,341 @@
+"""The training loop: epochs of the train step (:mod:`sparse_exp.engine.fast_step`), callbacks at fixed points, a checkpoint every epoch.
+
+``Trainer(cfg, run_dir).fit()`` builds the run (:func:`sparse_exp.engine.build.build_run`), resumes from
+``checkpoint.pt`` if there is one, trains, and writes ``summary.json`` (:mod:`sparse_exp.engine.summary`).
+The loop names no method: the sparsifier evolves the masks, everything else plugs in through the
+callback protocol (:mod:`sparse_exp.callbacks.protocol`).
+
+The per-step path has no host synchronisation: loss and accuracy are accumulated on the device and
+read once per ``log_every`` steps (progress bar) and once per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from sparse_exp.engine.build import build_run
+from sparse_exp.engine.distributed import any_rank, broadcast_buffers_
+from sparse_exp.engine.fast_step import current_lr, make_train_step, optimizer_state_dict
+from sparse_exp.config.identity import identity
+from sparse_exp.run.loggers import build_logger
+from sparse_exp.training.metrics import evaluate
+from sparse_exp.plot import lr_trace, plot_curves
+from sparse_exp.engine.preemption import PreemptionGuard
+from sparse_exp.run.run_dir import RunDir
+from sparse_exp.engine.seeding import rng_state, set_rng_state
+from sparse_exp.engine.summary import final_summary
+
+log = logging.getLogger("sparse_exp")
+
+
+def show_progress(cfg: Any, is_main: bool) -> bool:
+    """Whether to draw a progress bar: ``progress=true``, rank 0, and stderr a terminal. In a SLURM log, CI or
+    ``make train > log`` a bar writes a carriage-return update many times a second; there the per-epoch log
+    line (``fit``) is the progress report."""
+    return bool(cfg.progress) and is_main and sys.stderr.isatty()
+
+
+class Preempted(Exception):
+    """Training stopped on request (SLURM preemption / time limit); a checkpoint was written."""
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite at (1-based) ``epoch`` and global ``step``."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        self.epoch, self.step, self.loss = epoch, step, loss
+        kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
+        super().__init__(f"diverged at epoch {epoch}, step {step}: the training loss became {loss}; {kept} (lower "
+                         "the learning rate or add a warm-up)")
+
+
+class Trainer:
+    """Owns one run. ``Trainer(cfg, run_dir).fit()`` returns the summary dict.
+
+    Args:
+        cfg: a composed and validated config (``conf/config.yaml``).
+        run_dir: where outputs go (created by :meth:`RunDir.prepare`).
+
+    Attributes:
+        run: the built :class:`~sparse_exp.engine.build.Run` (model, masking, sparsifier, callbacks, ...).
+        preemption: polled after every step; ``requested`` -> checkpoint and raise :class:`Preempted`.
+    """
+
+    def __init__(self, cfg: Any, run_dir: RunDir) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.run = build_run(cfg)
+        run_dir.writable = run_dir.writable and self.run.dist.is_main
+        self.state = self.run.state
+        self.state.log = self.log_metrics
+        self.state.run_dir = run_dir.path if run_dir.writable else None
+        self.train_step = make_train_step(self.run)  # the fast.* block's step (sparse_exp.engine.fast_step)
+        self.logger = None
+        self.batch_in_epoch = 0  # batches done in the current epoch (non-zero only in a preemption checkpoint)
+        self._acc = (0.0, 0, 0)  # loss sum, correct, seen of the current epoch (for mid-epoch resume)
+        self._resume_rng: Optional[Dict[str, Any]] = None
+        self.preemption: Any = None
+
+    # ------------------------------------------------------------------ views
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.run.model
+
+    @property
+    def masking(self):
+        return self.run.masking
+
+    @property
+    def sparsifier(self):
+        return self.run.sparsifier
+
+    @property
+    def data(self):
+        return self.run.data
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps completed in the whole run."""
+        return self.state.step
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed in the whole run."""
+        return self.state.epoch
+
+    def callback(self, name: str) -> Any:
+        """The run's callback called ``name``.
+
+        Raises:
+            KeyError: no such callback (the message lists the run's callbacks).
+        """
+        for cb in self.run.callbacks:
+            if cb.name == name:
+                return cb
+        raise KeyError(f"no callback {name!r}; this run has {[cb.name for cb in self.run.callbacks]}")
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything ``checkpoint.pt`` holds for a bitwise resume: model, optimizer, LR schedule, masks,
+        sparsifier, each callback's state (by name), the global RNG states, the step / epoch counters and,
+        mid-epoch, the batch position and the epoch's loss / accuracy accumulators."""
+        r, s = self.run, self.state
+        return {
+            "model": r.model.state_dict(),
+            "optimizer": optimizer_state_dict(r.optimizer),
+            "scheduler": r.scheduler.state_dict(),
+            "masking": r.masking.state_dict(),
+            "sparsifier": r.sparsifier.state_dict(),
+            "callbacks": r.callbacks.state_dict(),
+            "rng": rng_state(),
+            "epoch": s.epoch,
+            "step": s.step,
+            "elapsed": s.elapsed,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_accumulators": self._acc,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output, or a checkpoint in the current format
+        (:meth:`RunDir.load_checkpoint` migrates older ones: :func:`sparse_exp.run.run_dir.migrate_checkpoint`).
+
+        The callbacks are restored first: one that changed the model's structure during training (a tweak
+        that removed modules) restores that structure, so the model, optimizer and scheduler states fit."""
+        r, s = self.run, self.state
+        r.callbacks.load_state_dict(state["callbacks"], r.device)
+        r.model.load_state_dict(state["model"])
+        r.optimizer.load_state_dict(state["optimizer"])
+        self.train_step.refresh()  # a compiled / captured step's LR tensor and captured tensors
+        r.scheduler.load_state_dict(state["scheduler"])
+        r.masking.load_state_dict(state["masking"])
+        r.sparsifier.load_state_dict(state["sparsifier"])
+        set_rng_state(state["rng"])
+        s.epoch, s.step, s.elapsed = state["epoch"], state["step"], state["elapsed"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+        self._acc = tuple(state["epoch_accumulators"])
+        self._resume_rng = state["rng"] if self.batch_in_epoch else None
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self) -> Dict[str, float]:
+        """One pass over the training split; returns mean loss, accuracy (%) and final LR.
+
+        Resumes mid-epoch after a preemption checkpoint: the first ``batch_in_epoch`` batches are
+        skipped and the RNG state of the checkpoint is restored after skipping them, so the rest of
+        the epoch is what the uninterrupted run would have done.
+
+        Raises:
+            Preempted: a preemption was requested (``self.preemption.requested``); a mid-epoch
+            checkpoint has been written.
+        """
+        r, s, cfg = self.run, self.state, self.cfg
+        r.train_model.train()
+        # DDP: rank 0's BN statistics after every step, so callbacks (tickets), evaluation and checkpoints
+        # see the same model on every rank
+        buffers = [b for b in r.model.buffers() if b.is_floating_point()] if r.dist.enabled else []  # same dtype: one flat tensor
+        start = self.batch_in_epoch
+        loss_sum = torch.full((), self._acc[0], device=r.device)
+        correct = torch.full((), self._acc[1], device=r.device, dtype=torch.long)
+        seen = self._acc[2]
+        nonfinite = torch.zeros(s.steps_per_epoch, dtype=torch.bool, device=r.device)  # per batch, no host sync
+        r.callbacks.on_epoch_start(s)
+        self.train_step.refresh()
+        bar = tqdm(r.train_loader.iterate(s.epoch), total=s.steps_per_epoch, leave=False,
+                   disable=not show_progress(cfg, r.dist.is_main), desc=f"epoch {s.epoch + 1}/{r.total_epochs}")
+        for i, (x, y) in enumerate(bar):
+            if i < start:
+                if i + 1 == start and self._resume_rng is not None:
+                    set_rng_state(self._resume_rng)  # undo what skipping the batches drew
+                continue
+            loss, logits = self.train_step(x, y)
+            broadcast_buffers_(buffers, r.dist)
+            nonfinite[i] = ~torch.isfinite(loss)
+            s.step += 1
+            changed = False
+            if s.main_step >= 1 and r.callbacks.allow_mask_update(s.main_step):
+                changed = r.sparsifier.after_step(s.main_step)
+                if changed:
+                    self.train_step.refresh()
+            r.callbacks.on_step_end(s, changed)
+            r.scheduler.step()
+            if cfg.check_invariants:
+                r.masking.check_invariants(r.optimizer)
+            loss_sum += loss * y.shape[0]
+            correct += (logits.argmax(1) == y).sum()
+            seen += y.shape[0]
+            if not bar.disable and (i + 1) % cfg.log_every == 0:
+                self._raise_if_diverged(nonfinite, loss_sum)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
+            if self.preemption is not None and self._preempt_now(i):
+                self._raise_if_diverged(nonfinite, loss_sum)  # never checkpoint a diverged model
+                self.batch_in_epoch, self._acc = i + 1, (loss_sum.item(), int(correct.item()), seen)
+                self.run_dir.save_checkpoint(self.state_dict())
+                bar.close()
+                raise Preempted(f"preempted at epoch {s.epoch} batch {i + 1} (step {s.step})")
+        bar.close()
+        self._raise_if_diverged(nonfinite, loss_sum)
+        self.batch_in_epoch, self._acc, self._resume_rng = 0, (0.0, 0, 0), None
+        return {"train/loss": loss_sum.item() / max(seen, 1), "train/acc": 100.0 * correct.item() / max(seen, 1),
+                "lr": current_lr(r.optimizer)}
+
+    def _raise_if_diverged(self, nonfinite: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        """Raise :class:`Diverged` if a batch of this epoch had a non-finite loss (one host sync)."""
+        if not bool(nonfinite.any()):
+            return
+        first = int(nonfinite.nonzero()[0, 0])
+        s = self.state
+        step = s.epoch * s.steps_per_epoch + first + 1
+        raise Diverged(s.epoch + 1, step, float(loss_sum))
+
+    def _preempt_now(self, i: int) -> bool:
+        """Whether to stop after batch ``i``: every step for one process; with DDP, all ranks agree
+        every ``log_every`` steps (one all-reduce) so that they stop at the same step."""
+        if not self.run.dist.enabled:
+            return self.preemption.requested
+        if (i + 1) % self.cfg.log_every:
+            return False
+        return any_rank(self.preemption.requested, self.run.dist, self.run.device)
+
+    def log_metrics(self, row: Dict[str, Any]) -> None:
+        """Send ``row`` to the experiment logger at the current step (no-op before :meth:`fit`)."""
+        if self.logger is not None:
+            self.logger.log(row, step=self.state.step)
+
+    def _epoch(self) -> Dict[str, Any]:
+        """Train one epoch, run the epoch-end hooks and validation; returns the metrics row."""
+        r, s = self.run, self.state
+        t0 = time.perf_counter()
+        phase = r.phase_at(s.epoch)
+        row = self.train_epoch()
+        s.epoch += 1
+        r.sparsifier.on_epoch_end(s.epoch)
+        s.elapsed += time.perf_counter() - t0
+        row.update(evaluate(r.model, r.data.val, s.num_classes, prefix="val"))
+        row.update({"epoch": s.epoch, "step": s.step, "phase": phase,
+                    "sparsity/global": r.masking.global_sparsity(), "itop_rate": r.masking.itop_rate()})
+        r.callbacks.on_epoch_end(s, row)
+        row["time/epoch_s"] = time.perf_counter() - t0
+        return row
+
+    def fit(self) -> Dict[str, Any]:
+        """Train (resuming from ``checkpoint.pt`` if present) and write ``summary.json``."""
+        cfg, rd, r, s = self.cfg, self.run_dir, self.run, self.state
+        ident = identity(cfg)
+        if rd.has_checkpoint():
+            self.load_state_dict(rd.load_checkpoint(map_location=r.device))
+            r.masking.invalidate_buffer_cache()
+            rd.truncate_metrics(before_epoch=s.epoch + 1)  # rows after the checkpoint are redone
+            log.info("resumed from %s at epoch %d batch %d (step %d)", rd.checkpoint_path, s.epoch,
+                     self.batch_in_epoch, s.step)
+        else:
+            r.callbacks.before_init_masks(s)
+            r.sparsifier.init_masks()
+            rd.truncate_metrics(before_epoch=0)
+        rd.write_summary({"status": "running", **ident})
+        own_guard = self.preemption is None
+        if own_guard:  # SLURM USR2 / TERM -> checkpoint at the next step, then submitit requeues
+            self.preemption = PreemptionGuard()
+        logger = self.logger = build_logger(cfg.logger if r.dist.is_main else OmegaConf.create({"name": "none"}),
+                                            rd, OmegaConf.to_container(cfg, resolve=True), name=rd.path.name)
+        try:
+            stop_at = cfg.stop_after_epochs or r.total_epochs
+            while s.epoch < r.total_epochs:
+                row = self._epoch()
+                rd.append_metrics(row)
+                rd.save_checkpoint(self.state_dict())
+                logger.log(row, step=s.step)
+                log.info("epoch %d/%d  loss %.4f  train %.2f%%  val %.2f%%  lr %.4g  sparsity %.4f  (%.1fs)",
+                         s.epoch, r.total_epochs, row["train/loss"], row["train/acc"], row.get("val/acc", math.nan),
+                         row["lr"], row["sparsity/global"], row["time/epoch_s"])
+                if s.epoch >= stop_at and s.epoch < r.total_epochs:
+                    rd.write_summary({"status": "stopped", **ident, "epoch": s.epoch})
+                    log.info("stopped after epoch %d as asked (stop_after_epochs); re-run to resume", s.epoch)
+                    return {"status": "stopped", "epoch": s.epoch}
+            summary, label, masks = final_summary(r, ident, rd.path)
+            rd.save_masks(masks, {**ident, "sparsity/global": summary["sparsity/global"], "model": label})
+            rd.write_summary(summary)
+            self.write_curves()
+            logger.summary(summary)
+            return summary
+        except Diverged as exc:  # recorded as failed; the last good checkpoint stays; never counted as a result
+            failed = {"status": "failed", **ident, "reason": "diverged", "error": str(exc), "epoch": exc.epoch,
+                      "step": exc.step}
+            rd.write_summary(failed)
+            log.error("%s", exc)
+            return failed
+        except Preempted:
+            rd.write_summary({"status": "stopped", **ident, "epoch": s.epoch, "step": s.step, "reason": "preempted"})
+            log.info("preempted: checkpoint written at step %d; the requeued job resumes from it", s.step)
+            if own_guard:
+                self.preemption.finish()  # hands the signal to submitit: requeue and exit
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                rd.write_summary({"status": "failed", **ident, "error": f"{type(exc).__name__}: {exc}"})
+            raise
+        finally:
+            if own_guard:
+                self.preemption.uninstall()
+                self.preemption = None
+            logger.finish()
+
+    def write_curves(self) -> None:
+        """``curves.png`` (:mod:`sparse_exp.plot`) with the schedule the run trained with; a plotting failure is
+        logged, never fails a finished run."""
+        if not self.run_dir.writable:
+            return
+        try:
+            plot_curves(self.run_dir.path, lr_trace(self.run), self.run.callbacks.plot_marks(self.state))
+        except Exception as exc:  # matplotlib / disk problems must not turn a completed run into a failed one
+            log.warning("curves.png not written: %s: %s", type(exc).__name__, exc)
+
+    def summary_lines(self, summary: Dict[str, Any]) -> list:
+        """The callbacks' lines for the end-of-run table (:func:`sparse_exp.engine.summary.format_summary`)."""
+        return self.run.callbacks.summary_lines(summary)

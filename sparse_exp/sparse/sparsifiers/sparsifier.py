@@ -1,0 +1,170 @@
+"""The sparsifier interface: how a sparse topology is chosen and evolved.
+
+Life cycle, driven by :mod:`sparse_exp.engine.build` and :mod:`sparse_exp.engine.loop`:
+
+1. ``sparsifier = build_sparsifier(cfg.sparsifier, ctx)``
+2. ``sparsifier.init_masks()`` once before the first step (pruning-at-init methods may draw
+   batches through ``ctx.batches``); it sets ``masking.target_counts`` and the masks.
+3. every step: ``loss.backward(); optimizer.step(); masking.apply_(optimizer);
+   sparsifier.after_step(step)``. ``after_step`` sees the step's dense gradients in
+   ``p.grad`` (gradients are never masked) and may change masks in place; if it does it must
+   re-apply them (weights and optimizer buffers zeroed off the new mask) and return ``True``.
+4. ``state_dict()`` / ``load_state_dict()`` hold everything needed to resume bitwise.
+
+What a sparsifier declares, so that the loop and the FLOP accounting never ask for it by name:
+
+* ``growth`` -- its regrowth criterion (``"random"`` / ``"gradient"``, or None for methods that never
+  regrow); Sup-tickets' exploration uses it (``explore_growth=auto``).
+* :meth:`Sparsifier.dense_gradient_at` -- whether its mask update at a step reads the dense weight
+  gradient (RigL, GraNet regeneration), which costs ``f_D`` instead of ``f_S`` in training FLOPs.
+* :meth:`Sparsifier.lr_phases` -- epochs it trains before the run's own ``epochs``, each phase
+  restarting the LR schedule (LTH's IMP rounds).
+* :meth:`Sparsifier.flop_schedule` / :meth:`Sparsifier.flop_allocation` -- its training-cost model for the
+  FLOP estimate without training (``python -m sparse_exp.flops``): the global density per step and the
+  dense-gradient steps (a :class:`~sparse_exp.sparse.density_schedules.FlopSchedule`, built from the schedule
+  objects the sparsifier itself runs on), and how its layer densities are estimated.
+
+A new sparsifier is one module that subclasses :class:`Sparsifier` and registers itself with its schema
+and checks (``@SPARSIFIERS.register(name, schema=..., checks=...)``, :mod:`sparse_exp.registry`), plus
+``conf/sparsifier/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from sparse_exp.config.errors import require
+from sparse_exp.registry import SPARSIFIERS
+from sparse_exp.sparse.distributions import layer_counts
+from sparse_exp.sparse.flop_counts import Allocation
+from sparse_exp.sparse.masking import Masking, dense_layer_names
+from sparse_exp.sparse.density_schedules import ConstantDensity, FlopSchedule
+
+
+@SPARSIFIERS.group_check
+def check_no_missing_keys(cfg: Any) -> None:
+    """Every key of the chosen sparsifier's schema is set (``???`` keys such as ``mask_file``'s path)."""
+    sp = cfg.sparsifier
+    for key in sp.keys():
+        require(not OmegaConf.is_missing(sp, key), f"sparsifier.{key}", "???", f"is required for sparsifier={sp.name}")
+
+
+def check_sparse_target(cfg: Any) -> None:
+    """``sparsity`` > 0: a sparse method needs a sparse target (dense training is ``sparsifier=dense``)."""
+    require(cfg.sparsity > 0, "sparsity", cfg.sparsity,
+            "must be > 0 for a sparse method (use sparsifier=dense for dense training)")
+
+
+@dataclass
+class SparseContext:
+    """What a sparsifier may use.
+
+    Attributes:
+        model: the network (already on ``device``).
+        masking: the masks of ``model``.
+        optimizer: the optimizer (for zeroing buffers of regrown weights).
+        sparsity: target fraction of zeros over prunable weights, in [0, 1).
+        distribution: the ``distribution`` config node (name, erk_power_scale, dense_*_layer).
+        total_steps: optimizer steps in the whole run.
+        steps_per_epoch: optimizer steps per epoch.
+        seed: run seed; sparsifiers derive their own ``torch.Generator`` from it.
+        device: where the model lives.
+        batches: ``batches(n)`` yields ``n`` training batches ``(x, y)`` (for SNIP / GraSP ...).
+        loss_fn: the training loss ``loss_fn(logits, y) -> scalar``.
+    """
+
+    model: nn.Module
+    masking: Masking
+    optimizer: Optional[torch.optim.Optimizer]
+    sparsity: float
+    distribution: Any
+    total_steps: int
+    steps_per_epoch: int
+    seed: int
+    device: torch.device
+    batches: Optional[Callable[[int], Iterator[Tuple[torch.Tensor, torch.Tensor]]]] = None
+    loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
+
+    @property
+    def density(self) -> float:
+        return 1.0 - self.sparsity
+
+    def dense_layers(self):
+        """Layers the distribution keeps dense (first / last layer options)."""
+        return dense_layer_names(self.masking, self.distribution.dense_first_layer, self.distribution.dense_last_layer)
+
+    def target_counts(self, density: Optional[float] = None) -> Dict[str, int]:
+        """Exact ones per layer for ``density`` (default: the target) under the distribution."""
+        return layer_counts(
+            self.masking.shapes,
+            self.density if density is None else density,
+            self.distribution.name,
+            self.distribution.erk_power_scale,
+            self.dense_layers(),
+        )
+
+
+class Sparsifier:
+    """Base class; subclasses set ``name`` and override what they need."""
+
+    name: str = "base"
+    #: regrowth criterion, ``"random"`` | ``"gradient"``, or None (never regrows)
+    growth: Optional[str] = None
+
+    def __init__(self, cfg: Any, ctx: SparseContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.generator = torch.Generator().manual_seed(int(ctx.seed) * 7919 + 17)
+        #: number of mask updates so far (DST / gradual pruning)
+        self.updates = 0
+
+    def init_masks(self) -> None:
+        """Choose the initial masks, set ``masking.target_counts`` and apply them."""
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> bool:
+        """Called after ``optimizer.step()`` and mask application; ``step`` counts from 1."""
+        return False
+
+    def on_epoch_end(self, epoch: int) -> bool:
+        """Called after each epoch (``epoch`` = completed epochs of the whole run); True if masks changed."""
+        return False
+
+    def dense_gradient_at(self, step: int) -> bool:
+        """Whether a mask update at ``step`` (main-phase step, from 1) reads the dense weight gradient
+        (training FLOPs ``2 f_S + f_D`` instead of ``3 f_S``, RigL App. H). Default: never."""
+        return False
+
+    def lr_phases(self) -> List[Tuple[str, int]]:
+        """``(name, epochs)`` of the phases trained before the run's own ``epochs``, each restarting the LR
+        schedule (LTH: one per IMP round). Default: none."""
+        return []
+
+    @classmethod
+    def flop_schedule(cls, cfg: Any, total_steps: Optional[int], density: float) -> Optional[FlopSchedule]:
+        """Training-cost model of a run with sparsifier config ``cfg`` and target global ``density``.
+
+        ``total_steps`` (optimizer steps of the main phase) gives a step-exact schedule; None one for the
+        continuous estimate (:func:`sparse_exp.sparse.flop_counts.expected_training_ratio`). Return None when the
+        cost cannot be modelled. Default: a fixed topology at ``density``, no dense gradient (``3 f_S``
+        every step: static, pruning at init, mask file).
+        """
+        return FlopSchedule(ConstantDensity(density), None, total_steps)
+
+    @classmethod
+    def flop_allocation(cls, cfg: Any, distribution: str, shapes: Dict[str, Tuple[int, ...]]) -> Allocation:
+        """How the estimate spreads a global density over the layers (``shapes``: prunable layer -> shape),
+        given the configured ``distribution.name``. Default: that distribution, exactly as the masks."""
+        return Allocation(distribution)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"generator": self.generator.get_state(), "updates": self.updates}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.updates = state["updates"]

@@ -1,0 +1,96 @@
+"""Offline superposition: the ultimate ticket of any averaging rule from a run's saved cheap tickets.
+
+    python -m sparse_exp.superpose RUN_DIR --averaging cima --beta 0.5
+    python -m sparse_exp.superpose RUN_DIR --averaging caa --reprune layerwise --bn recompute
+    python -m sparse_exp.superpose RUN_DIR --averaging cia --count-normal-phase-ticket
+
+RUN_DIR is a run trained with ``superposer=sup_tickets superposer.save_tickets=true`` (finished, or stopped: the
+tickets saved so far are used). Options left out take the run's own values (``superposer.*`` in its
+``config.yaml``), so ``python -m sparse_exp.superpose RUN_DIR`` rebuilds the run's own ultimate ticket. The result
+is evaluated on validation and test with the training code (accuracy %, NLL, ECE) and written to
+``RUN_DIR/superposed/<variant>.json`` and ``.pt`` (:mod:`sparse_exp.superposers.tickets`); one line per split is
+printed. Refused in one line (exit code 2): a directory that is not a Sup-tickets run, a run without saved
+tickets, tickets of another model, a variant that needs the end-of-normal-phase ticket the run did not save.
+Evaluate on the device the run trained on (``--device``, default: the run's) for bitwise-equal numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from sparse_exp.config.refusal import refuse
+from sparse_exp.config.errors import UserError
+from sparse_exp.superposers.averaging import AVERAGING, REPRUNE
+from sparse_exp.superposers.tickets import Variant, evaluate_variant, load_tickets, write_superposed
+
+
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line (module doc); ``--help`` prints it and exits 0, a bad choice exits 2 (argparse)."""
+    p = argparse.ArgumentParser(prog="python -m sparse_exp.superpose", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path, help="a run trained with superposer.save_tickets=true")
+    p.add_argument("--averaging", choices=AVERAGING)
+    p.add_argument("--beta", type=float, help="CIMA's weight of the previous average, in [0, 1)")
+    p.add_argument("--reprune", choices=REPRUNE)
+    p.add_argument("--count-normal-phase-ticket", action=argparse.BooleanOptionalAction, default=None,
+                   help="superpose the end-of-normal-phase model first (the reference code)")
+    p.add_argument("--prune-running-average", action=argparse.BooleanOptionalAction, default=None,
+                   help="prune the running average after each ticket (Alg. 1 read literally)")
+    p.add_argument("--bn", choices=("average", "recompute"))
+    p.add_argument("--device", help="where to evaluate (default: the run's device)")
+    return p.parse_args(argv)
+
+
+def run_offline(run_dir: Path, variant_args: dict, device: Optional[str] = None) -> dict:
+    """Superpose ``run_dir``'s saved tickets with the run's variant updated by ``variant_args``; write and return
+    the result (``variant``, ``test/*``, ``val/*``, ``sparsity/global``, ``tickets/*``).
+
+    Raises:
+        UserError: see the module doc.
+    """
+    from sparse_exp.engine.build import build_run
+
+    config = Path(run_dir) / "config.yaml"
+    if not config.exists():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = OmegaConf.load(config)
+    if cfg.get("superposer", {}).get("name") != "sup_tickets":
+        raise UserError(f"{run_dir} is not a Sup-tickets run (superposer={cfg.get('superposer', {}).get('name')}); "
+                        "offline superposition needs superposer=sup_tickets superposer.save_tickets=true")
+    if device is not None:
+        cfg.device = device
+    variant = Variant.of(cfg.superposer, **variant_args)
+    load_tickets(run_dir)  # refuse a run without (readable) tickets before loading any data
+    run = build_run(cfg)
+    tickets = load_tickets(run_dir, run.model)
+    state, masks, result = evaluate_variant(tickets, variant, run.model, run.data, run.data.spec.num_classes)
+    write_superposed(run_dir, variant, state, masks, {**result, "source": "offline (python -m sparse_exp.superpose)"})
+    return {"variant": variant.name, **result}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns the exit code (0, or 2 for a refused input)."""
+    args = parse(list(sys.argv[1:] if argv is None else argv))
+    variant_args = {"averaging": args.averaging, "beta": args.beta, "reprune": args.reprune,
+                    "count_normal_phase_ticket": args.count_normal_phase_ticket,
+                    "prune_running_average": args.prune_running_average, "bn": args.bn}
+    try:
+        result = run_offline(args.run_dir, variant_args, args.device)
+    except UserError as exc:
+        return refuse(str(exc))
+    print(f"{result['variant']}: {result['tickets/count']} tickets {result['tickets/indices']}, "
+          f"sparsity {result['sparsity/global']:.4f}")
+    for split in ("val", "test"):
+        print(f"  {split:<5} acc {result[f'{split}/acc']:.2f}%  nll {result[f'{split}/nll']:.4f}  "
+              f"ece {result[f'{split}/ece']:.4f}")
+    print(json.dumps({k: v for k, v in result.items()}, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
