@@ -22,12 +22,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from omegaconf import OmegaConf
 
 from sparse_exp.config.refusal import refuse
 from sparse_exp.config.errors import UserError
 from sparse_exp.superposers.averaging import AVERAGING, REPRUNE
-from sparse_exp.superposers.tickets import Variant, evaluate_variant, load_tickets, write_superposed
+from sparse_exp.superposers.tickets import run_offline
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
@@ -44,33 +43,6 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--bn", choices=("average", "recompute"))
     p.add_argument("--device", help="where to evaluate (default: the run's device)")
     return p.parse_args(argv)
-
-
-def run_offline(run_dir: Path, variant_args: dict, device: Optional[str] = None) -> dict:
-    """Superpose ``run_dir``'s saved tickets with the run's variant updated by ``variant_args``; write and return
-    the result (``variant``, ``test/*``, ``val/*``, ``sparsity/global``, ``tickets/*``).
-
-    Raises:
-        UserError: see the module doc.
-    """
-    from sparse_exp.engine.build import build_run
-
-    config = Path(run_dir) / "config.yaml"
-    if not config.exists():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = OmegaConf.load(config)
-    if cfg.get("superposer", {}).get("name") != "sup_tickets":
-        raise UserError(f"{run_dir} is not a Sup-tickets run (superposer={cfg.get('superposer', {}).get('name')}); "
-                        "offline superposition needs superposer=sup_tickets superposer.save_tickets=true")
-    if device is not None:
-        cfg.device = device
-    variant = Variant.of(cfg.superposer, **variant_args)
-    load_tickets(run_dir)  # refuse a run without (readable) tickets before loading any data
-    run = build_run(cfg)
-    tickets = load_tickets(run_dir, run.model)
-    state, masks, result = evaluate_variant(tickets, variant, run.model, run.data, run.data.spec.num_classes)
-    write_superposed(run_dir, variant, state, masks, {**result, "source": "offline (python -m sparse_exp.superpose)"})
-    return {"variant": variant.name, **result}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

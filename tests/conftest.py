@@ -52,14 +52,11 @@ def compose_cfg(overrides=(), tiny=True):
 def cli_run_dir(runs_dir, overrides) -> Path:
     """The directory ``python -m sparse_exp.train <overrides>`` trains into under ``runs_dir``, named
     by Hydra's own ``get_overrides_dirname`` with the config's exclude list (as ``hydra.run.dir``)."""
-    from hydra._internal.config_loader_impl import get_overrides_dirname
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from sparse_exp.config.hydra_adapter import overrides_dirname
 
     overrides = list(overrides)
     cfg = compose(overrides, return_hydra_config=True)
-    od = cfg.hydra.job.config.override_dirname
-    name = get_overrides_dirname(OverridesParser.create().parse_overrides(overrides), list(od.exclude_keys),
-                                 od.item_sep, od.kv_sep)
+    name = overrides_dirname(overrides, cfg.hydra.job.config.override_dirname)
     return Path(runs_dir) / run_name(name)
 
 

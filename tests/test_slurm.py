@@ -35,7 +35,7 @@ import pytest
 
 from conftest import ROOT, needs_data
 from sparse_exp.engine.preemption import PreemptionGuard, requeue_signal
-from sparse_exp.status import collect, expand_sweep
+from sparse_exp.run.grid_status import collect, expand_sweep
 
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
 CI = os.environ.get("CI") == "true"

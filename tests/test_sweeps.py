@@ -20,7 +20,7 @@ from omegaconf import OmegaConf, open_dict
 
 from conftest import CONF, ROOT, needs_data
 from sparse_exp.config.compose import compose
-from sparse_exp.status import collect, expand_sweep, sweep_names
+from sparse_exp.run.grid_status import collect, expand_sweep, sweep_names
 from sparse_exp.superposers.cyclic_lr import make_budget
 from sparse_exp.config.validate import validate
 

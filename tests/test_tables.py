@@ -355,7 +355,7 @@ def test_sweeps_fill_their_tables():
     from sparse_exp.analysis.selection import method_filters, select
     from sparse_exp.analysis.tables import build_tables
     from sparse_exp.config.compose import compose
-    from sparse_exp.status import expand_sweep
+    from sparse_exp.run.grid_status import expand_sweep
 
     tables = {f"table{n}": n for n in range(1, 8)}
     names = list(tables) + ["fig3", "fig4", "smoke"]

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
-from hydra._internal.config_loader_impl import get_overrides_dirname
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict, read_write
@@ -27,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sparse_exp import CONF_DIR
 from sparse_exp.config.compose import compose
 from sparse_exp.config.errors import UserError
+from sparse_exp.config.hydra_adapter import overrides_dirname
 from sparse_exp.config.preflight import preflight
 
 #: flags that make Hydra print something instead of running (left to Hydra)
@@ -142,8 +142,7 @@ def run_dir_for(cfg: Any, overrides: Sequence[str]) -> Path:
     """The directory ``python -m sparse_exp.train <overrides>`` runs in (as Hydra names it), from a config
     composed with ``return_hydra_config=True``."""
     od = cfg.hydra.job.config.override_dirname
-    parsed = [o for o in OverridesParser.create().parse_overrides(list(overrides)) if not o.is_hydra_override()]
-    name = get_overrides_dirname(parsed, list(od.exclude_keys), od.item_sep, od.kv_sep)
+    name = overrides_dirname(overrides, od)
     with read_write(cfg.hydra), open_dict(cfg.hydra):
         cfg.hydra.job.override_dirname = name
         return Path(str(cfg.hydra.run.dir))

@@ -27,7 +27,7 @@ from sparse_exp.engine.fast_step import current_lr, make_train_step, optimizer_s
 from sparse_exp.config.identity import identity
 from sparse_exp.run.loggers import build_logger
 from sparse_exp.training.metrics import evaluate
-from sparse_exp.plot import lr_trace, plot_curves
+from sparse_exp.run.curves import lr_trace, plot_curves
 from sparse_exp.engine.preemption import PreemptionGuard
 from sparse_exp.run.run_dir import RunDir
 from sparse_exp.engine.seeding import rng_state, set_rng_state
@@ -327,7 +327,7 @@ class Trainer:
             logger.finish()
 
     def write_curves(self) -> None:
-        """``curves.png`` (:mod:`sparse_exp.plot`) with the schedule the run trained with; a plotting failure is
+        """``curves.png`` (:mod:`sparse_exp.run.curves`) with the schedule the run trained with; a plotting failure is
         logged, never fails a finished run."""
         if not self.run_dir.writable:
             return

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
+from omegaconf import OmegaConf
 from torch.optim.swa_utils import update_bn
 
 from sparse_exp.config.errors import UserError
@@ -292,3 +293,30 @@ def ticket_cost(superpose_seconds: List[float], ticket_seconds: List[float], epo
             out[f"superpose/{key}seconds"] = mean_s
             out[f"superpose/{key}epoch_fraction"] = mean_s / epoch_s if epoch_s > 0 else float("nan")
     return out
+
+
+def run_offline(run_dir: Path, variant_args: dict, device: Optional[str] = None) -> dict:
+    """Superpose ``run_dir``'s saved tickets with the run's variant updated by ``variant_args``; write and return
+    the result (``variant``, ``test/*``, ``val/*``, ``sparsity/global``, ``tickets/*``).
+
+    Raises:
+        UserError: see the module doc.
+    """
+    from sparse_exp.engine.build import build_run
+
+    config = Path(run_dir) / "config.yaml"
+    if not config.exists():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg = OmegaConf.load(config)
+    if cfg.get("superposer", {}).get("name") != "sup_tickets":
+        raise UserError(f"{run_dir} is not a Sup-tickets run (superposer={cfg.get('superposer', {}).get('name')}); "
+                        "offline superposition needs superposer=sup_tickets superposer.save_tickets=true")
+    if device is not None:
+        cfg.device = device
+    variant = Variant.of(cfg.superposer, **variant_args)
+    load_tickets(run_dir)  # refuse a run without (readable) tickets before loading any data
+    run = build_run(cfg)
+    tickets = load_tickets(run_dir, run.model)
+    state, masks, result = evaluate_variant(tickets, variant, run.model, run.data, run.data.spec.num_classes)
+    write_superposed(run_dir, variant, state, masks, {**result, "source": "offline (python -m sparse_exp.superpose)"})
+    return {"variant": variant.name, **result}
