@@ -21,11 +21,12 @@ from sparse_exp.train import run
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(sparse_exp.__path__, "sparse_exp."))
 #: the modules that build and drive a run name no method at all, not even in comments
-GENERIC = ["loop.py", "build.py", "summary.py"]
+GENERIC = ["engine/loop.py", "engine/build.py", "engine/summary.py"]
 METHOD_NAMES = re.compile(r"lth|sup_?tickets|ultimate|pretrain_epochs|rigl|granet|snip|grasp|synflow|lottery",
                           re.IGNORECASE)
 #: the modules around them know no booster or LTH phase (issue 9's check); they may cite a paper
-PLUMBING = ["train.py", "callbacks.py", "flop_meter.py", "validate.py", "compose.py", "registry.py"]
+PLUMBING = ["train.py", "callbacks/protocol.py", "callbacks/flop_meter.py", "config/validate.py", "config/compose.py",
+            "registry.py"]
 BOOSTER_NAMES = re.compile(r"lth|sup_?tickets|ultimate|pretrain_epochs", re.IGNORECASE)
 
 

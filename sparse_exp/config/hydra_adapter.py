@@ -10,11 +10,22 @@ from __future__ import annotations
 
 from typing import Any, List, Sequence
 
-from hydra._internal.config_loader_impl import get_overrides_dirname
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 __all__ = ["BasicSweeper", "overrides_dirname", "split_sweep", "parse_overrides"]
+
+# Invariant: nothing from ``hydra._internal`` is imported when this module is. Hydra's plugin scan re-executes
+# ``hydra._internal.core_plugins``; a ``BasicSweeper`` imported before the scan is a different class from the
+# one the scan registers, and the sweeper plugin subclassing it then fails in ``super()``.
+
+
+def __getattr__(name: str) -> Any:
+    """``BasicSweeper``, imported on first use (the sweeper plugin subclasses it, during the plugin scan)."""
+    if name == "BasicSweeper":
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        return BasicSweeper
+    raise AttributeError(name)
 
 
 def parse_overrides(overrides: Sequence[str]) -> list:
@@ -32,6 +43,8 @@ def overrides_dirname(overrides: Sequence[str], override_dirname_cfg: Any) -> st
             ``item_sep``, ``kv_sep``).
     """
     od = override_dirname_cfg
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
     task = [o for o in parse_overrides(overrides) if not o.is_hydra_override()]
     return get_overrides_dirname(task, list(od.exclude_keys), od.item_sep, od.kv_sep)
 
@@ -39,5 +52,7 @@ def overrides_dirname(overrides: Sequence[str], override_dirname_cfg: Any) -> st
 def split_sweep(arguments: Sequence[str]) -> List[List[str]]:
     """The jobs ``-m`` launches for ``arguments`` (sweep and fixed overrides), each a list of override
     strings, in Hydra's order (a later override of a key replaces an earlier sweep list)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
     batches = BasicSweeper.split_arguments(parse_overrides(arguments), None)
     return [list(job) for batch in batches for job in batch]
