@@ -142,3 +142,14 @@ def test_example_booster_plugs_in_and_resumes_bitwise(lr_tail, tmp_path):
     a, b = (RunDir(tmp_path / d).load_checkpoint() for d in ("full", "part"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["callbacks"]["lr_tail"] == b["callbacks"]["lr_tail"] == {"active_steps": 16}
+
+
+def test_each_file_name_is_unique_and_only_commands_sit_at_the_top():
+    """One name per concept: no two modules of the package share a file name (``__init__`` / ``__main__``
+    aside), and the top of ``sparse_exp/`` holds only the commands and the registry."""
+    files = [p for d in ("sparse_exp", "analysis") for p in (ROOT / d).rglob("*.py")
+             if "conf" not in p.relative_to(ROOT).parts and not (d == "sparse_exp" and "analysis" in p.parts)]
+    names = [p.name for p in files if p.name not in ("__init__.py", "__main__.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+    top = sorted(p.name for p in (ROOT / "sparse_exp").glob("*.py"))
+    assert top == ["__init__.py", "flops.py", "plot.py", "registry.py", "status.py", "superpose.py", "train.py"]
