@@ -109,14 +109,18 @@ class Registry(Mapping):
         self._entries[name] = Entry(name=name, impl=impl, schema=schema, checks=tuple(checks),
                                     preflight=tuple(preflight))
 
-    # -- reading
+    # -- reading (each reader first imports the built-in components, so that a command which never composed
+    # a config, e.g. ``sparse_exp.plot`` rebuilding a run, still sees every option)
     def __getitem__(self, name: str) -> Any:
+        load_components()
         return self._entries[name].impl
 
     def __iter__(self) -> Iterator[str]:
+        load_components()
         return iter(self._entries)
 
     def __len__(self) -> int:
+        load_components()
         return len(self._entries)
 
     def entry(self, name: str) -> Entry:
@@ -125,6 +129,7 @@ class Registry(Mapping):
         Raises:
             ConfigError: ``name`` is not registered (the message lists the allowed names).
         """
+        load_components()
         if name not in self._entries:
             raise ConfigError(f"{self.group}.name", name, f"must be one of {sorted(self._entries)}")
         return self._entries[name]
@@ -135,6 +140,7 @@ class Registry(Mapping):
 
     def schemas(self) -> Dict[str, type]:
         """ConfigStore name -> schema: the group default (named after the group) and every own schema."""
+        load_components()
         out: Dict[str, type] = {}
         if self.default_schema is not None:
             out[self.group] = self.default_schema
@@ -200,6 +206,15 @@ def load_components() -> Dict[str, "Registry"]:
     Idempotent (Python caches the imports). A new built-in component module is imported by its package's
     ``__init__``; a new package is added to :data:`COMPONENT_PACKAGES`.
     """
-    for name in COMPONENT_PACKAGES:
-        importlib.import_module(name)
+    global _LOADING
+    if not _LOADING:  # re-entered while a component package is importing: it registers as it goes
+        _LOADING = True
+        try:
+            for name in COMPONENT_PACKAGES:
+                importlib.import_module(name)
+        finally:
+            _LOADING = False
     return REGISTRIES
+
+
+_LOADING = False

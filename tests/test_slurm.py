@@ -246,7 +246,7 @@ def _wait_for(path, proc, timeout, what, logs=lambda: ""):
 
 
 def _engine_integrated():
-    src = "".join((ROOT / "sparse_exp" / f).read_text() for f in ("loop.py", "train.py"))
+    src = "".join((ROOT / "sparse_exp" / f).read_text() for f in ("engine/loop.py", "train.py"))
     return "PreemptionGuard" in src
 
 
