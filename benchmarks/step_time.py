@@ -25,7 +25,8 @@ from omegaconf import OmegaConf
 
 from sparse_exp.models import build_model
 from sparse_exp.sparse.masking import Masking
-from sparse_exp.sparse.sparsifiers import SparseContext, build_sparsifier
+from sparse_exp.engine.context import RunState
+from sparse_exp.sparse.sparsifiers import build_sparsifier
 from sparse_exp.sparse.topology import drop_and_grow, global_magnitude_prune
 
 DIST = OmegaConf.create({"name": "erk", "erk_power_scale": 1.0, "dense_first_layer": False, "dense_last_layer": False})
@@ -50,7 +51,7 @@ def setup(args, method, device):
     model = build_model(args.model, in_channels=3, num_classes=10, image_size=32).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     masking = Masking(model)
-    ctx = SparseContext(model=model, masking=masking, optimizer=opt, sparsity=0.0 if method == "dense" else args.sparsity,
+    ctx = RunState.for_model(model, masking, opt, sparsity=0.0 if method == "dense" else args.sparsity,
                         distribution=DIST, total_steps=10 * args.delta_t, steps_per_epoch=args.steps, seed=0,
                         device=device)
     cfg = OmegaConf.create(METHODS[method])

@@ -109,18 +109,18 @@ class Registry(Mapping):
         self._entries[name] = Entry(name=name, impl=impl, schema=schema, checks=tuple(checks),
                                     preflight=tuple(preflight))
 
-    # -- reading (each reader first imports the built-in components, so that a command which never composed
-    # a config, e.g. ``sparse_exp.plot`` rebuilding a run, still sees every option)
+    # -- reading. A name not registered yet first imports the built-in components, so that a command which
+    # never composed a config (``sparse_exp.plot`` rebuilding a run) still finds every option; iterating
+    # never does (component packages iterate their own registry at import time).
     def __getitem__(self, name: str) -> Any:
-        load_components()
+        if name not in self._entries:
+            load_components()
         return self._entries[name].impl
 
     def __iter__(self) -> Iterator[str]:
-        load_components()
         return iter(self._entries)
 
     def __len__(self) -> int:
-        load_components()
         return len(self._entries)
 
     def entry(self, name: str) -> Entry:
@@ -129,7 +129,8 @@ class Registry(Mapping):
         Raises:
             ConfigError: ``name`` is not registered (the message lists the allowed names).
         """
-        load_components()
+        if name not in self._entries:
+            load_components()
         if name not in self._entries:
             raise ConfigError(f"{self.group}.name", name, f"must be one of {sorted(self._entries)}")
         return self._entries[name]
@@ -140,7 +141,6 @@ class Registry(Mapping):
 
     def schemas(self) -> Dict[str, type]:
         """ConfigStore name -> schema: the group default (named after the group) and every own schema."""
-        load_components()
         out: Dict[str, type] = {}
         if self.default_schema is not None:
             out[self.group] = self.default_schema

@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sparse_exp.sparse.masking import Masking
-from sparse_exp.sparse.sparsifiers import SPARSIFIERS, SparseContext, build_sparsifier
+from sparse_exp.engine.context import RunState
+from sparse_exp.sparse.sparsifiers import SPARSIFIERS, build_sparsifier
 from sparse_exp.sparse.topology import cosine_fraction, drop_and_grow, global_magnitude_prune
 
 DIST = OmegaConf.create({"name": "erk", "erk_power_scale": 1.0, "dense_first_layer": False, "dense_last_layer": False})
@@ -23,7 +24,7 @@ def make(name, sparsity=0.8, total_steps=200, seed=0, **over):
     model = net()
     masking = Masking(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    ctx = SparseContext(model=model, masking=masking, optimizer=opt, sparsity=sparsity, distribution=DIST,
+    ctx = RunState.for_model(model, masking, opt, sparsity=sparsity, distribution=DIST,
                         total_steps=total_steps, steps_per_epoch=20, seed=seed, device=torch.device("cpu"))
     cfg = OmegaConf.load(f"conf/sparsifier/{name}.yaml")
     cfg.pop("defaults")

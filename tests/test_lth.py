@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sparse_exp.sparse.masking import Masking
-from sparse_exp.sparse.sparsifiers import SparseContext, build_sparsifier
+from sparse_exp.engine.context import RunState
+from sparse_exp.sparse.sparsifiers import build_sparsifier
 
 DIST = OmegaConf.create({"name": "erk", "erk_power_scale": 1.0, "dense_first_layer": False, "dense_last_layer": False})
 
@@ -16,7 +17,7 @@ def setup(rewind_epoch=0, rounds=3, round_epochs=2, sparsity=0.9):
     model = nn.Sequential(nn.Linear(10, 30), nn.BatchNorm1d(30), nn.ReLU(), nn.Linear(30, 4))
     masking = Masking(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    ctx = SparseContext(model=model, masking=masking, optimizer=opt, sparsity=sparsity, distribution=DIST,
+    ctx = RunState.for_model(model, masking, opt, sparsity=sparsity, distribution=DIST,
                         total_steps=100, steps_per_epoch=5, seed=0, device=torch.device("cpu"))
     cfg = OmegaConf.create({"name": "lth", "rounds": rounds, "round_epochs": round_epochs, "rewind_epoch": rewind_epoch})
     sp = build_sparsifier(cfg, ctx)

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sparse_exp.sparse.masking import Masking
-from sparse_exp.sparse.sparsifiers.sparsifier import SparseContext
+from sparse_exp.engine.context import RunState
 from sparse_exp.sparse.sparsifiers.grasp import GraspConfig, GraspSparsifier
 from sparse_exp.sparse.sparsifiers.random_pruning import RandomPruningConfig, RandomPruningSparsifier
 from sparse_exp.sparse.sparsifiers.snip import SnipConfig, SnipSparsifier
@@ -57,9 +57,9 @@ def make(model, name, sparsity=0.8, in_shape=(6,), seed=0, dense_first=False, de
     masking = Masking(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     data, batches = fixed_batches(in_shape, dtype=dtype)
-    ctx = SparseContext(model=model, masking=masking, optimizer=opt, sparsity=sparsity,
+    ctx = RunState.for_model(model, masking, opt, sparsity=sparsity,
                         distribution=dist(dense_first, dense_last), total_steps=100, steps_per_epoch=10, seed=seed,
-                        device=torch.device("cpu"), batches=batches, loss_fn=F.cross_entropy)
+                        device=torch.device("cpu"), batches=batches, score_loss=F.cross_entropy)
     sp = CLASSES[name](cfg_of(name, **over), ctx)
     return sp, masking, opt, data
 

@@ -15,7 +15,8 @@ from sparse_exp.sparse.flop_counts import expected_training_ratio, inference_flo
 from sparse_exp.sparse.masking import Masking
 from sparse_exp.sparse.density_schedules import (ConstantDensity, ConstantFraction, CosineDecay, CubicDensity, FlopSchedule,
                                          UpdateInterval, drop_fraction_schedule)
-from sparse_exp.sparse.sparsifiers import SPARSIFIERS, SparseContext, build_sparsifier
+from sparse_exp.engine.context import RunState
+from sparse_exp.sparse.sparsifiers import SPARSIFIERS, build_sparsifier
 from sparse_exp.sparse.topology import cosine_fraction
 
 
@@ -157,7 +158,7 @@ def _tiny_run(name, total, **overrides):
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     dist = OmegaConf.create({"name": "erk", "erk_power_scale": 1.0, "dense_first_layer": False,
                              "dense_last_layer": False})
-    ctx = SparseContext(model=model, masking=masking, optimizer=opt, sparsity=0.9, distribution=dist,
+    ctx = RunState.for_model(model, masking, opt, sparsity=0.9, distribution=dist,
                         total_steps=total, steps_per_epoch=10, seed=0, device=torch.device("cpu"))
     cfg = sparsifier_cfg(name, **overrides)
     sp = build_sparsifier(cfg, ctx)

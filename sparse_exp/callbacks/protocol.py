@@ -41,77 +41,17 @@ Subclass :class:`BaseCallback` (every hook a no-op) and override what you need; 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import nn
 
+from sparse_exp.engine.context import LossFn
+from sparse_exp.engine.context import RunState as TrainState  # renamed RunState below, after the merges
+
 #: ``factor(step) -> LR multiplier`` for the 0-based optimizer step (``LambdaLR`` convention)
 LRFactor = Callable[[int], float]
-#: ``loss(logits (N, C), labels (N,)) -> scalar`` in nats
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Masks = Dict[str, torch.Tensor]
-
-
-@dataclass
-class TrainState:
-    """What a callback may read (and the loop keeps current).
-
-    Attributes:
-        model: the network being trained (not the DDP wrapper).
-        masking: its masks (:class:`sparse_exp.sparse.masking.Masking`).
-        optimizer: the optimizer.
-        sparsifier: the sparsifier (its ``growth``, ``generator``, ``updates``, ``dense_gradient_at``).
-        data: train / val / test loaders (:class:`sparse_exp.data.spec.DataBundle`).
-        num_classes: logits per sample.
-        device: where the model lives.
-        steps_per_epoch: optimizer steps per epoch.
-        epochs: epochs of the run's own training (``cfg.epochs``).
-        pre_steps: steps of the sparsifier's LR phases before it (``Sparsifier.lr_phases``; else 0).
-        base_lr: the optimizer's configured LR (``optimizer.lr``).
-        dense_layers: layers the distribution keeps dense (never pruned or regrown).
-        step: optimizer steps completed in the whole run.
-        epoch: epochs completed in the whole run.
-        elapsed: training seconds so far, over all sessions of the run.
-        log: ``log(row)`` sends scalars to the experiment logger at the current step.
-        scheduler: the per-step LR scheduler (``LambdaLR``; set once it exists, after ``setup``).
-        reported_masks: set at the end of training: the masks of the reported model if a callback
-            replaced the individual model (``final_masks``), else None.
-        run_dir: the run directory a callback may write its own files into (None in processes that do not
-            write: DDP ranks > 0, in-memory runs).
-    """
-
-    model: nn.Module
-    masking: Any
-    optimizer: torch.optim.Optimizer
-    sparsifier: Any
-    data: Any
-    num_classes: int
-    device: torch.device
-    steps_per_epoch: int
-    epochs: int
-    pre_steps: int
-    base_lr: float
-    dense_layers: Tuple[str, ...]
-    step: int = 0
-    epoch: int = 0
-    elapsed: float = 0.0
-    log: Callable[[Dict[str, Any]], None] = field(default=lambda row: None, repr=False)
-    scheduler: Any = None
-    reported_masks: Optional[Masks] = None
-    run_dir: Optional[Path] = None
-
-    @property
-    def main_step(self) -> int:
-        """Steps completed in the run's own training (after the sparsifier's LR phases); <= 0 before."""
-        return self.step - self.pre_steps
-
-    @property
-    def main_steps(self) -> int:
-        """Steps of the run's own training, ``epochs * steps_per_epoch``."""
-        return self.epochs * self.steps_per_epoch
 
 
 @runtime_checkable

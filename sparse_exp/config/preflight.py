@@ -8,10 +8,10 @@ sweeper before anything is launched, ``python -m sparse_exp.flops``). In order:
    (top-level ranges, every group's registered checks);
 2. this machine: the device exists, the data is present and readable (file names only, no decoding:
    :func:`sparse_exp.data.check_data_available`); the split sizes against the data set's official size
-   (:class:`RunPlan`);
+   (:class:`~sparse_exp.engine.context.RunPlan`);
 3. what the run will be, from metadata: steps per epoch and in all, the model's prunable weight shapes
    (the model is built on PyTorch's ``meta`` device: no memory, no RNG), the layers kept dense; each
-   group's registered pre-flight checks see this :class:`RunPlan` (budgets in steps: ΔT, pruning
+   group's registered pre-flight checks see this :class:`~sparse_exp.engine.context.RunPlan` (budgets in steps: ΔT, pruning
    windows, Sup-tickets cycles; distribution feasibility; a mask file's format, names, shapes, sparsity);
 4. the run directory (:func:`check_run_dir`): writable, and its ``summary.json`` / ``checkpoint.pt`` readable.
 
@@ -21,97 +21,20 @@ Every failure is a :class:`sparse_exp.config.errors.UserError` with a one-line m
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 
-from sparse_exp.data import DATASETS, check_data_available
-from sparse_exp.data.spec import DatasetSpec
+from sparse_exp.data import check_data_available
 from sparse_exp.config.errors import ConfigError, UserError, require
+from sparse_exp.engine.context import RunPlan, plan_run
 from sparse_exp.engine.fast_step import preflight_fast
-from sparse_exp.models import build_model
 from sparse_exp.registry import load_components
 from sparse_exp.run.run_dir import check_checkpoint_file, read_summary
-from sparse_exp.sparse.masking import prunable_parameters
 from sparse_exp.config.validate import validate
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What a run will be, known before its data is loaded.
-
-    Attributes:
-        cfg: the composed, validated config.
-        spec: the data set's static facts.
-        num_train / num_val / num_test: images per split after the validation hold-out and ``subset_*``
-            (from the data set's official sizes).
-        steps_per_epoch: optimizer steps per epoch, ``ceil(num_train / batch_size)``.
-        total_steps: steps of the run's own ``epochs`` (the sparsifier's schedules are fractions of it).
-        shapes: prunable weight name -> shape, in forward order.
-        dense_layers: layers the distribution keeps dense.
-    """
-
-    cfg: Any
-    spec: DatasetSpec
-    num_train: int
-    num_val: int
-    num_test: int
-    steps_per_epoch: int
-    total_steps: int
-    shapes: Dict[str, Tuple[int, ...]]
-    dense_layers: Tuple[str, ...]
-
-    @property
-    def num_weights(self) -> int:
-        """Prunable weights of the model."""
-        return sum(math.prod(s) for s in self.shapes.values())
-
-
-def prunable_shapes(cfg: Any, spec: DatasetSpec) -> Dict[str, Tuple[int, ...]]:
-    """Prunable weight shapes of ``cfg.model`` for ``spec``'s input, built on the ``meta`` device."""
-    with torch.device("meta"):
-        model = build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                            image_size=spec.image_size)
-    return {n: tuple(p.shape) for n, p in prunable_parameters(model)}
-
-
-def plan_run(cfg: Any) -> RunPlan:
-    """The :class:`RunPlan` of a validated config.
-
-    Raises:
-        ConfigError: ``dataset.val_size`` leaves no training image.
-    """
-    ds = cfg.dataset
-    spec = DATASETS[ds.name]
-    val = int(ds.val_size)
-    if val >= spec.train_size:
-        raise ConfigError("dataset.val_size", val, f"must be smaller than the {spec.train_size} training images "
-                          f"of {spec.name} (they are held out of the training split)")
-    pool = spec.train_size - val
-    # never silently clamp a subset: a run must train on what its config says
-    if ds.subset_train is not None and int(ds.subset_train) > pool:
-        raise ConfigError("dataset.subset_train", int(ds.subset_train), f"must be at most {pool}: {spec.name} has "
-                          f"{spec.train_size} training images, {val} of them held out for validation")
-    if ds.subset_test is not None and int(ds.subset_test) > spec.test_size:
-        raise ConfigError("dataset.subset_test", int(ds.subset_test), f"must be at most the {spec.test_size} test "
-                          f"images of {spec.name}")
-    num_train = pool if ds.subset_train is None else int(ds.subset_train)
-    num_test = spec.test_size if ds.subset_test is None else int(ds.subset_test)
-    steps = math.ceil(num_train / int(cfg.batch_size))
-    shapes = prunable_shapes(cfg, spec)
-    names = list(shapes)
-    dense = []
-    if cfg.distribution.dense_first_layer:
-        dense.append(names[0])
-    if cfg.distribution.dense_last_layer and names[-1] not in dense:
-        dense.append(names[-1])
-    return RunPlan(cfg=cfg, spec=spec, num_train=num_train, num_val=val, num_test=num_test, steps_per_epoch=steps,
-                   total_steps=steps * int(cfg.epochs), shapes=shapes, dense_layers=tuple(dense))
 
 
 def _probe_writable(path: Path) -> None:

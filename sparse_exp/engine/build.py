@@ -8,8 +8,8 @@ consumed by the model's initialisation only):
 2. callbacks from the config (the training tweaks, then the superposer group), then the model, which
    each callback may transform (``transform_model``), then the optimizer with the callbacks'
    parameter groups, the masks, the FLOP meter (itself a callback);
-3. the sparsifier (:class:`~sparse_exp.sparse.sparsifiers.sparsifier.SparseContext`), the callbacks'
-   :class:`~sparse_exp.callbacks.protocol.TrainState`, ``setup``;
+3. the run context (:mod:`sparse_exp.engine.context`: the plan from the config and the loaded data's sizes,
+   the state), the sparsifier built on it, the callbacks' ``setup``;
 4. the LR schedule: the phases the sparsifier declares (``lr_phases``), each a full base schedule, then
    the main phase, whose multiplier a callback may replace (``lr_schedule``) or scale (``lr_multiplier``).
 """
@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_exp.callbacks.protocol import CallbackList, LossFn, LRFactor, TrainState
+from sparse_exp.callbacks.protocol import CallbackList, LRFactor
 from sparse_exp.data import build_data
-from sparse_exp.data.spec import DataBundle
+from sparse_exp.engine.context import LossFn, RunState, plan_run
 from sparse_exp.engine.distributed import DistEnv, ShardedLoader, init_distributed
 from sparse_exp.callbacks.flop_meter import FlopMeter
 from sparse_exp.models import build_model, reinitialize_
@@ -37,7 +37,7 @@ from sparse_exp.training.lr_schedules import lr_factor_fn
 from sparse_exp.engine.seeding import seed_everything
 from sparse_exp.sparse.flop_counts import layer_forward_flops
 from sparse_exp.sparse.masking import Masking
-from sparse_exp.sparse.sparsifiers import SparseContext, Sparsifier, build_sparsifier
+from sparse_exp.sparse.sparsifiers import build_sparsifier
 from sparse_exp.tweaks import build_tweaks
 
 #: epoch id used to draw batches for pruning-at-init scores (never a training epoch)
@@ -48,38 +48,35 @@ INIT_BATCHES_EPOCH = 1_000_000
 class Run:
     """What one run is made of (built by :func:`build_run`, driven by :class:`sparse_exp.engine.loop.Trainer`).
 
+    The model, masks, optimizer, sparsifier, scheduler, data and config live in :attr:`state` (the one run
+    context, :mod:`sparse_exp.engine.context`); the attributes of the same names read them from there.
+
     Attributes:
-        cfg: the composed, validated config.
-        device: where the model and the batches live.
+        state: the :class:`~sparse_exp.engine.context.RunState` the loop keeps current and every plug-in reads.
         dist: the distributed environment (one process: ``enabled`` is False).
-        data: train / val / test loaders.
         train_loader: the training loader this rank iterates (a shard of each global batch under DDP).
-        model: the network; ``train_model`` is what the step calls (the DDP wrapper, or ``model``).
-        optimizer: SGD / Adam over the model's parameters (callbacks may add groups).
-        masking: the masks of the prunable weights.
-        sparsifier: chooses and evolves the masks.
-        callbacks: boosters, tweaks and the FLOP meter, in call order.
+        train_model: what the step calls (the DDP wrapper, or ``state.model``).
+        callbacks: superposers, tweaks and the FLOP meter, in call order.
         loss_fn: the training loss (plain cross-entropy, possibly wrapped by callbacks).
-        scheduler: per-step LR multiplier (``LambdaLR``, stepped once per optimizer step).
         phases: ``(name, epochs)`` of the run in order: the sparsifier's LR phases, then ``("main", epochs)``.
-        state: the :class:`TrainState` the loop keeps current and callbacks read.
     """
 
-    cfg: Any
-    device: torch.device
+    state: RunState
     dist: DistEnv
-    data: DataBundle
     train_loader: Any
-    model: nn.Module
     train_model: nn.Module
-    optimizer: torch.optim.Optimizer
-    masking: Masking
-    sparsifier: Sparsifier
     callbacks: CallbackList
     loss_fn: LossFn
-    scheduler: torch.optim.lr_scheduler.LambdaLR
     phases: List[Tuple[str, int]]
-    state: TrainState
+
+    cfg = property(lambda self: self.state.cfg, doc="the composed, validated config")
+    device = property(lambda self: self.state.device, doc="where the model and the batches live")
+    data = property(lambda self: self.state.data, doc="train / val / test loaders")
+    model = property(lambda self: self.state.model, doc="the network (not the DDP wrapper)")
+    optimizer = property(lambda self: self.state.optimizer, doc="the optimizer")
+    masking = property(lambda self: self.state.masking, doc="the masks of the prunable weights")
+    sparsifier = property(lambda self: self.state.sparsifier, doc="chooses and evolves the masks")
+    scheduler = property(lambda self: self.state.scheduler, doc="per-step LR multiplier (LambdaLR)")
 
     @property
     def total_epochs(self) -> int:
@@ -182,7 +179,9 @@ def build_run(cfg: Any) -> Run:
         ids = [device.index] if device.type == "cuda" else None
         # buffers are broadcast after every step instead (sparse_exp.engine.distributed.broadcast_buffers_)
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-    steps_per_epoch = len(data.train)
+    plan = plan_run(cfg, sizes=(data.num_train, data.num_val, data.num_test))
+    steps_per_epoch = plan.steps_per_epoch
+    assert steps_per_epoch == len(data.train), (steps_per_epoch, len(data.train))
     masking = Masking(model)
     # FLOP accounting (sparse_exp.callbacks.flop_meter): per-layer dense forward FLOPs, once
     meter = FlopMeter(layer_forward_flops(model, (spec.in_channels, spec.image_size, spec.image_size)))
@@ -195,26 +194,17 @@ def build_run(cfg: Any) -> Run:
                 return
             yield batch
 
-    ctx = SparseContext(model=model, masking=masking, optimizer=optimizer, sparsity=float(cfg.sparsity),
-                        distribution=cfg.distribution, total_steps=cfg.epochs * steps_per_epoch,
-                        steps_per_epoch=steps_per_epoch, seed=int(cfg.seed), device=device, batches=init_batches,
-                        loss_fn=hooks.wrap_score_loss(cross_entropy))
-    sparsifier = build_sparsifier(cfg.sparsifier, ctx)
-    phases = list(sparsifier.lr_phases()) + [("main", int(cfg.epochs))]
-    pre_steps = sum(epochs for _, epochs in phases[:-1]) * steps_per_epoch
-    state = TrainState(model=model, masking=masking, optimizer=optimizer, sparsifier=sparsifier, data=data,
-                       num_classes=spec.num_classes, device=device, steps_per_epoch=steps_per_epoch,
-                       epochs=int(cfg.epochs), pre_steps=pre_steps, base_lr=float(cfg.optimizer.lr),
-                       dense_layers=tuple(ctx.dense_layers()))
+    state = RunState(plan=plan, model=model, masking=masking, optimizer=optimizer, device=device, data=data,
+                     batches=init_batches, score_loss=hooks.wrap_score_loss(cross_entropy))
+    state.sparsifier = build_sparsifier(cfg.sparsifier, state)
+    phases = list(state.sparsifier.lr_phases()) + [("main", int(cfg.epochs))]
+    state.pre_steps = sum(epochs for _, epochs in phases[:-1]) * steps_per_epoch
     hooks.setup(state)
 
     def base(n: int) -> LRFactor:
         return lr_factor_fn(cfg.schedule, n, steps_per_epoch)
 
-    main = hooks.lr_factor(base, state.main_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, phased_lr(phases, steps_per_epoch, base, main))
-    state.scheduler = scheduler
-    return Run(cfg=cfg, device=device, dist=dist, data=data, train_loader=train_loader, model=model,
-               train_model=train_model, optimizer=optimizer, masking=masking, sparsifier=sparsifier,
-               callbacks=hooks, loss_fn=loss_fn, scheduler=scheduler, phases=phases, state=state)
-
+    main = hooks.lr_factor(base, state.total_steps)
+    state.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, phased_lr(phases, steps_per_epoch, base, main))
+    return Run(state=state, dist=dist, train_loader=train_loader, train_model=train_model, callbacks=hooks,
+               loss_fn=loss_fn, phases=phases)

@@ -185,7 +185,7 @@ def density_allocator(
 ) -> Callable[[float], Dict[str, float]]:
     """``f(global_density) -> {layer: density}`` with the exact counts of :func:`layer_counts`.
 
-    The same allocation the sparsifiers use (``SparseContext.target_counts``); cached per
+    The same allocation the sparsifiers use (``RunState.target_counts``, :mod:`sparse_exp.engine.context`); cached per
     density. A global density of 1 (or more) gives every layer density 1.
     """
     sizes = {n: math.prod(s) for n, s in shapes.items()}

@@ -12,10 +12,11 @@ from typing import Any
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.sparsifiers import (dst, gradual, grasp, lth, mask_file, random_pruning,  # noqa: F401
                                            snip, static, synflow)
-from sparse_exp.sparse.sparsifiers.sparsifier import SparseContext, Sparsifier
+from sparse_exp.engine.context import RunState
+from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier
 
 
-def build_sparsifier(cfg: Any, ctx: SparseContext) -> Sparsifier:
+def build_sparsifier(cfg: Any, ctx: RunState) -> Sparsifier:
     """Instantiate the sparsifier named ``cfg.name`` for ``ctx``.
 
     Raises:
@@ -24,4 +25,4 @@ def build_sparsifier(cfg: Any, ctx: SparseContext) -> Sparsifier:
     return SPARSIFIERS.build(cfg.name, cfg, ctx)
 
 
-__all__ = ["SPARSIFIERS", "SparseContext", "Sparsifier", "build_sparsifier"]
+__all__ = ["SPARSIFIERS", "Sparsifier", "build_sparsifier"]

@@ -102,7 +102,7 @@ class DynamicSparsifier(StaticSparsifier):
     def after_step(self, step: int) -> bool:
         if not self.is_update_step(step):
             return False
-        layers = [n for n in self.ctx.masking.names if n not in set(self.ctx.dense_layers())]
+        layers = [n for n in self.ctx.masking.names if n not in set(self.ctx.dense_layers)]
         drop_and_grow(self.ctx.masking, self.ctx.optimizer, self.drop_fraction_at(step), self.growth,
                       self.generator, layers)
         self.updates += 1

@@ -169,11 +169,11 @@ class GradualMagnitudeSparsifier(Sparsifier):
         if self.density_schedule.prunes_at(step):
             keep = int(round(self.density_at(step) * m.total))
             if keep < sum(m.target_counts.values()):
-                global_magnitude_prune(m, self.ctx.optimizer, keep, self.ctx.dense_layers())
+                global_magnitude_prune(m, self.ctx.optimizer, keep, self.ctx.dense_layers)
                 changed = True
         if self.regenerates_at(step):
             rate = self.rate_schedule.at(step)
-            layers = [n for n in m.names if n not in set(self.ctx.dense_layers())]
+            layers = [n for n in m.names if n not in set(self.ctx.dense_layers)]
             drop_and_grow(m, self.ctx.optimizer, rate, "gradient", self.generator, layers)
             changed = True
         self.updates += int(changed)

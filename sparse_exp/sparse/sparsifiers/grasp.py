@@ -54,7 +54,7 @@ class GraspSparsifier(PruningAtInitSparsifier):
        ``int(N * ratio)`` highest (keeps ``score <= threshold``).
 
     Here: the same with ``torch.autograd.grad`` for step 3 (no ``.grad`` is written), the loss
-    is ``ctx.loss_fn(model(x) / temperature, y)`` and the data are ``cfg.num_batches`` batches
+    is ``ctx.score_loss(model(x) / temperature, y)`` and the data are ``cfg.num_batches`` batches
     of ``ctx.batches`` (both passes use the same batches, as the reference). Model in train
     mode (the reference deep-copies the net and leaves ``.eval()`` commented out, so BN uses
     batch statistics); BN buffers and mode flags are restored.

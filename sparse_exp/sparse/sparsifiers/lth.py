@@ -98,7 +98,7 @@ class LotteryTicketSparsifier(Sparsifier):
         self.round += 1
         m, opt = self.ctx.masking, self.ctx.optimizer
         keep = int(round(self.density_after_round(self.round) * m.total))
-        global_magnitude_prune(m, opt, keep, self.ctx.dense_layers())
+        global_magnitude_prune(m, opt, keep, self.ctx.dense_layers)
         self.ctx.model.load_state_dict(self.rewind_state)
         if opt is not None:
             opt.state.clear()

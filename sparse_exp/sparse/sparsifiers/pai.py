@@ -6,7 +6,7 @@ Each sparsifier scores every prunable weight of the freshly initialised model on
     k = round((1 - sparsity) * N)        (N = ``masking.total``, prunable weights)
 
 weights GLOBALLY over all prunable tensors, and never changes the mask again
-(``after_step`` does nothing). Layers named by ``ctx.dense_layers()`` (the
+(``after_step`` does nothing). Layers named by ``ctx.dense_layers`` (the
 ``distribution.dense_first_layer`` / ``dense_last_layer`` options) stay fully dense and count
 against ``k``; the other layers share the remaining budget by score. Per-layer densities are
 therefore an outcome of the score, not of ``distribution.name`` (which is ignored here).
@@ -155,7 +155,7 @@ class PruningAtInitSparsifier(Sparsifier):
         """
         ctx, m = self.ctx, self.ctx.masking
         k = keep_count(m.total, ctx.sparsity)
-        dense_set = set(ctx.dense_layers())
+        dense_set = set(ctx.dense_layers)
         dense = [n for n in m.names if n in dense_set]
         free = [n for n in m.names if n not in dense_set]
         budget = k - sum(m.sizes[n] for n in dense)
@@ -176,14 +176,14 @@ class PruningAtInitSparsifier(Sparsifier):
     # -- data
     def _batches(self, n: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         if self.ctx.batches is None:
-            raise ValueError(f"sparsifier={self.name} needs training batches (SparseContext.batches is None)")
+            raise ValueError(f"sparsifier={self.name} needs training batches (RunState.batches is None)")
         out = list(self.ctx.batches(n))
         if not out:
-            raise ValueError(f"sparsifier={self.name}: SparseContext.batches({n}) yielded no batch")
+            raise ValueError(f"sparsifier={self.name}: RunState.batches({n}) yielded no batch")
         return out
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        fn = self.ctx.loss_fn if self.ctx.loss_fn is not None else F.cross_entropy
+        fn = self.ctx.score_loss if self.ctx.score_loss is not None else F.cross_entropy
         return fn(logits, y)
 
 

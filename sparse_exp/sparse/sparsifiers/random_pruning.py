@@ -47,5 +47,5 @@ class RandomPruningSparsifier(PruningAtInitSparsifier):
     def _scores(self) -> Dict[str, torch.Tensor]:
         """name -> i.i.d. U[0, 1) scores (CPU, weight shape) from ``self.generator``."""
         m = self.ctx.masking
-        dense = set(self.ctx.dense_layers())
+        dense = set(self.ctx.dense_layers)
         return {n: torch.rand(m.shapes[n], generator=self.generator) for n in m.names if n not in dense}

@@ -40,7 +40,7 @@ class SnipSparsifier(PruningAtInitSparsifier):
 
     Source: Lee et al., ICLR 2019, Sec. 4.1, Eq. 6 (``dL/dc_j = w_j * dL/dw_j``).
 
-    ``g`` is the gradient of the training loss ``ctx.loss_fn(model(x), y)`` with respect to
+    ``g`` is the gradient of the training loss ``ctx.score_loss(model(x), y)`` with respect to
     each prunable weight, summed over ``cfg.num_batches`` batches of ``ctx.batches`` (each loss
     a batch mean). The model is put in train mode for scoring (BN uses batch statistics, as
     in training); BN buffers and mode flags are restored afterwards. The paper's

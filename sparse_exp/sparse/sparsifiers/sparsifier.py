@@ -39,10 +39,9 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sparse_exp.config.errors import require
+from sparse_exp.engine.context import RunState
 from sparse_exp.registry import SPARSIFIERS
-from sparse_exp.sparse.distributions import layer_counts
 from sparse_exp.sparse.flop_counts import Allocation
-from sparse_exp.sparse.masking import Masking, dense_layer_names
 from sparse_exp.sparse.density_schedules import ConstantDensity, FlopSchedule
 
 
@@ -60,55 +59,6 @@ def check_sparse_target(cfg: Any) -> None:
             "must be > 0 for a sparse method (use sparsifier=dense for dense training)")
 
 
-@dataclass
-class SparseContext:
-    """What a sparsifier may use.
-
-    Attributes:
-        model: the network (already on ``device``).
-        masking: the masks of ``model``.
-        optimizer: the optimizer (for zeroing buffers of regrown weights).
-        sparsity: target fraction of zeros over prunable weights, in [0, 1).
-        distribution: the ``distribution`` config node (name, erk_power_scale, dense_*_layer).
-        total_steps: optimizer steps in the whole run.
-        steps_per_epoch: optimizer steps per epoch.
-        seed: run seed; sparsifiers derive their own ``torch.Generator`` from it.
-        device: where the model lives.
-        batches: ``batches(n)`` yields ``n`` training batches ``(x, y)`` (for SNIP / GraSP ...).
-        loss_fn: the training loss ``loss_fn(logits, y) -> scalar``.
-    """
-
-    model: nn.Module
-    masking: Masking
-    optimizer: Optional[torch.optim.Optimizer]
-    sparsity: float
-    distribution: Any
-    total_steps: int
-    steps_per_epoch: int
-    seed: int
-    device: torch.device
-    batches: Optional[Callable[[int], Iterator[Tuple[torch.Tensor, torch.Tensor]]]] = None
-    loss_fn: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
-
-    @property
-    def density(self) -> float:
-        return 1.0 - self.sparsity
-
-    def dense_layers(self):
-        """Layers the distribution keeps dense (first / last layer options)."""
-        return dense_layer_names(self.masking, self.distribution.dense_first_layer, self.distribution.dense_last_layer)
-
-    def target_counts(self, density: Optional[float] = None) -> Dict[str, int]:
-        """Exact ones per layer for ``density`` (default: the target) under the distribution."""
-        return layer_counts(
-            self.masking.shapes,
-            self.density if density is None else density,
-            self.distribution.name,
-            self.distribution.erk_power_scale,
-            self.dense_layers(),
-        )
-
-
 class Sparsifier:
     """Base class; subclasses set ``name`` and override what they need."""
 
@@ -116,7 +66,7 @@ class Sparsifier:
     #: regrowth criterion, ``"random"`` | ``"gradient"``, or None (never regrows)
     growth: Optional[str] = None
 
-    def __init__(self, cfg: Any, ctx: SparseContext) -> None:
+    def __init__(self, cfg: Any, ctx: RunState) -> None:
         self.cfg = cfg
         self.ctx = ctx
         self.generator = torch.Generator().manual_seed(int(ctx.seed) * 7919 + 17)
