@@ -237,7 +237,7 @@ class CallbackList:
             loss = cb.wrap_score_loss(loss)
         return loss
 
-    def lr_factor(self, base: Callable[[int], LRFactor], total_steps: int) -> LRFactor:
+    def lr_schedule(self, base: Callable[[int], LRFactor], total_steps: int) -> LRFactor:
         """The main phase's LR multiplier: a callback's ``lr_schedule`` (at most one), else
         ``base(total_steps)``; times every callback's ``lr_multiplier`` if any overrides it.
 
@@ -303,7 +303,7 @@ class CallbackList:
 
     def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]:
         """Every callback's marks, sorted by step."""
-        return sorted(m for cb in self.callbacks for m in getattr(cb, "plot_marks", lambda s: [])(state))
+        return sorted(m for cb in self.callbacks for m in cb.plot_marks(state))
 
     def state_dict(self) -> Dict[str, Dict[str, Any]]:
         return {cb.name: cb.state_dict() for cb in self.callbacks}

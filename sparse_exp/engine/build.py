@@ -211,7 +211,7 @@ def build_run(cfg: Any) -> Run:
     def base(n: int) -> LRFactor:
         return lr_factor_fn(cfg.schedule, n, steps_per_epoch)
 
-    main = hooks.lr_factor(base, state.main_steps)
+    main = hooks.lr_schedule(base, state.main_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, phased_lr(phases, steps_per_epoch, base, main))
     state.scheduler = scheduler
     return Run(cfg=cfg, device=device, dist=dist, data=data, train_loader=train_loader, model=model,
