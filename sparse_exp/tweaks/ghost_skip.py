@@ -49,6 +49,7 @@ from sparse_exp.callbacks.protocol import BaseCallback, TrainState
 from sparse_exp.config.errors import ConfigError, UserError, one_of, require
 from sparse_exp.registry import TWEAKS
 from sparse_exp.sparse.flop_counts import layer_forward_flops
+from sparse_exp.training.lr_schedules import remove_param_group
 from sparse_exp.tweaks.tweak import RampConfig, check_ramp, check_settled_before_cycles, schedule_epoch
 
 
@@ -293,16 +294,8 @@ class GhostSkip(BaseCallback):
         state, params = self.state, {id(p) for g in self.paths for p in g.parameters()}
         opt = state.optimizer
         index = next(i for i, g in enumerate(opt.param_groups) if g.get("name") == self.name)
-        for p in opt.param_groups[index]["params"]:
-            opt.state.pop(p, None)
         assert all(id(p) in params for p in opt.param_groups[index]["params"])
-        del opt.param_groups[index]
-        sched = state.scheduler
-        if sched is not None:
-            for attr in ("base_lrs", "lr_lambdas", "_last_lr"):
-                values = getattr(sched, attr, None)
-                if isinstance(values, list) and len(values) > index:
-                    del values[index]
+        remove_param_group(opt, state.scheduler, index)
         remove_ghosts(self.model, self.handles)
         self.paths, self.handles, self.removed = [], [], True
 
