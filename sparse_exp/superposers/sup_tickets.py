@@ -173,8 +173,19 @@ def preflight_sup_tickets(plan: Any) -> None:
     budget_of(plan.cfg.superposer, int(plan.cfg.epochs), plan.steps_per_epoch)
 
 
+def ticket_collection_start(cfg: Any, epochs: int, steps_per_epoch: int) -> int:
+    """Main-phase steps done when tickets start being collected: the end of the normal phase (the
+    ``superposer`` group's query, :data:`sparse_exp.registry.SUPERPOSERS`).
+
+    Raises:
+        ConfigError: as :func:`budget_of`.
+    """
+    return budget_of(cfg, epochs, steps_per_epoch).start_step
+
+
 @SUPERPOSERS.register("sup_tickets", schema=SupTicketsConfig, checks=(check_sup_tickets,),
-                      preflight=(preflight_sup_tickets,))
+                      preflight=(preflight_sup_tickets,),
+                      queries={"ticket_collection_start": ticket_collection_start})
 class SupTickets(BaseCallback):
     """The Sup-tickets booster as a callback (see the module doc).
 
