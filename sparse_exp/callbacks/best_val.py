@@ -60,6 +60,7 @@ class BestValReport(BaseCallback):
     """
 
     name = "report"
+    priority = 900  # after every callback whose rows and final metrics it reads
 
     def __init__(self) -> None:
         self.best: Optional[Dict[str, Any]] = None

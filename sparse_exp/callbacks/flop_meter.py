@@ -31,6 +31,7 @@ class FlopMeter(BaseCallback):
     """
 
     name = "flops"
+    priority = 1000  # last: reads no val/* or test/*
 
     def __init__(self, layer_flops: Mapping[str, int]) -> None:
         self.layer_flops = dict(layer_flops)

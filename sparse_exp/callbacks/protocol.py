@@ -31,6 +31,10 @@ hook                   when / what                                              
 ``load_state_dict``
 =====================  =====================================================================  ==========
 
+Order: :class:`CallbackList` calls each hook on the callbacks in ascending ``priority`` (a class attribute,
+:attr:`BaseCallback.priority`; equal priorities keep the config's order), never in import order; it combines
+``lr_schedule`` and every ``lr_multiplier`` into the main phase's multiplier (its own ``lr_schedule``).
+
 Row key convention: ``on_epoch_end`` sets ``row["report/eligible"] = False`` when the epoch's network is
 not the final architecture; ``report=best_val`` never reports such an epoch (:mod:`sparse_exp.callbacks.best_val`).
 
@@ -119,6 +123,7 @@ class Callback(Protocol):
     """The hooks a booster or training tweak may implement (all of them; see the module table)."""
 
     name: str
+    priority: int
 
     def transform_model(self, model: nn.Module) -> nn.Module: ...
     def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]: ...
@@ -144,6 +149,10 @@ class BaseCallback:
     """Every hook of :class:`Callback` as a no-op; subclass and override what you need."""
 
     name = "callback"
+    #: call order: :class:`CallbackList` calls lower priorities first; equal priorities keep the order they
+    #: were given in (the config's order). Built-in: the tweaks 10-40 (``sparse_exp.tweaks``), boosters 100
+    #: (this default), ``report=best_val`` 900, the FLOP meter 1000 (last).
+    priority: int = 100
 
     def transform_model(self, model: nn.Module) -> nn.Module:
         return model
@@ -201,17 +210,19 @@ class BaseCallback:
 
 
 class CallbackList:
-    """Calls every callback's hook in list order and combines the results (see the module table).
+    """Calls every callback's hook in priority order and combines the results (see the module table).
 
     Args:
         callbacks: the run's callbacks; their ``name`` keys their checkpoint state, so names are unique.
+            They are called in ascending ``priority`` (:attr:`BaseCallback.priority`); equal priorities
+            keep the order given.
 
     Raises:
         ValueError: two callbacks with the same name.
     """
 
     def __init__(self, callbacks: Iterable[Any]) -> None:
-        self.callbacks: List[Any] = list(callbacks)
+        self.callbacks: List[Any] = sorted(callbacks, key=lambda cb: cb.priority)  # stable: ties keep order
         names = [cb.name for cb in self.callbacks]
         if len(set(names)) != len(names):
             raise ValueError(f"callback names must be unique, got {names}")

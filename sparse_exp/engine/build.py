@@ -31,14 +31,13 @@ from sparse_exp.engine.distributed import DistEnv, ShardedLoader, init_distribut
 from sparse_exp.callbacks.flop_meter import FlopMeter
 from sparse_exp.models import build_model, reinitialize_
 from sparse_exp.training.optimizers import build_optimizer
-from sparse_exp.registry import SUPERPOSERS
+from sparse_exp.registry import SPARSIFIERS, SUPERPOSERS, TWEAKS
 from sparse_exp.callbacks.best_val import BestValReport
 from sparse_exp.training.lr_schedules import lr_factor_fn
 from sparse_exp.engine.seeding import seed_everything
 from sparse_exp.sparse.flop_counts import layer_forward_flops
 from sparse_exp.sparse.masking import Masking
-from sparse_exp.sparse.sparsifiers import SparseContext, Sparsifier, build_sparsifier
-from sparse_exp.tweaks import build_tweaks
+from sparse_exp.sparse.sparsifiers.sparsifier import SparseContext, Sparsifier  # the sparsifier contract
 
 #: epoch id used to draw batches for pruning-at-init scores (never a training epoch)
 INIT_BATCHES_EPOCH = 1_000_000
@@ -108,12 +107,12 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def build_callbacks(cfg: Any) -> List[Any]:
-    """The config's callbacks, in call order: the training tweaks (:func:`sparse_exp.tweaks.build_tweaks`),
-    then the superposer's (``superposer=none`` builds none); last,
+    """The config's callbacks: the training tweaks (``TWEAKS``, in the config's order; :class:`CallbackList`
+    calls them in their declared ``priority`` order), then the superposer's (``superposer=none`` builds none); last,
     with ``report=best_val``, :class:`~sparse_exp.callbacks.best_val.BestValReport` (it sees the epoch rows and final
     metrics of every callback before it; the FLOP meter, added after them by :func:`build_run`, reads no
     ``val/*`` or ``test/*``)."""
-    out = build_tweaks(cfg)
+    out = [TWEAKS.build(name, cfg.tweaks[name]) for name in TWEAKS.chosen(cfg)]
     booster = SUPERPOSERS.build(cfg.superposer.name, cfg.superposer)
     if booster is not None:
         out.append(booster)
@@ -199,7 +198,7 @@ def build_run(cfg: Any) -> Run:
                         distribution=cfg.distribution, total_steps=cfg.epochs * steps_per_epoch,
                         steps_per_epoch=steps_per_epoch, seed=int(cfg.seed), device=device, batches=init_batches,
                         loss_fn=hooks.wrap_score_loss(cross_entropy))
-    sparsifier = build_sparsifier(cfg.sparsifier, ctx)
+    sparsifier = SPARSIFIERS.build(cfg.sparsifier.name, cfg.sparsifier, ctx)
     phases = list(sparsifier.lr_phases()) + [("main", int(cfg.epochs))]
     pre_steps = sum(epochs for _, epochs in phases[:-1]) * steps_per_epoch
     state = TrainState(model=model, masking=masking, optimizer=optimizer, sparsifier=sparsifier, data=data,

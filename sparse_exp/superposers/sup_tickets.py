@@ -197,6 +197,7 @@ class SupTickets(BaseCallback):
     """
 
     name = "sup_tickets"
+    priority = 100  # a booster: after the tweaks
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

@@ -214,6 +214,7 @@ class GhostSkip(BaseCallback):
     (``name: ghost_skip``), follows the alpha ramp per step, removes the paths when asked."""
 
     name = "ghost_skip"
+    priority = 10  # first of the tweaks: inserts the ghosts before the activations are swapped
 
     @staticmethod
     def step_varies(cfg: Any) -> Optional[str]:

@@ -68,6 +68,7 @@ class LabelSmoothing(BaseCallback):
     """The LS tweak as a callback: wraps the training loss; active inside its window (checked per epoch)."""
 
     name = "label_smoothing"
+    priority = 40  # last of the tweaks
 
     @staticmethod
     def step_varies(cfg: Any) -> Optional[str]:

@@ -70,6 +70,7 @@ class LRsI(BaseCallback):
     epoch start) and records the scales; resumed runs never run it again."""
 
     name = "lrsi"
+    priority = 30  # rescales the network the earlier tweaks built
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

@@ -221,6 +221,7 @@ class SoftNeurons(BaseCallback):
     reaches 1 (``step``: at ``end_epoch``) the ReLU modules are put back (``restored``)."""
 
     name = "soft_neurons"
+    priority = 20  # after ghost_skip, before lrsi and label_smoothing
 
     @staticmethod
     def step_varies(cfg: Any) -> Optional[str]:
