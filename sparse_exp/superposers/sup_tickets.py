@@ -46,8 +46,8 @@ from sparse_exp.superposers.tickets import (Variant, evaluate_variant, load_tick
                                           ticket_cost,
                                           split_metrics, superpose_into, superposed_state, ticket_meta,
                                           write_superposed)
-from sparse_exp.superposers.cyclic_lr import (LR_SCHEDULES, CyclicBudget, collect_fraction, make_budget,
-                                            sup_tickets_lr_factor)
+from sparse_exp.superposers.cyclic_lr import (LR_SCHEDULES, CyclicBudget, budget_of, collect_fraction,
+                                            sup_tickets_lr_factor, ticket_collection_start)
 from sparse_exp.superposers.diversity import pairwise_diversity
 from sparse_exp.sparse.topology import drop_and_grow
 
@@ -154,33 +154,9 @@ def check_sup_tickets(cfg: Any) -> None:
     require(cfg.sparsity > 0, "sparsity", cfg.sparsity, "must be > 0 with superposer=sup_tickets")
 
 
-def budget_of(cfg: Any, epochs: int, steps_per_epoch: int) -> CyclicBudget:
-    """The cyclic budget of ``superposer`` node ``cfg`` in a run of ``epochs`` x ``steps_per_epoch`` steps.
-
-    Raises:
-        ConfigError: naming ``superposer.cycle_epochs``: a cycle shorter than a step, no ticket, or no
-            normal phase.
-    """
-    try:
-        return make_budget(epochs, steps_per_epoch, cfg.cycle_epochs, cfg.phase_fraction, cfg.num_tickets)
-    except ValueError as exc:
-        raise ConfigError("superposer.cycle_epochs", cfg.cycle_epochs,
-                          f"{exc} ({steps_per_epoch} steps per epoch)") from None
-
-
 def preflight_sup_tickets(plan: Any) -> None:
     """The cyclic budget in steps (a cycle of at least one step, at least one ticket, a normal phase)."""
     budget_of(plan.cfg.superposer, int(plan.cfg.epochs), plan.steps_per_epoch)
-
-
-def ticket_collection_start(cfg: Any, epochs: int, steps_per_epoch: int) -> int:
-    """Main-phase steps done when tickets start being collected: the end of the normal phase (the
-    ``superposer`` group's query, :data:`sparse_exp.registry.SUPERPOSERS`).
-
-    Raises:
-        ConfigError: as :func:`budget_of`.
-    """
-    return budget_of(cfg, epochs, steps_per_epoch).start_step
 
 
 @SUPERPOSERS.register("sup_tickets", schema=SupTicketsConfig, checks=(check_sup_tickets,),
