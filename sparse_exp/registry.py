@@ -10,14 +10,18 @@ A check ``check(cfg)`` sees the composed config and raises :class:`~sparse_exp.c
 naming key, value and what is allowed; a pre-flight check ``check(plan)`` also sees the
 :class:`~sparse_exp.engine.context.RunPlan`. :func:`sparse_exp.config.compose.setup` stores the schemas in
 Hydra's ConfigStore as ``schema/<group>/<name>``. Pattern: jaxpruner's ``register_algorithm``.
+
+A group may declare **queries**: questions about an option that others ask before anything is built (e.g.
+:data:`SUPERPOSERS`' ``ticket_collection_start``), each with a default answer; an option registers its own
+answer (``queries={name: fn}``) and callers ask :meth:`Registry.query`, never the option by name.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from sparse_exp.config.errors import ConfigError
 from sparse_exp.config.schema import (DatasetConfig, DistributionConfig, LoggerConfig, ModelConfig,
@@ -39,6 +43,7 @@ class Entry:
         schema: its structured-config dataclass, or None to share the group's ``default_schema``.
         checks: functions ``check(cfg)`` run by :func:`sparse_exp.config.validate.validate` when it is chosen.
         preflight: functions ``check(plan)`` run by :func:`sparse_exp.config.preflight.preflight` when it is chosen.
+        queries: its own answers to the group's queries, by query name (:meth:`Registry.query`).
     """
 
     name: str
@@ -46,6 +51,7 @@ class Entry:
     schema: Optional[type]
     checks: Tuple[Check, ...]
     preflight: Tuple[Check, ...] = ()
+    queries: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
 
 class Registry(Mapping):
@@ -59,13 +65,16 @@ class Registry(Mapping):
         key: where the chosen option's name lives, as a function of the composed config (default
             ``cfg[group].name``).
         checks: group-level checks, run (before the option's own) whichever option is chosen.
+        queries: the group's queries, name -> default answer (a function; an option that registers no
+            answer of its own answers with it).
 
     Raises:
         ValueError: a second registry for the same group.
     """
 
     def __init__(self, group: str, default_schema: Optional[type] = None,
-                 key: Optional[Callable[[Any], Sequence[str]]] = None, checks: Sequence[Check] = ()) -> None:
+                 key: Optional[Callable[[Any], Sequence[str]]] = None, checks: Sequence[Check] = (),
+                 queries: Optional[Mapping[str, Callable[..., Any]]] = None) -> None:
         if group in REGISTRIES:
             raise ValueError(f"a registry for config group {group!r} exists already")
         self.group = group
@@ -73,20 +82,22 @@ class Registry(Mapping):
         self._key = key
         self.group_checks: Tuple[Check, ...] = tuple(checks)
         self.group_preflights: Tuple[Check, ...] = ()
+        self.query_defaults: Dict[str, Callable[..., Any]] = dict(queries or {})
         self._entries: Dict[str, Entry] = {}
         REGISTRIES[group] = self
 
     # -- registering
     def register(self, name: str, *, schema: Optional[type] = None, checks: Sequence[Check] = (),
-                 preflight: Sequence[Check] = ()) -> Callable:
+                 preflight: Sequence[Check] = (), queries: Optional[Mapping[str, Callable[..., Any]]] = None
+                 ) -> Callable:
         """Decorator: record the decorated class / function as option ``name`` (returned unchanged).
 
         Raises:
-            ValueError: ``name`` is registered already.
+            ValueError: ``name`` is registered already; a query the group does not declare.
         """
 
         def deco(impl: Any) -> Any:
-            self.add(name, impl, schema=schema, checks=checks, preflight=preflight)
+            self.add(name, impl, schema=schema, checks=checks, preflight=preflight, queries=queries)
             return impl
 
         return deco
@@ -102,12 +113,16 @@ class Registry(Mapping):
         return check
 
     def add(self, name: str, impl: Any, *, schema: Optional[type] = None, checks: Sequence[Check] = (),
-            preflight: Sequence[Check] = ()) -> None:
+            preflight: Sequence[Check] = (), queries: Optional[Mapping[str, Callable[..., Any]]] = None) -> None:
         """Record ``impl`` as option ``name`` (the non-decorator form of :meth:`register`)."""
         if name in self._entries:
             raise ValueError(f"{self.group}={name!r} is registered twice")
+        unknown = sorted(set(queries or {}) - set(self.query_defaults))
+        if unknown:
+            raise ValueError(f"{self.group}={name!r} answers {unknown}, which the group does not declare "
+                             f"(its queries: {sorted(self.query_defaults)})")
         self._entries[name] = Entry(name=name, impl=impl, schema=schema, checks=tuple(checks),
-                                    preflight=tuple(preflight))
+                                    preflight=tuple(preflight), queries=dict(queries or {}))
 
     # -- reading. A name not registered yet first imports the built-in components, so that a command which
     # never composed a config (``sparse_exp.plot`` rebuilding a run) still finds every option; iterating
@@ -134,6 +149,18 @@ class Registry(Mapping):
         if name not in self._entries:
             raise ConfigError(f"{self.group}.name", name, f"must be one of {sorted(self._entries)}")
         return self._entries[name]
+
+    def query(self, name: str, query: str) -> Callable[..., Any]:
+        """Option ``name``'s answer to the group's query ``query`` (its own, else the group's default).
+
+        Raises:
+            ConfigError: ``name`` is not registered.
+            KeyError: the group declares no query ``query``.
+        """
+        entry = self.entry(name)
+        if query not in self.query_defaults:
+            raise KeyError(f"{self.group} declares no query {query!r} (its queries: {sorted(self.query_defaults)})")
+        return entry.queries.get(query, self.query_defaults[query])
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """``impl(*args, **kwargs)`` of option ``name`` (:class:`ConfigError` for an unknown name)."""
@@ -187,12 +214,20 @@ MODELS = Registry("model", default_schema=ModelConfig)  # fn(in_channels, num_cl
 DATASETS = Registry("dataset", default_schema=DatasetConfig)  # data.spec.DatasetSpec
 DISTRIBUTIONS = Registry("distribution", default_schema=DistributionConfig)  # fn(shape, power) -> raw score
 SPARSIFIERS = Registry("sparsifier")  # sparse.sparsifiers.sparsifier.Sparsifier subclasses
-SUPERPOSERS = Registry("superposer")  # fn(cfg) -> Callback | None
+#: query ``ticket_collection_start(node, epochs, steps_per_epoch) -> Optional[int]``: how many steps of the run's
+#: own training (main phase) are done when the booster starts collecting the tickets it averages, in a run of
+#: ``epochs`` x ``steps_per_epoch`` steps with ``superposer`` node ``node``; None (the default) for one that
+#: collects none. Asked at pre-flight (a tweak that changes the network settles before it); may raise ConfigError.
+SUPERPOSERS = Registry("superposer",  # fn(cfg) -> Callback | None
+                       queries={"ticket_collection_start": lambda node, epochs, steps_per_epoch: None})
 OPTIMIZERS = Registry("optimizer", default_schema=OptimizerConfig)  # fn(cfg, param_groups) -> Optimizer
 SCHEDULES = Registry("schedule", default_schema=ScheduleConfig)  # fn(cfg, total_steps) -> (step -> LR factor)
 LOGGERS = Registry("logger", default_schema=LoggerConfig)  # fn(cfg, run_dir, config, name) -> logger
-#: list-valued group: ``tweaks=[a,b]`` selects several options, each configured under ``tweaks.<name>``
-TWEAKS = Registry("tweaks", key=lambda cfg: list(cfg.tweaks or {}))  # cls(node) -> Callback
+#: list-valued group: ``tweaks=[a,b]`` selects several options, each configured under ``tweaks.<name>``.
+#: query ``step_varies(node) -> Optional[str]``: why the tweak's train step changes during training (a ramp, a
+#: window, a removal: the fast path cannot capture such a step once as a CUDA graph); None (default) if it never does
+TWEAKS = Registry("tweaks", key=lambda cfg: list(cfg.tweaks or {}),  # cls(node) -> Callback
+                  queries={"step_varies": lambda node: None})
 
 #: the packages whose import registers the built-in options
 COMPONENT_PACKAGES = ("sparse_exp.data", "sparse_exp.run.loggers", "sparse_exp.models", "sparse_exp.training.optimizers",

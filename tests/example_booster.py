@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 
 from hydra.core.config_store import ConfigStore
 
-from sparse_exp.callbacks.protocol import BaseCallback, TrainState
+from sparse_exp.callbacks.protocol import BaseCallback, RunState
 from sparse_exp.config.schema import SuperposerConfig
 from sparse_exp.config.errors import require
 from sparse_exp.registry import SUPERPOSERS
@@ -48,19 +48,19 @@ class LRTail(BaseCallback):
         self.active_steps = 0
         self.start = 0
 
-    def setup(self, state: TrainState) -> None:
+    def setup(self, state: RunState) -> None:
         self.start = state.pre_steps + (state.epochs - self.epochs) * state.steps_per_epoch
 
     def lr_multiplier(self, step: int) -> float:
         return self.factor if step >= self.start else 1.0
 
-    def on_step_end(self, state: TrainState, mask_changed: bool) -> None:
+    def on_step_end(self, state: RunState, mask_changed: bool) -> None:
         self.active_steps += int(state.step > self.start)
 
-    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None:
+    def on_epoch_end(self, state: RunState, row: Dict[str, Any]) -> None:
         row["lr_tail/active_steps"] = self.active_steps
 
-    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+    def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
         return {"lr_tail/active_steps": self.active_steps}
 
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]:

@@ -38,17 +38,18 @@ def check_logit_temperature(cfg: Any) -> None:
             f"must be in [0, epochs={cfg.epochs}]")
 
 
-@TWEAKS.register("logit_temperature", schema=LogitTemperatureConfig, checks=(check_logit_temperature,))
+def logit_temperature_step_varies(cfg: Any) -> Optional[str]:
+    """Why the loss changes during training (the fast path cannot capture such a step once), else None."""
+    return "the temperature switches off after its epochs" if cfg.epochs > 0 else None
+
+
+@TWEAKS.register("logit_temperature", schema=LogitTemperatureConfig, checks=(check_logit_temperature,),
+                 queries={"step_varies": logit_temperature_step_varies})
 class LogitTemperature(BaseCallback):
     """Wraps the training loss; on while the main phase's epoch is below ``epochs`` (set per epoch, so a resumed
     run recomputes it from the state and needs no checkpoint entry)."""
 
     name = "logit_temperature"
-
-    @staticmethod
-    def step_varies(cfg: Any) -> Optional[str]:
-        """Why the loss changes during training (the fast path cannot capture such a step once), else None."""
-        return "the temperature switches off after its epochs" if cfg.epochs > 0 else None
 
     def __init__(self, cfg: Any) -> None:
         self.t, self.epochs = float(cfg.t), int(cfg.epochs)

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from sparse_exp.callbacks.protocol import BaseCallback, TrainState
+from sparse_exp.callbacks.protocol import BaseCallback, RunState
 from sparse_exp.training.metrics import evaluate
 
 #: row key an earlier callback sets to False when the epoch's network is not a candidate
@@ -60,12 +60,13 @@ class BestValReport(BaseCallback):
     """
 
     name = "report"
+    priority = 900  # after every callback whose rows and final metrics it reads
 
     def __init__(self) -> None:
         self.best: Optional[Dict[str, Any]] = None
 
     @staticmethod
-    def is_candidate(state: TrainState, row: Dict[str, Any]) -> bool:
+    def is_candidate(state: RunState, row: Dict[str, Any]) -> bool:
         """Whether the epoch that just ended may be reported: in the run's own training (not a
         sparsifier LR phase before it), not marked ineligible, with a finite ``val/acc``."""
         if state.step <= state.pre_steps:
@@ -74,7 +75,7 @@ class BestValReport(BaseCallback):
             return False
         return _finite(row.get("val/acc"))
 
-    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None:
+    def on_epoch_end(self, state: RunState, row: Dict[str, Any]) -> None:
         """Record the epoch if it is a candidate with a strictly better ``val/acc`` than the best so far;
         only then is the test split evaluated (it never influences the choice)."""
         if not self.is_candidate(state, row):
@@ -88,7 +89,7 @@ class BestValReport(BaseCallback):
                      "val": {k: float(v) for k, v in row.items() if k.startswith("val/") and _finite(v)},
                      "test": {k: float(v) for k, v in test.items()}}
 
-    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+    def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
         """``report/*`` keys, the final model's metrics under ``final/``, and the best epoch's ``test/*`` /
         ``val/*`` if its validation accuracy is strictly better than the final model's."""
         out: Dict[str, Any] = {f"final/{k}": individual[k] for k in FINAL_KEYS if k in individual}

@@ -18,7 +18,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from sparse_exp.callbacks.protocol import BaseCallback, TrainState
+from sparse_exp.callbacks.protocol import BaseCallback, RunState
 from sparse_exp.sparse.flop_counts import TrainingFlops
 
 
@@ -31,14 +31,15 @@ class FlopMeter(BaseCallback):
     """
 
     name = "flops"
+    priority = 1000  # last: reads no val/* or test/*
 
     def __init__(self, layer_flops: Mapping[str, int]) -> None:
         self.layer_flops = dict(layer_flops)
         self.flops = TrainingFlops(sum(self.layer_flops.values()))
-        self.state: Optional[TrainState] = None
+        self.state: Optional[RunState] = None
         self.f_sparse = 0.0
 
-    def setup(self, state: TrainState) -> None:
+    def setup(self, state: RunState) -> None:
         self.state = state
 
     def sparse_forward_flops(self, counts: Optional[Mapping[str, int]] = None) -> float:
@@ -47,10 +48,10 @@ class FlopMeter(BaseCallback):
         counts = counts if counts is not None else m.target_counts
         return sum(self.layer_flops[n] * counts[n] / m.sizes[n] for n in m.names)
 
-    def on_epoch_start(self, state: TrainState) -> None:
+    def on_epoch_start(self, state: RunState) -> None:
         self.f_sparse = self.sparse_forward_flops()
 
-    def on_step_end(self, state: TrainState, mask_changed: bool) -> None:
+    def on_step_end(self, state: RunState, mask_changed: bool) -> None:
         if mask_changed and state.sparsifier.dense_gradient_at(state.main_step):
             self.flops.add_dense_gradient_steps(1, self.f_sparse)
         else:
@@ -58,10 +59,10 @@ class FlopMeter(BaseCallback):
         if mask_changed:
             self.f_sparse = self.sparse_forward_flops()
 
-    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None:
+    def on_epoch_end(self, state: RunState, row: Dict[str, Any]) -> None:
         row["flops/train"] = self.flops.ratio()
 
-    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+    def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
         final = state.reported_masks
         m = state.masking
         counts = {n: int(final[n].count_nonzero()) for n in m.names} if final is not None else m.target_counts

@@ -31,10 +31,14 @@ hook                   when / what                                              
 ``load_state_dict``
 =====================  =====================================================================  ==========
 
+Order: :class:`CallbackList` calls each hook on the callbacks in ascending ``priority`` (a class attribute,
+:attr:`BaseCallback.priority`; equal priorities keep the config's order), never in import order; it combines
+``lr_schedule`` and every ``lr_multiplier`` into the main phase's multiplier (its own ``lr_schedule``).
+
 Row key convention: ``on_epoch_end`` sets ``row["report/eligible"] = False`` when the epoch's network is
 not the final architecture; ``report=best_val`` never reports such an epoch (:mod:`sparse_exp.callbacks.best_val`).
 
-Callbacks see a :class:`TrainState`, a narrow documented view of the run, never the loop itself.
+Callbacks see the run's :class:`~sparse_exp.engine.context.RunState` (its plan and what changes), never the loop itself.
 Subclass :class:`BaseCallback` (every hook a no-op) and override what you need; see
 ``docs/architecture.md`` for a worked example (``tests/test_architecture.py`` runs it).
 """
@@ -46,8 +50,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tupl
 import torch
 from torch import nn
 
-from sparse_exp.engine.context import LossFn
-from sparse_exp.engine.context import RunState as TrainState  # renamed RunState below, after the merges
+from sparse_exp.engine.context import LossFn, RunState
 
 #: ``factor(step) -> LR multiplier`` for the 0-based optimizer step (``LambdaLR`` convention)
 LRFactor = Callable[[int], float]
@@ -59,6 +62,7 @@ class Callback(Protocol):
     """The hooks a booster or training tweak may implement (all of them; see the module table)."""
 
     name: str
+    priority: int
 
     def transform_model(self, model: nn.Module) -> nn.Module: ...
     def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]: ...
@@ -66,16 +70,16 @@ class Callback(Protocol):
     def wrap_score_loss(self, loss: LossFn) -> LossFn: ...
     def lr_schedule(self, base: Callable[[int], LRFactor], total_steps: int) -> Optional[LRFactor]: ...
     def lr_multiplier(self, step: int) -> float: ...
-    def setup(self, state: TrainState) -> None: ...
-    def before_init_masks(self, state: TrainState) -> None: ...
+    def setup(self, state: RunState) -> None: ...
+    def before_init_masks(self, state: RunState) -> None: ...
     def allow_mask_update(self, main_step: int) -> bool: ...
-    def on_epoch_start(self, state: TrainState) -> None: ...
-    def on_step_end(self, state: TrainState, mask_changed: bool) -> None: ...
-    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None: ...
-    def final_masks(self, state: TrainState) -> Optional[Tuple[str, Masks]]: ...
-    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]: ...
+    def on_epoch_start(self, state: RunState) -> None: ...
+    def on_step_end(self, state: RunState, mask_changed: bool) -> None: ...
+    def on_epoch_end(self, state: RunState, row: Dict[str, Any]) -> None: ...
+    def final_masks(self, state: RunState) -> Optional[Tuple[str, Masks]]: ...
+    def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]: ...
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]: ...
-    def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]: ...
+    def plot_marks(self, state: RunState) -> List[Tuple[int, str]]: ...
     def state_dict(self) -> Dict[str, Any]: ...
     def load_state_dict(self, state: Dict[str, Any], device: torch.device) -> None: ...
 
@@ -84,6 +88,10 @@ class BaseCallback:
     """Every hook of :class:`Callback` as a no-op; subclass and override what you need."""
 
     name = "callback"
+    #: call order: :class:`CallbackList` calls lower priorities first; equal priorities keep the order they
+    #: were given in (the config's order). Built-in: the tweaks 10-40 (``sparse_exp.tweaks``), boosters 100
+    #: (this default), ``report=best_val`` 900, the FLOP meter 1000 (last).
+    priority: int = 100
 
     def transform_model(self, model: nn.Module) -> nn.Module:
         return model
@@ -103,34 +111,34 @@ class BaseCallback:
     def lr_multiplier(self, step: int) -> float:
         return 1.0
 
-    def setup(self, state: TrainState) -> None:
+    def setup(self, state: RunState) -> None:
         pass
 
-    def before_init_masks(self, state: TrainState) -> None:
+    def before_init_masks(self, state: RunState) -> None:
         pass
 
     def allow_mask_update(self, main_step: int) -> bool:
         return True
 
-    def on_epoch_start(self, state: TrainState) -> None:
+    def on_epoch_start(self, state: RunState) -> None:
         pass
 
-    def on_step_end(self, state: TrainState, mask_changed: bool) -> None:
+    def on_step_end(self, state: RunState, mask_changed: bool) -> None:
         pass
 
-    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None:
+    def on_epoch_end(self, state: RunState, row: Dict[str, Any]) -> None:
         pass
 
-    def final_masks(self, state: TrainState) -> Optional[Tuple[str, Masks]]:
+    def final_masks(self, state: RunState) -> Optional[Tuple[str, Masks]]:
         return None
 
-    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+    def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
         return {}
 
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]:
         return []
 
-    def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]:
+    def plot_marks(self, state: RunState) -> List[Tuple[int, str]]:
         return []
 
     def state_dict(self) -> Dict[str, Any]:
@@ -141,17 +149,19 @@ class BaseCallback:
 
 
 class CallbackList:
-    """Calls every callback's hook in list order and combines the results (see the module table).
+    """Calls every callback's hook in priority order and combines the results (see the module table).
 
     Args:
         callbacks: the run's callbacks; their ``name`` keys their checkpoint state, so names are unique.
+            They are called in ascending ``priority`` (:attr:`BaseCallback.priority`); equal priorities
+            keep the order given.
 
     Raises:
         ValueError: two callbacks with the same name.
     """
 
     def __init__(self, callbacks: Iterable[Any]) -> None:
-        self.callbacks: List[Any] = list(callbacks)
+        self.callbacks: List[Any] = sorted(callbacks, key=lambda cb: cb.priority)  # stable: ties keep order
         names = [cb.name for cb in self.callbacks]
         if len(set(names)) != len(names):
             raise ValueError(f"callback names must be unique, got {names}")
@@ -177,7 +187,7 @@ class CallbackList:
             loss = cb.wrap_score_loss(loss)
         return loss
 
-    def lr_factor(self, base: Callable[[int], LRFactor], total_steps: int) -> LRFactor:
+    def lr_schedule(self, base: Callable[[int], LRFactor], total_steps: int) -> LRFactor:
         """The main phase's LR multiplier: a callback's ``lr_schedule`` (at most one), else
         ``base(total_steps)``; times every callback's ``lr_multiplier`` if any overrides it.
 
@@ -200,30 +210,30 @@ class CallbackList:
 
         return scaled
 
-    def setup(self, state: TrainState) -> None:
+    def setup(self, state: RunState) -> None:
         for cb in self.callbacks:
             cb.setup(state)
 
-    def before_init_masks(self, state: TrainState) -> None:
+    def before_init_masks(self, state: RunState) -> None:
         for cb in self.callbacks:
             cb.before_init_masks(state)
 
     def allow_mask_update(self, main_step: int) -> bool:
         return all(cb.allow_mask_update(main_step) for cb in self.callbacks)
 
-    def on_epoch_start(self, state: TrainState) -> None:
+    def on_epoch_start(self, state: RunState) -> None:
         for cb in self.callbacks:
             cb.on_epoch_start(state)
 
-    def on_step_end(self, state: TrainState, mask_changed: bool) -> None:
+    def on_step_end(self, state: RunState, mask_changed: bool) -> None:
         for cb in self.callbacks:
             cb.on_step_end(state, mask_changed)
 
-    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None:
+    def on_epoch_end(self, state: RunState, row: Dict[str, Any]) -> None:
         for cb in self.callbacks:
             cb.on_epoch_end(state, row)
 
-    def final_masks(self, state: TrainState) -> Optional[Tuple[str, Masks]]:
+    def final_masks(self, state: RunState) -> Optional[Tuple[str, Masks]]:
         """The last callback's answer that is not None (the reported model's label and masks)."""
         out = None
         for cb in self.callbacks:
@@ -231,7 +241,7 @@ class CallbackList:
             out = got if got is not None else out
         return out
 
-    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+    def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
         """Each callback's keys, in order; a later callback sees (and may override) earlier ones."""
         out: Dict[str, Any] = {}
         for cb in self.callbacks:
@@ -241,9 +251,9 @@ class CallbackList:
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]:
         return [line for cb in self.callbacks for line in cb.summary_lines(summary)]
 
-    def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]:
+    def plot_marks(self, state: RunState) -> List[Tuple[int, str]]:
         """Every callback's marks, sorted by step."""
-        return sorted(m for cb in self.callbacks for m in getattr(cb, "plot_marks", lambda s: [])(state))
+        return sorted(m for cb in self.callbacks for m in cb.plot_marks(state))
 
     def state_dict(self) -> Dict[str, Dict[str, Any]]:
         return {cb.name: cb.state_dict() for cb in self.callbacks}

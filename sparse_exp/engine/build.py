@@ -31,14 +31,12 @@ from sparse_exp.engine.distributed import DistEnv, ShardedLoader, init_distribut
 from sparse_exp.callbacks.flop_meter import FlopMeter
 from sparse_exp.models import build_model, reinitialize_
 from sparse_exp.training.optimizers import build_optimizer
-from sparse_exp.registry import SUPERPOSERS
+from sparse_exp.registry import SPARSIFIERS, SUPERPOSERS, TWEAKS
 from sparse_exp.callbacks.best_val import BestValReport
 from sparse_exp.training.lr_schedules import lr_factor_fn
 from sparse_exp.engine.seeding import seed_everything
 from sparse_exp.sparse.flop_counts import layer_forward_flops
 from sparse_exp.sparse.masking import Masking
-from sparse_exp.sparse.sparsifiers import build_sparsifier
-from sparse_exp.tweaks import build_tweaks
 
 #: epoch id used to draw batches for pruning-at-init scores (never a training epoch)
 INIT_BATCHES_EPOCH = 1_000_000
@@ -105,12 +103,12 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def build_callbacks(cfg: Any) -> List[Any]:
-    """The config's callbacks, in call order: the training tweaks (:func:`sparse_exp.tweaks.build_tweaks`),
-    then the superposer's (``superposer=none`` builds none); last,
+    """The config's callbacks: the training tweaks (``TWEAKS``, in the config's order; :class:`CallbackList`
+    calls them in their declared ``priority`` order), then the superposer's (``superposer=none`` builds none); last,
     with ``report=best_val``, :class:`~sparse_exp.callbacks.best_val.BestValReport` (it sees the epoch rows and final
     metrics of every callback before it; the FLOP meter, added after them by :func:`build_run`, reads no
     ``val/*`` or ``test/*``)."""
-    out = build_tweaks(cfg)
+    out = [TWEAKS.build(name, cfg.tweaks[name]) for name in TWEAKS.chosen(cfg)]
     booster = SUPERPOSERS.build(cfg.superposer.name, cfg.superposer)
     if booster is not None:
         out.append(booster)
@@ -196,7 +194,7 @@ def build_run(cfg: Any) -> Run:
 
     state = RunState(plan=plan, model=model, masking=masking, optimizer=optimizer, device=device, data=data,
                      batches=init_batches, score_loss=hooks.wrap_score_loss(cross_entropy))
-    state.sparsifier = build_sparsifier(cfg.sparsifier, state)
+    state.sparsifier = SPARSIFIERS.build(cfg.sparsifier.name, cfg.sparsifier, state)
     phases = list(state.sparsifier.lr_phases()) + [("main", int(cfg.epochs))]
     state.pre_steps = sum(epochs for _, epochs in phases[:-1]) * steps_per_epoch
     hooks.setup(state)
@@ -204,7 +202,7 @@ def build_run(cfg: Any) -> Run:
     def base(n: int) -> LRFactor:
         return lr_factor_fn(cfg.schedule, n, steps_per_epoch)
 
-    main = hooks.lr_factor(base, state.total_steps)
+    main = hooks.lr_schedule(base, state.total_steps)
     state.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, phased_lr(phases, steps_per_epoch, base, main))
     return Run(state=state, dist=dist, train_loader=train_loader, train_model=train_model, callbacks=hooks,
                loss_fn=loss_fn, phases=phases)

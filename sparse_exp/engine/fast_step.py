@@ -68,12 +68,12 @@ def check_fast(cfg: Any) -> None:
 
 def step_varying_tweaks(cfg: Any) -> List[str]:
     """``"<tweak>: <why>"`` for every chosen tweak whose train step changes during training (each tweak's
-    class says so in ``step_varies(node)``); such a step cannot be captured once as a CUDA graph."""
+    registry entry answers the ``step_varies`` query); such a step cannot be captured once as a CUDA graph."""
     from sparse_exp.registry import TWEAKS
 
     out = []
     for name in list(cfg.tweaks or {}):
-        why = getattr(TWEAKS[name], "step_varies", lambda node: None)(cfg.tweaks[name])
+        why = TWEAKS.query(name, "step_varies")(cfg.tweaks[name])
         if why:
             out.append(f"{name}: {why}")
     return out

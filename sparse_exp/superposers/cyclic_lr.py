@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Any, Callable, List
+
+from sparse_exp.config.errors import ConfigError
 
 LR_SCHEDULES = ("triangle", "fge", "swa")
 
@@ -132,3 +134,27 @@ def sup_tickets_lr_factor(budget: CyclicBudget, normal: Callable[[int], float], 
         return cyclic_lr(schedule, i, budget.cycle_steps, lr_low, lr_high) / base_lr
 
     return factor
+
+
+def budget_of(cfg: Any, epochs: int, steps_per_epoch: int) -> CyclicBudget:
+    """The cyclic budget of ``superposer`` node ``cfg`` in a run of ``epochs`` x ``steps_per_epoch`` steps.
+
+    Raises:
+        ConfigError: naming ``superposer.cycle_epochs``: a cycle shorter than a step, no ticket, or no
+            normal phase.
+    """
+    try:
+        return make_budget(epochs, steps_per_epoch, cfg.cycle_epochs, cfg.phase_fraction, cfg.num_tickets)
+    except ValueError as exc:
+        raise ConfigError("superposer.cycle_epochs", cfg.cycle_epochs,
+                          f"{exc} ({steps_per_epoch} steps per epoch)") from None
+
+
+def ticket_collection_start(cfg: Any, epochs: int, steps_per_epoch: int) -> int:
+    """Main-phase steps done when tickets start being collected: the end of the normal phase (the
+    ``superposer`` group's query, :data:`sparse_exp.registry.SUPERPOSERS`).
+
+    Raises:
+        ConfigError: as :func:`budget_of`.
+    """
+    return budget_of(cfg, epochs, steps_per_epoch).start_step

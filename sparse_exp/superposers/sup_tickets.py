@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from omegaconf import MISSING
 
-from sparse_exp.callbacks.protocol import BaseCallback, LRFactor, TrainState
+from sparse_exp.callbacks.protocol import BaseCallback, LRFactor, RunState
 from sparse_exp.config.schema import SuperposerConfig
 from sparse_exp.config.errors import ConfigError, one_of, require
 from sparse_exp.training.metrics import metrics_from_logits, predict
@@ -46,8 +46,8 @@ from sparse_exp.superposers.tickets import (Variant, evaluate_variant, load_tick
                                           ticket_cost,
                                           split_metrics, superpose_into, superposed_state, ticket_meta,
                                           write_superposed)
-from sparse_exp.superposers.cyclic_lr import (LR_SCHEDULES, CyclicBudget, collect_fraction, make_budget,
-                                            sup_tickets_lr_factor)
+from sparse_exp.superposers.cyclic_lr import (LR_SCHEDULES, CyclicBudget, budget_of, collect_fraction,
+                                            sup_tickets_lr_factor, ticket_collection_start)
 from sparse_exp.superposers.diversity import pairwise_diversity
 from sparse_exp.sparse.topology import drop_and_grow
 
@@ -154,27 +154,14 @@ def check_sup_tickets(cfg: Any) -> None:
     require(cfg.sparsity > 0, "sparsity", cfg.sparsity, "must be > 0 with superposer=sup_tickets")
 
 
-def budget_of(cfg: Any, epochs: int, steps_per_epoch: int) -> CyclicBudget:
-    """The cyclic budget of ``superposer`` node ``cfg`` in a run of ``epochs`` x ``steps_per_epoch`` steps.
-
-    Raises:
-        ConfigError: naming ``superposer.cycle_epochs``: a cycle shorter than a step, no ticket, or no
-            normal phase.
-    """
-    try:
-        return make_budget(epochs, steps_per_epoch, cfg.cycle_epochs, cfg.phase_fraction, cfg.num_tickets)
-    except ValueError as exc:
-        raise ConfigError("superposer.cycle_epochs", cfg.cycle_epochs,
-                          f"{exc} ({steps_per_epoch} steps per epoch)") from None
-
-
 def preflight_sup_tickets(plan: Any) -> None:
     """The cyclic budget in steps (a cycle of at least one step, at least one ticket, a normal phase)."""
     budget_of(plan.cfg.superposer, int(plan.cfg.epochs), plan.steps_per_epoch)
 
 
 @SUPERPOSERS.register("sup_tickets", schema=SupTicketsConfig, checks=(check_sup_tickets,),
-                      preflight=(preflight_sup_tickets,))
+                      preflight=(preflight_sup_tickets,),
+                      queries={"ticket_collection_start": ticket_collection_start})
 class SupTickets(BaseCallback):
     """The Sup-tickets booster as a callback (see the module doc).
 
@@ -186,10 +173,11 @@ class SupTickets(BaseCallback):
     """
 
     name = "sup_tickets"
+    priority = 100  # a booster: after the tweaks
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
-        self.state: Optional[TrainState] = None
+        self.state: Optional[RunState] = None
         self.budget: Optional[CyclicBudget] = None
         self.averager = TicketAverager(cfg.averaging, cfg.beta, cfg.prune_running_average)
         self.tickets: List[Dict[str, float]] = []
@@ -199,7 +187,7 @@ class SupTickets(BaseCallback):
         self.ultimate_masks: Optional[Dict[str, torch.Tensor]] = None
         self.growth: Optional[str] = None
 
-    def setup(self, state: TrainState) -> None:
+    def setup(self, state: RunState) -> None:
         cfg = self.cfg
         self.state = state
         self.budget = budget_of(cfg, state.epochs, state.steps_per_epoch)
@@ -222,7 +210,7 @@ class SupTickets(BaseCallback):
         return self.cfg.dst_updates_in_cycles or main_step <= self.budget.start_step
 
     # ------------------------------------------------------------------ per step
-    def on_step_end(self, state: TrainState, mask_changed: bool) -> None:
+    def on_step_end(self, state: RunState, mask_changed: bool) -> None:
         step = state.main_step
         if step < 1:
             return
@@ -321,12 +309,12 @@ class SupTickets(BaseCallback):
             self.ultimate_masks = self._reprune()
         return self.ultimate_masks
 
-    def final_masks(self, state: TrainState) -> Optional[Tuple[str, Dict[str, torch.Tensor]]]:
+    def final_masks(self, state: RunState) -> Optional[Tuple[str, Dict[str, torch.Tensor]]]:
         """The run reports the ultimate ticket."""
         return "ultimate ticket", self.ultimate_ticket_masks()
 
     # ------------------------------------------------------------------ results
-    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+    def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
         """Summary keys: the ultimate ticket's metrics as the run's result, the last individual
         model's as ``last/*``, per-ticket metrics, diversity, the superposition's cost."""
         t = self.state
@@ -391,7 +379,7 @@ class SupTickets(BaseCallback):
                          f"superposer.ticket_eval={self.cfg.ticket_eval})")
         return lines + [""]
 
-    def plot_marks(self, state: TrainState) -> List[Tuple[int, str]]:
+    def plot_marks(self, state: RunState) -> List[Tuple[int, str]]:
         """The cyclic phase's start and each ticket's step (global steps)."""
         pre = state.pre_steps
         return [(pre + self.budget.start_step, "cyclic phase")] + [

@@ -8,12 +8,15 @@ the LR exactly from the step counter.
 at 1/2 and 3/4). ``cosine``: half-cosine from 1 to ``min_factor``. ``constant``. All have an optional
 linear warm-up over ``warmup_epochs``. Each registers itself (:data:`sparse_exp.registry.SCHEDULES`) as
 ``fn(cfg, total_steps) -> (step -> multiplier)``; config values are read once, not per step.
+:func:`remove_param_group` takes a parameter group out of the optimizer and its scheduler mid-run.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+
+import torch
 
 from sparse_exp.config.errors import require
 from sparse_exp.registry import SCHEDULES
@@ -76,3 +79,36 @@ def lr_factor_fn(cfg: Any, total_steps: int, steps_per_epoch: int) -> LRFactor:
         return base(step)
 
     return factor
+
+
+def remove_param_group(optimizer: torch.optim.Optimizer, scheduler: Optional[Any], index: int) -> None:
+    """Remove parameter group ``index`` from ``optimizer`` (with its parameters' optimizer state, e.g.
+    momentum buffers) and from ``scheduler``, in place; the other groups' LRs go on exactly as before.
+
+    The scheduler (a ``torch.optim.lr_scheduler.LRScheduler`` such as ``LambdaLR``, or None) keeps
+    one entry per group in its state (``base_lrs``, the last LRs; ``LambdaLR``'s ``lr_lambdas``): the
+    group's entry is dropped from its ``state_dict()``, which is loaded back (``load_state_dict``), after
+    ``LambdaLR``'s ``lr_lambdas`` lose the group's function. Its step counters are untouched, so its next
+    ``step()`` and a checkpoint written after the removal are those of a scheduler that never had the group.
+
+    Raises:
+        IndexError: no group ``index``.
+    """
+    groups = optimizer.param_groups
+    if not -len(groups) <= index < len(groups):
+        raise IndexError(f"optimizer has {len(groups)} parameter groups, no group {index}")
+    index %= len(groups)
+    n = len(groups)
+    for p in groups[index]["params"]:
+        optimizer.state.pop(p, None)
+    del groups[index]
+    if scheduler is None:
+        return
+    state = scheduler.state_dict()
+    for value in state.values():  # the per-group lists (base_lrs, the last LRs, LambdaLR's lr_lambdas)
+        if isinstance(value, list) and len(value) == n:
+            del value[index]
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if isinstance(lambdas, list) and len(lambdas) == n:
+        scheduler.lr_lambdas = lambdas[:index] + lambdas[index + 1:]
+    scheduler.load_state_dict(state)

@@ -14,9 +14,11 @@ option                 what                                                 modu
 ``tost`` (preset)      all four with the released code's settings           ``conf/tweaks/tost.yaml``
 =====================  ==================================================  ===============================
 
-They are built in the table's order whatever the command's order (the note's order for "all": insert
-ghosts, swap activations, mask and rescale, train with smoothed labels). Schedules count epochs of the
-run's own training (:mod:`.base`).
+They run in the table's order whatever the command's order (the note's order for "all": insert
+ghosts, swap activations, mask and rescale, train with smoothed labels): each declares its ``priority``
+(10, 20, 30, 40; :attr:`~sparse_exp.callbacks.protocol.BaseCallback.priority`), which
+:class:`~sparse_exp.callbacks.protocol.CallbackList` sorts by, so neither the imports below nor the config's
+list decide it. Schedules count epochs of the run's own training (:mod:`.base`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,6 @@ __all__ = ["TWEAKS", "GhostSkip", "SoftNeurons", "LRsI", "LabelSmoothing", "buil
 
 
 def build_tweaks(cfg: Any) -> list:
-    """The chosen tweaks' callbacks, in registration order (the module table)."""
+    """The chosen tweaks' callbacks, in their declared order (``priority``, the module table)."""
     chosen = cfg.tweaks or {}
-    return [TWEAKS.build(name, chosen[name]) for name in TWEAKS if name in chosen]
+    return sorted((TWEAKS.build(name, chosen[name]) for name in TWEAKS.chosen(cfg)), key=lambda cb: cb.priority)

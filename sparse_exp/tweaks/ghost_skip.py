@@ -45,10 +45,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from sparse_exp.callbacks.protocol import BaseCallback, TrainState
+from sparse_exp.callbacks.protocol import BaseCallback, RunState
 from sparse_exp.config.errors import ConfigError, UserError, one_of, require
 from sparse_exp.registry import TWEAKS
 from sparse_exp.sparse.flop_counts import layer_forward_flops
+from sparse_exp.training.lr_schedules import remove_param_group
 from sparse_exp.tweaks.tweak import RampConfig, check_ramp, check_settled_before_cycles, schedule_epoch
 
 
@@ -207,21 +208,23 @@ def preflight_ghost_skip(plan: Any) -> None:
                                 "tweaks.ghost_skip.alpha.end_epoch", "the ghost paths' scale")
 
 
-@TWEAKS.register("ghost_skip", schema=GhostSkipConfig, checks=(check_ghost_skip,), preflight=(preflight_ghost_skip,))
+def ghost_skip_step_varies(cfg: Any) -> Optional[str]:
+    """Why the train step changes during training with this config (an alpha ramp, removal), else None."""
+    if cfg.remove_at_end:
+        return "remove_at_end deletes the paths during training"
+    if cfg.alpha.end is not None and float(cfg.alpha.end) != float(cfg.alpha.start):
+        return "alpha ramps from alpha.start to alpha.end"
+    return None
+
+
+@TWEAKS.register("ghost_skip", schema=GhostSkipConfig, checks=(check_ghost_skip,), preflight=(preflight_ghost_skip,),
+                 queries={"step_varies": ghost_skip_step_varies})
 class GhostSkip(BaseCallback):
     """The GSC tweak as a callback (module doc): inserts the paths, gives them their own optimizer group
     (``name: ghost_skip``), follows the alpha ramp per step, removes the paths when asked."""
 
     name = "ghost_skip"
-
-    @staticmethod
-    def step_varies(cfg: Any) -> Optional[str]:
-        """Why the train step changes during training with this config (an alpha ramp, removal), else None."""
-        if cfg.remove_at_end:
-            return "remove_at_end deletes the paths during training"
-        if cfg.alpha.end is not None and float(cfg.alpha.end) != float(cfg.alpha.start):
-            return "alpha ramps from alpha.start to alpha.end"
-        return None
+    priority = 10  # first of the tweaks: inserts the ghosts before the activations are swapped
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -229,7 +232,7 @@ class GhostSkip(BaseCallback):
         self.handles: List[Any] = []
         self.removed = False
         self.model: Optional[nn.Module] = None
-        self.state: Optional[TrainState] = None
+        self.state: Optional[RunState] = None
         self.num_params = 0
         self.f_ghost = 0.0
         self.f_dense = 1.0
@@ -245,7 +248,7 @@ class GhostSkip(BaseCallback):
     def param_groups(self, model: nn.Module) -> List[Dict[str, Any]]:
         return [{"params": [p for g in self.paths for p in g.parameters()], "name": self.name}]
 
-    def setup(self, state: TrainState) -> None:
+    def setup(self, state: RunState) -> None:
         self.state = state
         if self.cfg.alpha.end == 0 and torch.distributed.is_available() and torch.distributed.is_initialized():
             raise UserError("tweaks.ghost_skip.alpha.end=0 is not supported with DDP (skipped paths leave "
@@ -255,7 +258,7 @@ class GhostSkip(BaseCallback):
         self.f_ghost, self.f_dense = ghost_forward_flops(self.model, shape)
         self._update(state)
 
-    def before_init_masks(self, state: TrainState) -> None:
+    def before_init_masks(self, state: RunState) -> None:
         """``scores_network=plain``: skip the paths while the sparsifier chooses the initial mask (the first
         epoch start puts alpha back), so a pruning-at-init mask is the plain network's."""
         if self.cfg.scores_network == "plain":
@@ -265,22 +268,22 @@ class GhostSkip(BaseCallback):
     def alpha_at(self, t: float) -> float:
         return RampConfig.value(self.cfg.alpha, t)
 
-    def _update(self, state: TrainState) -> None:
+    def _update(self, state: RunState) -> None:
         if self.removed:
             return
         alpha = self.alpha_at(schedule_epoch(state))
         for g in self.paths:
             g.alpha = alpha
 
-    def on_epoch_start(self, state: TrainState) -> None:
+    def on_epoch_start(self, state: RunState) -> None:
         self._update(state)
 
-    def on_step_end(self, state: TrainState, mask_changed: bool) -> None:
+    def on_step_end(self, state: RunState, mask_changed: bool) -> None:
         if not self.removed and self.paths[0].alpha != 0.0:
             self.ghost_flops += 3.0 * self.f_ghost  # forward + backward (activations and weights)
         self._update(state)
 
-    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None:
+    def on_epoch_end(self, state: RunState, row: Dict[str, Any]) -> None:
         c = self.cfg
         if c.remove_at_end and not self.removed and schedule_epoch(state) >= float(c.alpha.end_epoch):
             self.remove()
@@ -293,20 +296,12 @@ class GhostSkip(BaseCallback):
         state, params = self.state, {id(p) for g in self.paths for p in g.parameters()}
         opt = state.optimizer
         index = next(i for i, g in enumerate(opt.param_groups) if g.get("name") == self.name)
-        for p in opt.param_groups[index]["params"]:
-            opt.state.pop(p, None)
         assert all(id(p) in params for p in opt.param_groups[index]["params"])
-        del opt.param_groups[index]
-        sched = state.scheduler
-        if sched is not None:
-            for attr in ("base_lrs", "lr_lambdas", "_last_lr"):
-                values = getattr(sched, attr, None)
-                if isinstance(values, list) and len(values) > index:
-                    del values[index]
+        remove_param_group(opt, state.scheduler, index)
         remove_ghosts(self.model, self.handles)
         self.paths, self.handles, self.removed = [], [], True
 
-    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+    def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
         steps = max(state.step, 1)
         return {"ghost/params": 0 if self.removed else self.num_params, "ghost/params_inserted": self.num_params,
                 "ghost/removed": self.removed, "ghost/forward_flops": self.f_ghost,

@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from sparse_exp.callbacks.protocol import BaseCallback, LossFn, TrainState
+from sparse_exp.callbacks.protocol import BaseCallback, LossFn, RunState
 from sparse_exp.config.errors import one_of, require
 from sparse_exp.registry import TWEAKS
 from sparse_exp.tweaks.tweak import check_window, schedule_epoch
@@ -63,18 +63,20 @@ def check_label_smoothing(cfg: Any) -> None:
     check_window("tweaks.label_smoothing", node.start_epoch, node.end_epoch, int(cfg.epochs), end_required=False)
 
 
-@TWEAKS.register("label_smoothing", schema=LabelSmoothingConfig, checks=(check_label_smoothing,))
+def label_smoothing_step_varies(cfg: Any) -> Optional[str]:
+    """Why the loss changes during training with this config (an epoch window), else None."""
+    if cfg.start_epoch != 0 or cfg.end_epoch is not None:
+        return "the smoothing is switched on / off by its epoch window"
+    return None
+
+
+@TWEAKS.register("label_smoothing", schema=LabelSmoothingConfig, checks=(check_label_smoothing,),
+                 queries={"step_varies": label_smoothing_step_varies})
 class LabelSmoothing(BaseCallback):
     """The LS tweak as a callback: wraps the training loss; active inside its window (checked per epoch)."""
 
     name = "label_smoothing"
-
-    @staticmethod
-    def step_varies(cfg: Any) -> Optional[str]:
-        """Why the loss changes during training with this config (an epoch window), else None."""
-        if cfg.start_epoch != 0 or cfg.end_epoch is not None:
-            return "the smoothing is switched on / off by its epoch window"
-        return None
+    priority = 40  # last of the tweaks
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -96,9 +98,9 @@ class LabelSmoothing(BaseCallback):
         alpha, convention = float(self.cfg.alpha), self.cfg.convention
         return lambda logits, y: smoothed_cross_entropy(logits, y, alpha, convention)
 
-    def on_epoch_start(self, state: TrainState) -> None:
+    def on_epoch_start(self, state: RunState) -> None:
         t, c = schedule_epoch(state), self.cfg
         self.active = t >= c.start_epoch and (c.end_epoch is None or t < c.end_epoch)
 
-    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None:
+    def on_epoch_end(self, state: RunState, row: Dict[str, Any]) -> None:
         row["tweaks/label_smoothing/active"] = self.active

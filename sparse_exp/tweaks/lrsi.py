@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from sparse_exp.callbacks.protocol import BaseCallback, TrainState
+from sparse_exp.callbacks.protocol import BaseCallback, RunState
 from sparse_exp.config.errors import one_of, require
 from sparse_exp.registry import TWEAKS
 from sparse_exp.tweaks.gradinit import GradInitSettings, gradinit_
@@ -70,13 +70,14 @@ class LRsI(BaseCallback):
     epoch start) and records the scales; resumed runs never run it again."""
 
     name = "lrsi"
+    priority = 30  # rescales the network the earlier tweaks built
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.done = False
         self.result: Dict[str, Any] = {}
 
-    def batches(self, state: TrainState) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, state: RunState) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Batches of ``batch_size`` images cut from training batches of epochs training never visits
         (deterministic per seed; a short remainder is dropped)."""
         size = self.cfg.batch_size or max(1, state.data.train.batch_size // 2)
@@ -85,7 +86,7 @@ class LRsI(BaseCallback):
                 for start in range(0, x.shape[0] - size + 1, size):
                     yield x[start:start + size], y[start:start + size]
 
-    def run(self, state: TrainState, masked: bool) -> None:
+    def run(self, state: RunState, masked: bool) -> None:
         start = time.perf_counter()
         masks = None
         if masked:
@@ -101,15 +102,15 @@ class LRsI(BaseCallback):
         if masked:
             state.masking.apply_(state.optimizer)
 
-    def before_init_masks(self, state: TrainState) -> None:
+    def before_init_masks(self, state: RunState) -> None:
         if self.cfg.when == "before_mask" and not self.done:
             self.run(state, masked=False)
 
-    def on_epoch_start(self, state: TrainState) -> None:
+    def on_epoch_start(self, state: RunState) -> None:
         if self.cfg.when == "after_mask" and not self.done and state.main_step == 0:
             self.run(state, masked=True)
 
-    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+    def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
         return dict(self.result)
 
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]:

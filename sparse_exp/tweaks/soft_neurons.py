@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from sparse_exp.callbacks.protocol import BaseCallback, TrainState
+from sparse_exp.callbacks.protocol import BaseCallback, RunState
 from sparse_exp.config.errors import ConfigError, one_of, require
 from sparse_exp.registry import TWEAKS
 from sparse_exp.tweaks.tweak import check_settled_before_cycles, check_window, ramp, schedule_epoch
@@ -214,18 +214,20 @@ def preflight_soft_neurons(plan: Any) -> None:
                                 "the activation function")
 
 
+def soft_neurons_step_varies(cfg: Any) -> Optional[str]:
+    """Why the train step changes during training with this config (a non-constant schedule), else None."""
+    return None if cfg.schedule == "constant" else f"schedule={cfg.schedule} changes the activations"
+
+
 @TWEAKS.register("soft_neurons", schema=SoftNeuronsConfig, checks=(check_soft_neurons,),
-                 preflight=(preflight_soft_neurons,))
+                 preflight=(preflight_soft_neurons,),
+                 queries={"step_varies": soft_neurons_step_varies})
 class SoftNeurons(BaseCallback):
     """The GSN tweak as a callback (module doc). ``blend`` follows the schedule step by step; when it
     reaches 1 (``step``: at ``end_epoch``) the ReLU modules are put back (``restored``)."""
 
     name = "soft_neurons"
-
-    @staticmethod
-    def step_varies(cfg: Any) -> Optional[str]:
-        """Why the train step changes during training with this config (a non-constant schedule), else None."""
-        return None if cfg.schedule == "constant" else f"schedule={cfg.schedule} changes the activations"
+    priority = 20  # after ghost_skip, before lrsi and label_smoothing
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -248,14 +250,14 @@ class SoftNeurons(BaseCallback):
             return 1.0 if t >= c.end_epoch else 0.0
         return ramp(t, c.start_epoch, c.end_epoch)
 
-    def before_init_masks(self, state: TrainState) -> None:
+    def before_init_masks(self, state: RunState) -> None:
         """``scores_network=plain``: the ReLU network while the sparsifier chooses the initial mask (the
         first epoch start puts the soft neurons back)."""
         if self.cfg.scores_network == "plain" and not self.restored:
             restore_relus(self.model)
             self.scoring = True
 
-    def _update(self, state: TrainState) -> None:
+    def _update(self, state: RunState) -> None:
         if self.scoring:
             reinstall(self.model, self.modules)
             self.scoring = False
@@ -273,18 +275,18 @@ class SoftNeurons(BaseCallback):
         restore_relus(self.model)
         self.restored = True
 
-    def on_epoch_start(self, state: TrainState) -> None:
+    def on_epoch_start(self, state: RunState) -> None:
         self._update(state)
 
-    def on_step_end(self, state: TrainState, mask_changed: bool) -> None:
+    def on_step_end(self, state: RunState, mask_changed: bool) -> None:
         self._update(state)
 
-    def on_epoch_end(self, state: TrainState, row: Dict[str, Any]) -> None:
+    def on_epoch_end(self, state: RunState, row: Dict[str, Any]) -> None:
         row["tweaks/soft_neurons/blend"] = 1.0 if self.restored else self.modules[0].blend
         if self.cfg.schedule != "constant" and not self.restored:
             row["report/eligible"] = False  # the final network will be the ReLU one
 
-    def final_metrics(self, state: TrainState, individual: Dict[str, Any]) -> Dict[str, Any]:
+    def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
         return {"tweaks/soft_neurons/final_activation": "relu" if self.restored else self.cfg.activation,
                 "tweaks/soft_neurons/modules": len(self.modules),
                 "tweaks/soft_neurons/scores_network": "relu" if self.cfg.scores_network == "plain"

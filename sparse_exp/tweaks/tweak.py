@@ -16,11 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sparse_exp.callbacks.protocol import TrainState
+from sparse_exp.callbacks.protocol import RunState
 from sparse_exp.config.errors import ConfigError, require
+from sparse_exp.registry import SUPERPOSERS
 
 
-def schedule_epoch(state: TrainState) -> float:
+def schedule_epoch(state: RunState) -> float:
     """Epochs of the main phase completed so far (fractional), 0 during the sparsifier's LR phases."""
     return max(state.main_step, 0) / state.steps_per_epoch
 
@@ -83,17 +84,19 @@ def check_ramp(key: str, cfg: Any, epochs: int) -> None:
 def check_settled_before_cycles(cfg: Any, plan: Any, settles_at: Optional[float], key: str, what: str) -> None:
     """A tweak that changes the network's function until main-phase epoch ``settles_at`` must have
     settled before a booster starts collecting tickets (tickets and their average must all see the
-    same network). Only ``superposer=sup_tickets`` collects tickets today.
+    same network). When that is, the booster answers (the ``superposer`` group's query
+    ``ticket_collection_start``, :data:`sparse_exp.registry.SUPERPOSERS`; None: it collects none).
 
     Raises:
         ConfigError: naming ``key``: the change ends inside the cyclic phase.
     """
-    if settles_at is None or cfg.superposer.name != "sup_tickets":
+    if settles_at is None:
         return
-    from sparse_exp.superposers.sup_tickets import budget_of  # the booster's own budget arithmetic
-
-    budget = budget_of(cfg.superposer, int(cfg.epochs), plan.steps_per_epoch)
-    start = budget.start_step / plan.steps_per_epoch
+    collection_start = SUPERPOSERS.query(cfg.superposer.name, "ticket_collection_start")
+    start_step = collection_start(cfg.superposer, int(cfg.epochs), plan.steps_per_epoch)
+    if start_step is None:
+        return
+    start = start_step / plan.steps_per_epoch
     require(settles_at <= start + 1e-9, key, settles_at,
-            f"must be <= {start:g}, the epoch where superposer=sup_tickets starts collecting tickets: {what} "
-            "would differ between the cheap tickets that are averaged (or use superposer=none)")
+            f"must be <= {start:g}, the epoch where superposer={cfg.superposer.name} starts collecting tickets: "
+            f"{what} would differ between the cheap tickets that are averaged (or use superposer=none)")
