@@ -1,23 +1,19 @@
 """The architecture's promises: no import cycles, a loop that names no method, one registry per config
-group with a schema and checks for every option, and a booster that plugs in from one file through the
-public callback protocol (docs/architecture.md's worked example, ``tests/example_booster.py``)."""
+group with a schema and checks for every option, one file name per module (the worked examples of
+docs/architecture.md run in ``tests/test_worked_examples.py``)."""
 
-import importlib
 import pkgutil
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 
 import sparse_exp
-from conftest import ROOT, compose_cfg, needs_data
+from conftest import ROOT
 from forked import first_imports
 from sparse_exp.config.compose import compose
 from sparse_exp.registry import REGISTRIES
-from sparse_exp.train import run
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(sparse_exp.__path__, "sparse_exp."))
 #: the modules that build and drive a run name no method at all, not even in comments
@@ -101,47 +97,6 @@ def test_an_unknown_option_is_refused_by_its_registry():
     cfg.sparsifier.name = "magic"
     with pytest.raises(ConfigError, match=r"sparsifier.name='magic'.*must be one of \[.*'rigl'"):
         REGISTRIES["sparsifier"].check(cfg)
-
-
-# --------------------------------------------------------------------------- the worked example
-@pytest.fixture(scope="module")
-def lr_tail():
-    sys.path.insert(0, str(Path(__file__).parent))
-    module = importlib.import_module("example_booster")
-    module.register_yaml()
-    return module
-
-
-TAIL = ["superposer=lr_tail", "superposer.factor=0.25", "superposer.epochs=1", "epochs=3", "schedule=constant",
-        "sparsifier=set", "sparsifier.delta_t=4"]
-
-
-def test_example_booster_is_refused_with_its_own_check(lr_tail):
-    from sparse_exp.config.errors import ConfigError
-    from sparse_exp.config.validate import validate
-
-    with pytest.raises(ConfigError, match="superposer.epochs"):
-        validate(compose_cfg(TAIL + ["superposer.epochs=4"]))
-
-
-@needs_data
-@pytest.mark.slow
-def test_example_booster_plugs_in_and_resumes_bitwise(lr_tail, tmp_path):
-    from sparse_exp.run.run_dir import RunDir
-
-    full = run(compose_cfg(TAIL), tmp_path / "full")
-    rows = RunDir(tmp_path / "full").metrics()
-    # a row's "lr" is the LR after the epoch's last step, i.e. what the next epoch starts with
-    base_lr = rows[0]["lr"]
-    assert base_lr == pytest.approx(0.1), "epoch 2 runs at the base LR (after the 1-epoch warm-up)"
-    assert rows[1]["lr"] == rows[2]["lr"] == pytest.approx(0.25 * base_lr), "the last epoch runs at factor x LR"
-    assert full["lr_tail/active_steps"] == 16 and rows[-1]["lr_tail/active_steps"] == 16
-    run(compose_cfg(TAIL + ["stop_after_epochs=2"]), tmp_path / "part")
-    part = run(compose_cfg(TAIL), tmp_path / "part")
-    assert part["lr_tail/active_steps"] == 16
-    a, b = (RunDir(tmp_path / d).load_checkpoint() for d in ("full", "part"))
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert a["callbacks"]["lr_tail"] == b["callbacks"]["lr_tail"] == {"active_steps": 16}
 
 
 def test_each_file_name_is_unique_and_only_commands_sit_at_the_top():
