@@ -215,7 +215,7 @@ DATASETS = Registry("dataset", default_schema=DatasetConfig)  # data.spec.Datase
 DISTRIBUTIONS = Registry("distribution", default_schema=DistributionConfig)  # fn(shape, power) -> raw score
 SPARSIFIERS = Registry("sparsifier")  # sparse.sparsifiers.sparsifier.Sparsifier subclasses
 #: query ``ticket_collection_start(node, epochs, steps_per_epoch) -> Optional[int]``: how many steps of the run's
-#: own training (main phase) are done when the booster starts collecting the tickets it averages, in a run of
+#: own training (main phase) are done when the superposer starts collecting the tickets it averages, in a run of
 #: ``epochs`` x ``steps_per_epoch`` steps with ``superposer`` node ``node``; None (the default) for one that
 #: collects none. Asked at pre-flight (a tweak that changes the network settles before it); may raise ConfigError.
 SUPERPOSERS = Registry("superposer",  # fn(cfg) -> Callback | None

@@ -1,7 +1,7 @@
-"""A booster in one file, using only the public protocol (the worked example of docs/architecture.md).
+"""A superposer in one file, using only the public protocol (the worked example of docs/architecture.md).
 
 ``superposer=lr_tail``: multiply the learning rate by ``factor`` over the last ``epochs`` epochs of the
-run (a toy "fine-tune at a lower LR" booster), count the steps it was active and report them.
+run (a toy "fine-tune at a lower LR" superposer), count the steps it was active and report them.
 
     python -m sparse_exp.train superposer=lr_tail superposer.factor=0.5 superposer.epochs=1
 

@@ -20,10 +20,10 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(sparse_exp.__path__, "spa
 GENERIC = ["engine/loop.py", "engine/build.py", "engine/summary.py"]
 METHOD_NAMES = re.compile(r"lth|sup_?tickets|ultimate|pretrain_epochs|rigl|granet|snip|grasp|synflow|lottery",
                           re.IGNORECASE)
-#: the modules around them know no booster or LTH phase (issue 9's check); they may cite a paper
+#: the modules around them know no superposer or LTH phase (issue 9's check); they may cite a paper
 PLUMBING = ["train.py", "callbacks/protocol.py", "callbacks/flop_meter.py", "config/validate.py", "config/compose.py",
             "registry.py"]
-BOOSTER_NAMES = re.compile(r"lth|sup_?tickets|ultimate|pretrain_epochs", re.IGNORECASE)
+SUPERPOSER_NAMES = re.compile(r"lth|sup_?tickets|ultimate|pretrain_epochs", re.IGNORECASE)
 
 
 #: third-party packages the first-import check imports before forking each module's child: their start-up
@@ -55,7 +55,7 @@ def test_the_module_list_covers_the_package():
     assert len(MODULES) >= 40
 
 
-@pytest.mark.parametrize("module,pattern", [(m, METHOD_NAMES) for m in GENERIC] + [(m, BOOSTER_NAMES) for m in PLUMBING])
+@pytest.mark.parametrize("module,pattern", [(m, METHOD_NAMES) for m in GENERIC] + [(m, SUPERPOSER_NAMES) for m in PLUMBING])
 def test_the_loop_names_no_method(module, pattern):
     text = (ROOT / "sparse_exp" / module).read_text()
     assert not pattern.findall(text), f"{module} names a method: {sorted(set(pattern.findall(text)))}"

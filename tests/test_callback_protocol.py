@@ -16,7 +16,7 @@ from sparse_exp.config.errors import ConfigError
 from sparse_exp.engine.build import build_callbacks
 from sparse_exp.registry import SUPERPOSERS, TWEAKS, Registry
 
-#: the declared call order of every built-in callback (tweaks, booster, report=best_val, FLOP meter)
+#: the declared call order of every built-in callback (tweaks, superposer, report=best_val, FLOP meter)
 INTENDED = ["ghost_skip", "soft_neurons", "lrsi", "label_smoothing", "sup_tickets", "report", "flops"]
 TWEAK_ORDER = INTENDED[:4]
 #: every built-in callback at once, the tweaks listed against their declared order
@@ -178,7 +178,7 @@ def test_a_query_the_group_does_not_declare_is_refused():
 
 
 def test_no_tweak_names_a_booster():
-    """The tweaks ask the ``superposer`` group's query; none tests a booster's name or imports one."""
+    """The tweaks ask the ``superposer`` group's query; none tests a superposer's name or imports one."""
     for path in (ROOT / "sparse_exp" / "tweaks").glob("*.py"):
         text = path.read_text()
         assert "sparse_exp.superposers" not in text, path

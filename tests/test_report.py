@@ -234,7 +234,7 @@ def test_with_a_booster_the_final_model_is_its_model(tmp_path):
             tmp_path / "run")
     metrics = rows(tmp_path / "run")
     best_row = max(r["val/acc"] for r in metrics)
-    # the booster's model is the final model (final/*); the last individual model stays under last/*
+    # the superposer's model is the final model (final/*); the last individual model stays under last/*
     assert s["last/val/acc"] == metrics[-1]["val/acc"] and s["tickets/count"] == 2
     if best_row > s["final/val/acc"]:
         assert s["report/source"] == "epoch" and s["val/acc"] == best_row

@@ -1,4 +1,4 @@
-"""The callback protocol: how boosters (Sup-tickets), training tweaks and accounting plug into a run.
+"""The callback protocol: how superposers (Sup-tickets), training tweaks and accounting plug into a run.
 
 The training loop (:mod:`sparse_exp.engine.loop`) names no method. Everything method-specific that is not
 the sparse topology itself (that is the sparsifier's job) is a :class:`Callback`, built by
@@ -21,12 +21,12 @@ hook                   when / what                                              
 ``on_step_end``        after each optimizer step, mask application and sparsifier update      --
 ``on_epoch_end``       after each epoch's validation; may add keys to the epoch's metrics row  --
 ``final_masks``        at the end: the masks of the model the run reports, if not the         (label,
-                       individual model's (a booster's superposed model)                      masks)
+                       individual model's (a superposer's superposed model)                      masks)
 ``final_metrics``      at the end: keys for ``summary.json`` (may override the individual      dict
                        model's ``test/*`` / ``val/*``)
 ``summary_lines``      at the end: lines printed above the run's result table                 lines
 ``plot_marks``         for ``curves.png``: ``(global step, label)`` events worth marking on     list
-                       the LR curve (a booster's phase start and ticket points)
+                       the LR curve (a superposer's phase start and ticket points)
 ``state_dict`` /       checkpointing: everything needed to resume bitwise                     dict
 ``load_state_dict``
 =====================  =====================================================================  ==========
@@ -59,7 +59,7 @@ Masks = Dict[str, torch.Tensor]
 
 @runtime_checkable
 class Callback(Protocol):
-    """The hooks a booster or training tweak may implement (all of them; see the module table)."""
+    """The hooks a superposer or training tweak may implement (all of them; see the module table)."""
 
     name: str
     priority: int
@@ -89,7 +89,7 @@ class BaseCallback:
 
     name = "callback"
     #: call order: :class:`CallbackList` calls lower priorities first; equal priorities keep the order they
-    #: were given in (the config's order). Built-in: the tweaks 10-40 (``sparse_exp.tweaks``), boosters 100
+    #: were given in (the config's order). Built-in: the tweaks 10-40 (``sparse_exp.tweaks``), superposers 100
     #: (this default), ``report=best_val`` 900, the FLOP meter 1000 (last).
     priority: int = 100
 

@@ -109,9 +109,9 @@ def build_callbacks(cfg: Any) -> List[Any]:
     metrics of every callback before it; the FLOP meter, added after them by :func:`build_run`, reads no
     ``val/*`` or ``test/*``)."""
     out = [TWEAKS.build(name, cfg.tweaks[name]) for name in TWEAKS.chosen(cfg)]
-    booster = SUPERPOSERS.build(cfg.superposer.name, cfg.superposer)
-    if booster is not None:
-        out.append(booster)
+    superposer = SUPERPOSERS.build(cfg.superposer.name, cfg.superposer)
+    if superposer is not None:
+        out.append(superposer)
     # keep last: which model the run reports (after every other callback)
     if cfg.report == "best_val":
         out.append(BestValReport())

@@ -163,7 +163,7 @@ def preflight_sup_tickets(plan: Any) -> None:
                       preflight=(preflight_sup_tickets,),
                       queries={"ticket_collection_start": ticket_collection_start})
 class SupTickets(BaseCallback):
-    """The Sup-tickets booster as a callback (see the module doc).
+    """The Sup-tickets superposer as a callback (see the module doc).
 
     Args:
         cfg: the ``superposer`` config node (:class:`SupTicketsConfig`).
@@ -173,7 +173,7 @@ class SupTickets(BaseCallback):
     """
 
     name = "sup_tickets"
-    priority = 100  # a booster: after the tweaks
+    priority = 100  # a superposer: after the tweaks
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

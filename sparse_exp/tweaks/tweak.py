@@ -83,8 +83,8 @@ def check_ramp(key: str, cfg: Any, epochs: int) -> None:
 
 def check_settled_before_cycles(cfg: Any, plan: Any, settles_at: Optional[float], key: str, what: str) -> None:
     """A tweak that changes the network's function until main-phase epoch ``settles_at`` must have
-    settled before a booster starts collecting tickets (tickets and their average must all see the
-    same network). When that is, the booster answers (the ``superposer`` group's query
+    settled before a superposer starts collecting tickets (tickets and their average must all see the
+    same network). When that is, the superposer answers (the ``superposer`` group's query
     ``ticket_collection_start``, :data:`sparse_exp.registry.SUPERPOSERS`; None: it collects none).
 
     Raises:
