@@ -3,10 +3,10 @@
 
 One block per (data set, model, epochs) with a SET / RigL / GraNet + Sup-tickets run; rows = (sparsity, method,
 base or + Sup-tickets at the paper's default, ``<method>+sup``); columns = :data:`COLUMNS` (``Top-1`` = the
-run's result, last individual model, mean cheap ticket, NLL, ECE), mean ± sample std over seeds with
-``(n=k)``. Then the ablation blocks :data:`ABLATIONS` (RigL + Sup-tickets at every cycle length / cycle LR peak
-present, on the seeds all its values share). Bold: the better of base and + Sup-tickets per sparsity and column
-(higher accuracy, lower NLL / ECE), or the best of an ablation block.
+run's result, last individual model, mean cheap ticket -- absent unless ``superposer.ticket_eval=val_test`` --,
+NLL, ECE), mean ± sample std over seeds with ``(n=k)``. Then the ablation blocks :data:`ABLATIONS` (RigL +
+Sup-tickets at every cycle length / cycle LR peak present, on the seeds all its values share). Bold: the better
+of base and + Sup-tickets per sparsity and column (higher accuracy, lower NLL / ECE), or the best of a block.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 Each scores every prunable weight of the freshly initialised model once (:meth:`PruningAtInitSparsifier.init_masks`)
 and keeps exactly ``k = round((1 - sparsity) * N)`` weights GLOBALLY, never changing the mask again; layers of
 ``ctx.dense_layers()`` stay dense and count against ``k``, ``distribution.name`` is ignored. Every layer keeps at
-least its best-scoring weight (the globally lowest kept weight elsewhere makes room), so the network is never
-disconnected (Tanaka et al. 2020's layer collapse); the references threshold the scores instead. Scoring has no
-side effect besides the masks: no ``.grad``, parameters, buffers, train/eval flags and the global RNG streams
-are restored. Sources: SNIP (Lee et al., ICLR 2019, Eq. 6, normalisation omitted), GraSP (Wang et al., ICLR
+least its best-scoring weight (the globally lowest kept weight elsewhere makes room), so no layer is
+emptied (Tanaka et al. 2020's layer collapse); the references threshold the scores instead. Scoring has no
+side effect besides the masks (no ``.grad`` written; parameters, buffers, train/eval flags and the global RNG
+streams as before). Sources: SNIP (Lee et al., ICLR 2019, Eq. 6, normalisation omitted), GraSP (Wang et al., ICLR
 2020, Eq. 8; alecwangcq/GraSP ``pruner/GraSP.py``), SynFlow (Tanaka et al., NeurIPS 2020, Alg. 1;
 ganguli-lab/Synaptic-Flow ``Pruners/pruners.py``, ``prune.py::prune_loop``), random (that repo's ``Rand``
 pruner with an exact count).
