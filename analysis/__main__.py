@@ -4,13 +4,12 @@
     python -m sparse_exp.analysis --source wandb --project ENTITY/PROJECT --out results \\
         [--filters '{"config.dataset.name": "cifar100"}']
 
-Writes into ``--out``: ``table1.md`` ... ``table7.md`` and ``.tex``, ``figure2.png`` ...
-``figure5.pdf``, ``runs.csv`` (every counted run), ``excluded.csv`` (incomplete, failed and
-superseded runs, with the reason), ``cells.csv`` (every table cell: mean, std, n, runs),
-``status.md`` (what it prints), and with ``--compare-paper`` ``compare_paper.md`` / ``.csv``.
-Where runs with any-mask training tweaks exist (Jaiswal et al., ICML 2022): ``anymask.md`` / ``.tex``
-(static masks) and ``anymask_dst.md`` / ``.tex`` (RigL / GraNet / SET ± Sup-tickets ± the tweaks), their
-cells in ``anymask_cells.csv`` (:mod:`sparse_exp.analysis.anymask`; no published numbers offline to compare with).
+Writes into ``--out``: ``table1.md`` ... ``table7.md`` and ``.tex``, ``figure2.png`` ... ``figure5.pdf``,
+``runs.csv`` (counted runs), ``excluded.csv`` (runs not counted, with the reason), ``cells.csv`` (mean, std, n,
+runs per cell), ``status.md`` (what it prints), with ``--compare-paper`` ``compare_paper.md`` / ``.csv``, and
+only where their runs exist ``anymask.md`` / ``anymask_dst.md`` (:mod:`sparse_exp.analysis.anymask`) and
+``st_regime.md`` (:mod:`sparse_exp.analysis.regime`), each with ``.tex`` (cells in
+``anymask_cells.csv`` / ``st_regime_cells.csv``).
 Exit status 0, or 1 with ``--strict`` when a table is incomplete.
 """
 

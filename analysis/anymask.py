@@ -1,27 +1,16 @@
-"""The any-mask tables: the training tweaks of Jaiswal et al., "Training Your Sparse Neural Network
-Better with Any Mask" (ICML 2022; reference code VITA-Group/ToST), laid out like the paper's tables.
+"""The any-mask tables, laid out like those of Jaiswal et al., "Training Your Sparse Neural Network Better
+with Any Mask" (ICML 2022; reference code VITA-Group/ToST).
 
-* ``anymask`` -- static masks (``superposer=none``; LTH, SNIP, GraSP, SynFlow, Random): one block
-  per (data set, model), rows = the tweaks (:data:`TWEAK_ROWS`, then any other combination present,
-  labelled by its names joined with " + "), columns = mask × sparsity (only those present, sparsity
-  descending).
-* ``anymask_dst`` -- dynamic sparse training (RigL, GraNet, SET with ERK) with the tweaks and
-  Sup-tickets, the combination neither reference ran: rows = method × {base, + Sup-tickets, + all
-  four tweaks, + Sup-tickets + all four tweaks} (then other tweak combinations present), columns =
-  (data set, model) × sparsity. "+ Sup-tickets" is the Sup-tickets paper's default setting
-  (:func:`sparse_exp.analysis.selection.method_filters`, ``<method>+sup``).
+* ``anymask`` -- static masks (``superposer=none``): one block per (data set, model); rows = the tweaks
+  (:data:`TWEAK_ROWS`, then other combinations present, joined with " + "); columns = mask × sparsity.
+* ``anymask_dst`` -- RigL / GraNet / SET (ERK): rows = method × {base, + Sup-tickets, + all four tweaks, both},
+  then other tweak combinations; columns = (data set, model) × sparsity.
 
-A table is built only for the (data set, model) pairs with a run of its family that the Sup-tickets
-tables leave out (:data:`sparse_exp.analysis.selection.PAPER_PROTOCOL`: a tweak, or ``report=best_val``; for
-``anymask`` also any LTH, GraSP, SynFlow or Random mask), and not at all without one; the other runs
-of those pairs fill the baseline rows (so Table 2's SNIP runs alone make no any-mask table). A cell
-is ``test/acc``, mean ± sample std over seeds, always with its seed count ``(n=k)``; bold is the
-best row of each column in a block (anymask) or of each method (anymask_dst). Runs of
-any reporting rule are counted (a cell never mixes two: they differ in ``report`` and are separate
-config variants); the caption says which rule the counted runs used. Ghost skip connections add
-dense parameters outside the mask: a note per block gives them relative to the kept (non-zero)
-weights. The published numbers are not available offline (the any-mask paper's body is not in
-``../shared/papers``), so nothing is compared with the paper.
+A table exists only for the (data set, model) pairs with a run the Sup-tickets tables leave out (a tweak or
+``report=best_val``, :data:`sparse_exp.analysis.selection.PAPER_PROTOCOL`; for ``anymask`` also an LTH / GraSP /
+SynFlow / Random mask); the pair's other runs fill the baseline rows. A cell is ``test/acc``, mean ± sample std
+over seeds with ``(n=k)``, never mixing two ``report`` rules; bold: the best row per column of a block
+(``anymask``) or per method (``anymask_dst``). Ghost skip parameters are noted per block. No published numbers.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
 """Collect runs into one pandas DataFrame, from local run directories or a W&B project.
 
-One row per run: its status, the identifying choices (``model``, ``dataset``, ``sparsifier``,
-``superposer``, ``distribution``, ``sparsity``, ``seed``, ``epochs``), every scalar summary metric
-(``test/acc``, ``tickets/mean/test/acc``, ...) and every resolved config leaf as ``cfg.<dotted key>``
-(``cfg.superposer.cycle_epochs``, ...).
-
-Run identity: the resolved config minus the keys that do not change the result (the logger, the
-device, progress bars, paths, ...; :data:`VOLATILE_KEYS`, read from ``conf/config.yaml``'s list of
-keys left out of run-directory names by :func:`sparse_exp.config.identity.result_neutral_keys`). Two records with the same identity are the same run (a
-requeued or re-run copy): only the latest completed one is counted. Records whose status is not
-``completed`` (running, stopped, failed, no summary, unreadable) are never counted; they and the
-superseded copies are returned separately with the reason (:class:`Collection`).
+One row per run: its status, the identifying choices (``model``, ``dataset``, ``sparsifier``, ``superposer``,
+``distribution``, ``sparsity``, ``seed``, ``epochs``), every scalar summary metric and every resolved config
+leaf as ``cfg.<dotted key>``. Run identity = the resolved config minus :data:`VOLATILE_KEYS` (the keys left out
+of run-directory names, :func:`sparse_exp.config.identity.result_neutral_keys`); of records with one identity
+(requeued or re-run copies) only the latest completed one counts. Records not ``completed`` and superseded
+copies are returned apart with the reason (:class:`Collection`).
 """
 
 from __future__ import annotations

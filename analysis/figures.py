@@ -1,20 +1,14 @@
-"""Figures 2-5 of the Sup-tickets paper as PNG and PDF, byte-for-byte reproducible.
+"""Figures 2-5 of the Sup-tickets paper (Yin et al., UAI 2022) as PNG and PDF, byte-for-byte reproducible.
 
-* Figure 2: the learning rate over the iterations of a CIFAR run (250 epochs, VGG-16 protocol of
-  ``conf/``), computed by the code itself: the base schedule ``sparse_exp.training.lr_schedules.lr_factor_fn``
-  over the normal phase, then the cyclic LR (``sparse_exp.superposers.cyclic_lr.sup_tickets_lr_factor``,
-  what the Sup-tickets callback trains with; budget from ``make_budget``),
-  for each ``superposer.lr_schedule`` (FGE -- the paper's top panel --, Sup-tickets' triangle --
-  the bottom panel --, and SWA of Table 7); green circles mark where cheap tickets are taken.
-* Figure 3: test accuracy of the ultimate ticket for CIA, CAA and CIMA (per beta) over sparsity
-  (RigL+Sup-tickets; one panel per data set and model present).
-* Figure 4: ultimate-ticket accuracy (left) and mean accuracy of the individual cheap tickets
-  (right) over the number of tickets (``tickets/count``).
-* Figure 5: ECE and NLL of RigL vs. RigL+Sup-tickets per data set, model and sparsity.
+* Figure 2: the LR over the iterations of a 250-epoch CIFAR run, computed by the training code
+  (``lr_schedules.lr_factor_fn``, then ``cyclic_lr.sup_tickets_lr_factor``) for each
+  ``superposer.lr_schedule`` (FGE, triangle, SWA); circles mark where cheap tickets are taken.
+* Figure 3: ultimate-ticket test accuracy of CIA, CAA and CIMA (per beta) over sparsity (RigL + Sup-tickets).
+* Figure 4: ultimate-ticket and mean cheap-ticket accuracy over the number of tickets.
+* Figure 5: ECE and NLL of RigL vs. RigL + Sup-tickets.
 
-Points are mean ± std over seeds of the counted runs (same selection rules as the tables). With
-no matching runs a panel says so; the files are still written. Reproducibility: matplotlib's
-defaults (no user rc file), no timestamps or software versions in the files.
+Points: mean ± std over seeds, selected as for the tables; a panel without runs says so, and the files are
+still written. Reproducible: matplotlib's defaults, no timestamps or versions in the files.
 """
 
 from __future__ import annotations

@@ -1,23 +1,12 @@
-"""Table ``st_regime``: Sup-tickets against its base method, ticket by ticket, on the data sets the paper
-does not use (docs/measured.md "Sup-tickets in the paper's regime"; ``sweeps/st_fmnist.yaml``).
+"""Table ``st_regime``: Sup-tickets against its base method, ticket by ticket, outside CIFAR and ImageNet
+(docs/measured.md "Sup-tickets in the paper's regime"; ``sweeps/st_fmnist.yaml``).
 
-The paper's tables give the ultimate ticket's accuracy only. This table gives, for every (data set,
-model, epochs) block with a SET / RigL / GraNet + Sup-tickets run outside CIFAR and ImageNet, one row per
-(sparsity, method, base or + Sup-tickets) and the columns
-
-* ``Top-1``: the run's result (``test/acc``: the base method's final model; the ultimate ticket),
-* ``last individual``: the individual model at the end of the last cycle (``last/test/acc``),
-* ``mean cheap ticket``: the mean over the cycle tickets (``tickets/mean/test/acc``; absent with
-  ``superposer.ticket_eval`` other than ``val_test``),
-* ``NLL`` and ``ECE`` (15 bins) of the run's result on the test set,
-
-mean ± sample std over seeds with the seed count ``(n=k)``. "+ Sup-tickets" rows are the paper's default
-setting (:func:`sparse_exp.analysis.selection.method_filters`, ``<method>+sup``: CIA, triangle LR, the data set's cycle
-length); a block ``cycle length`` follows with RigL + Sup-tickets at every cycle length present (Table 5's
-ablation, ``rigl+sup/C=<epochs>``), then a block ``cycle LR peak`` (``superposer.lr_high``, not a setting of
-the paper; ``sweeps/st_fmnist_lr.yaml``), each on the seeds all its values share. Bold: the better of base
-and + Sup-tickets per sparsity and column (the higher accuracy, the lower NLL / ECE), or the best value of a
-block.
+One block per (data set, model, epochs) with a SET / RigL / GraNet + Sup-tickets run; rows = (sparsity, method,
+base or + Sup-tickets at the paper's default, ``<method>+sup``); columns = :data:`COLUMNS` (``Top-1`` = the
+run's result, last individual model, mean cheap ticket -- absent unless ``superposer.ticket_eval=val_test`` --,
+NLL, ECE), mean ± sample std over seeds with ``(n=k)``. Then the ablation blocks :data:`ABLATIONS` (RigL +
+Sup-tickets at every cycle length / cycle LR peak present, on the seeds all its values share). Bold: the better
+of base and + Sup-tickets per sparsity and column (higher accuracy, lower NLL / ECE), or the best of a block.
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """Which runs a table cell or a figure point counts, and the statistic it shows.
 
-* :func:`method_filters` -- the column filters of a method key (``rigl``, ``rigl+sup``,
-  ``rigl+sup/C=4``, ...; the rules are in :mod:`sparse_exp.analysis.tables`), :func:`select` -- the runs
-  matching them. Every method key of the Sup-tickets paper also requires its protocol
-  (:data:`PAPER_PROTOCOL`: no any-mask training tweak, the final model reported), so runs of the
-  any-mask family (``tweaks`` set, ``report=best_val``) never enter Tables 1-7 or Figures 3-5;
-  they have their own tables (:mod:`sparse_exp.analysis.anymask`).
-* :func:`pick_variant` -- runs of one cell that differ in anything but the seed are not averaged
-  together: the config variant (``cell_id``) with the most seeds, then the most recent, is used.
-* :func:`finite_values` / :func:`mean_std` -- the finite values of a metric, one per seed, and their
-  mean ± sample standard deviation (ddof=1).
+* :func:`method_filters` -- the filters of a method key (``rigl``, ``rigl+sup``, ``rigl+sup/C=4``, ...; rules in
+  :mod:`sparse_exp.analysis.tables`); every Sup-tickets key also requires :data:`PAPER_PROTOCOL` (no any-mask
+  tweak, the final model reported), so any-mask runs never enter Tables 1-7 or Figures 3-5.
+  :func:`select` -- the runs matching them.
+* :func:`pick_variant` -- runs of one cell that differ in more than the seed are not averaged: the config
+  variant (``cell_id``) with the most seeds, then the most recent, is used.
+* :func:`finite_values` / :func:`mean_std` -- a metric's finite values, one per seed; mean ± sample std (ddof=1).
 """
 
 from __future__ import annotations

@@ -1,43 +1,23 @@
-"""Tables 1-7 of the Sup-tickets paper (Yin et al., UAI 2022), laid out as in the paper.
+"""Tables 1-7 of the Sup-tickets paper (Yin et al., UAI 2022), laid out as in the paper; :func:`write_tables`.
 
-How runs map to cells
----------------------
-A cell is (method, dataset, model, sparsity, metric); its value is the mean ± sample standard
-deviation (ddof=1) over the seeds of the counted (completed, deduplicated) runs that match.
+How runs map to cells (a cell: method, dataset, model, sparsity, metric; value: mean ± sample std, ddof=1,
+over the seeds of the counted runs that match, :mod:`sparse_exp.analysis.selection`):
 
-* Methods (rows): ``dense`` = ``sparsifier=dense`` (sparsity 0); ``erk`` = ``sparsifier=static
-  distribution=erk``; ``set`` / ``rigl`` / ``granet`` = that sparsifier with ``distribution=erk``;
-  ``snip`` = ``sparsifier=snip``; all with ``superposer=none``. ``<method>+sup`` is the same with
-  ``superposer=sup_tickets`` at the paper's default setting: CIA averaging, the triangle LR,
-  ``num_tickets`` unset (4 on ImageNet, as the paper and ``sweeps/table3_method`` set it) and
-  the data set's default cycle length (``superposer.cycle_epochs == dataset.sup_cycle_epochs``). Table 5 varies the cycle length (``rigl+sup/C=<epochs>``), Table 7
-  the LR schedule (``rigl+sup/lr=<fge|swa|triangle>``). Small-Dense, DSR, SNFS, TreeNet,
-  BatchEnsemble and the dense ensemble are not implemented here: their rows are shown (marked †)
-  and never counted as missing.
-* Columns keep the paper's data sets, models and sparsity levels (95/90/80 %; 80/90 % for
-  ImageNet; 90 % for Table 6, whose sparsity the paper does not state). Runs on a data set the paper does not use (e.g. Fashion-MNIST smoke grids) land in
-  the same layout: extra column groups (Tables 1, 2) or row blocks (Tables 3-7) per (data set,
-  model) present, at the paper's sparsity levels plus any level present. Cells of these extra
-  groups are reported apart from the paper's cells.
-* Runs in one cell that differ in anything but the seed (e.g. ``epochs``) are not averaged
-  together: the variant with the most seeds (then the most recent) is used and the cell is
-  reported as ambiguous, naming the config keys that differ.
-* Bold: the best mean (at the printed precision) of each method pair (X vs. X+Sup-tickets) in a
-  column -- the paper's "in each setting" -- or of a block (Tables 5-7); Table 4 bolds the
-  GraNet+Sup-tickets cells above the dense network. "(n=k)" follows a cell with fewer than the
-  paper's 3 seeds; "–" is a missing cell.
-* The paper's protocol only: runs with an any-mask training tweak (``tweaks`` other than ``none``)
-  or reported at the best-validation epoch (``report=best_val``) are never counted in Tables 1-7
-  or Figures 3-5 (:data:`sparse_exp.analysis.selection.PAPER_PROTOCOL`, part of every method key); they go to
-  the any-mask tables ``anymask`` / ``anymask_dst`` (:mod:`sparse_exp.analysis.anymask`), written as
-  ``anymask.md`` / ``.tex`` and ``anymask_dst.md`` / ``.tex`` (cells in ``anymask_cells.csv``) only
-  when such runs exist (or LTH / GraSP / SynFlow / Random masks, which no Sup-tickets table has);
-  otherwise they are not written (a stale copy from an earlier call is removed).
-
-Modules: :mod:`sparse_exp.analysis.selection` (which runs a cell counts, mean ± std), :mod:`sparse_exp.analysis.table_model`
-(the table and cell model), :mod:`sparse_exp.analysis.layouts` (the seven layouts, :data:`BUILDERS`),
-:mod:`sparse_exp.analysis.render` (Markdown, LaTeX, bold), :mod:`sparse_exp.analysis.status_report` (``status.md``); this module
-builds the tables and writes them (:func:`write_tables`).
+* Methods (rows): ``dense`` = ``sparsifier=dense``; ``erk`` = ``sparsifier=static distribution=erk``;
+  ``set`` / ``rigl`` / ``granet`` = that sparsifier with ``distribution=erk``; ``snip`` = ``sparsifier=snip``;
+  all with ``superposer=none``. ``<method>+sup``: the same with ``superposer=sup_tickets`` at the paper's
+  default (CIA, triangle LR, ``num_tickets`` unset, ``superposer.cycle_epochs == dataset.sup_cycle_epochs``);
+  Table 5 varies the cycle length (``rigl+sup/C=<epochs>``), Table 7 the LR (``rigl+sup/lr=<fge|swa|triangle>``).
+  Rows of methods not implemented here (Small-Dense, DSR, SNFS, TreeNet, BatchEnsemble, the dense ensemble)
+  are shown marked † and never counted as missing.
+* Columns: the paper's data sets, models and sparsities (95/90/80 %; 80/90 % on ImageNet; 90 % in Table 6).
+  Other data sets add column groups (Tables 1, 2) or row blocks (Tables 3-7), reported apart.
+* Runs of one cell that differ in more than the seed: the variant with the most seeds (then the latest) is
+  used and the cell is reported as ambiguous, naming the keys that differ.
+* Bold: the best printed mean of each pair X / X + Sup-tickets in a column, or of a block (Tables 5-7);
+  Table 4 bolds GraNet + Sup-tickets cells above dense. "(n=k)": fewer than 3 seeds; "–": missing.
+* Runs outside the paper's protocol (a tweak, ``report=best_val``) never count here; they go to the
+  any-mask tables (:mod:`sparse_exp.analysis.anymask`), written only when such runs exist.
 """
 
 from __future__ import annotations

@@ -3,24 +3,18 @@
     python -m sparse_exp.flops model=resnet50_imagenet dataset=imagenet distribution=erk sparsity=0.9 sparsifier=static
     python -m sparse_exp.flops model=resnet50_imagenet dataset=imagenet sparsifier=rigl sparsity=0.8
 
-Composes the same Hydra config as ``python -m sparse_exp.train`` (same overrides, same
-validation), builds the model for the data set's input size, allocates the layer densities
-exactly as the sparsifier will (``layer_counts`` with ``distribution.dense_first_layer`` /
-``dense_last_layer``) and prints one JSON object:
+Takes the overrides and validation of ``python -m sparse_exp.train``, allocates the layer densities as the
+sparsifier will, and prints one JSON object:
 
     {"flops/test": inference FLOPs / dense, "flops/train": training FLOPs / dense training,
      "flops/dense_forward": f_D (FLOPs per sample, multiply + add = 2),
      "density": global density, "layers": {layer: density}, "sparsifier": name, "note": ...}
 
-``flops/train`` follows :func:`sparse_exp.sparse.flop_counts.expected_training_ratio` (RigL Appendix
-H formulas; RigL's dense-gradient updates counted until ``sparsifier.stop_fraction``) applied to
-what the chosen sparsifier class declares (``SPARSIFIERS[name].flop_schedule`` and
-``flop_allocation``, :class:`sparse_exp.sparse.sparsifiers.sparsifier.Sparsifier`). Where the layer
-densities are an outcome of training or scoring (gradual global pruning, SNIP / GraSP /
-SynFlow) the configured distribution stands in for them and ``note`` says so; global random
-pruning is estimated uniform; ``sparsifier=mask_file`` reads the densities from the mask file.
-A sparsifier without a training-FLOP model (``lth``) gets ``flops/train: null`` and a note. A
-bad key or value prints one line ``error: ...`` to stderr and exits with code 2.
+``flops/train`` is :func:`sparse_exp.sparse.flop_counts.expected_training_ratio` (RigL, Evci et al. 2020,
+App. H) of what the sparsifier declares (``flop_schedule``, ``flop_allocation``). Where the densities are an
+outcome of training or scoring (gradual pruning, SNIP / GraSP / SynFlow, global random) the configured
+distribution stands in and ``note`` says so; ``mask_file`` reads the file; a sparsifier without a training-FLOP
+model gets ``flops/train: null``. A bad key or value: one line ``error: ...`` on stderr, exit code 2.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
     python -m sparse_exp.plot RUN_DIR            # any time: a finished, running or stopped run
     python -m sparse_exp.plot RUN_DIR --out x.png
 
-The per-step LR is the run's own schedule, so the command builds the run from its ``config.yaml`` (loading
-its data: seconds for Fashion-MNIST). Exit code 2 for a directory that is not a run.
+Rebuilds the run from its ``config.yaml`` (and loads its data) to draw the per-step LR of its own schedule.
+Exit code 2 for a directory that is not a run.
 """
 
 from __future__ import annotations

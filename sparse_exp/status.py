@@ -6,18 +6,9 @@ not started.
     python -m sparse_exp.status --sweep smoke seed=0          # sweep dir from the config; narrowed grid
     python -m sparse_exp.status runs/table1 --json            # machine-readable
 
-The state of a run is the ``status`` of its ``summary.json`` (see :mod:`sparse_exp.run.run_dir`):
-``completed``; ``running`` (a process holds the run's lock, ``<run>/.lock``); ``interrupted`` (the
-summary says running but no process holds the lock: killed, e.g. with SIGKILL or a node failure;
-re-launching resumes it from its checkpoint); ``stopped`` (preempted, time limit or ``stop_after_epochs``:
-re-launching resumes it); ``failed`` (the error is listed, e.g. a diverged run; a checkpoint, if any, is
-resumed on re-launch); ``unreadable`` (``summary.json`` is corrupt: the listing says what to do).
-``not started``: expected by the sweep but no ``summary.json`` yet (no directory, or the job has not
-reached training). Without ``--sweep`` only existing directories are counted.
-
-``--sweep NAME [overrides]`` expands the grid exactly as ``python -m sparse_exp.train +sweep=NAME
-[overrides] -m`` would (Hydra's BasicSweeper on ``hydra.sweeper.params`` + the overrides) without
-running anything, and names each run directory the way Hydra does (``hydra.sweep.subdir``).
+What each state means: :mod:`sparse_exp.run.grid_status`. Without ``--sweep`` only existing directories are
+counted; ``--sweep NAME [overrides]`` expands the grid exactly as ``python -m sparse_exp.train +sweep=NAME
+[overrides] -m`` would and names each directory as Hydra does, without running anything.
 """
 
 from __future__ import annotations

@@ -4,14 +4,12 @@
     python -m sparse_exp.superpose RUN_DIR --averaging caa --reprune layerwise --bn recompute
     python -m sparse_exp.superpose RUN_DIR --averaging cia --count-normal-phase-ticket
 
-RUN_DIR is a run trained with ``superposer=sup_tickets superposer.save_tickets=true`` (finished, or stopped: the
-tickets saved so far are used). Options left out take the run's own values (``superposer.*`` in its
-``config.yaml``), so ``python -m sparse_exp.superpose RUN_DIR`` rebuilds the run's own ultimate ticket. The result
-is evaluated on validation and test with the training code (accuracy %, NLL, ECE) and written to
-``RUN_DIR/superposed/<variant>.json`` and ``.pt`` (:mod:`sparse_exp.superposers.tickets`); one line per split is
-printed. Refused in one line (exit code 2): a directory that is not a Sup-tickets run, a run without saved
-tickets, tickets of another model, a variant that needs the end-of-normal-phase ticket the run did not save.
-Evaluate on the device the run trained on (``--device``, default: the run's) for bitwise-equal numbers.
+RUN_DIR: a run trained with ``superposer=sup_tickets superposer.save_tickets=true`` (finished or stopped).
+Options left out take the run's ``superposer.*`` values. Evaluates on validation and test with the training
+code, prints one line per split and writes ``RUN_DIR/superposed/<variant>.json`` / ``.pt``
+(:mod:`sparse_exp.superposers.tickets`). Refused in one line, exit code 2: not a Sup-tickets run, no saved
+tickets, tickets of another model, a variant needing a ticket the run did not save. ``--device`` defaults to
+the run's, the device that reproduces its numbers bitwise.
 """
 
 from __future__ import annotations

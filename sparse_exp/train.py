@@ -4,12 +4,10 @@
     python -m sparse_exp.train model=lenet_300_100 sparsity=0.95 distribution=uniform
     python -m sparse_exp.train sparsifier=granet sparsity=0.9,0.95 seed=0,1,2 -m
 
-The run directory is ``runs/<overrides>`` (``$SPARSE_EXP_RUNS`` replaces ``runs``). Re-running the
-same command resumes from its checkpoint, or does nothing if the run is completed. Anything wrong
-with the command line, the config, the data or the run directory prints one line naming the key (or
-the file) and what is allowed and exits with code 2 before anything is loaded or written
-(:mod:`sparse_exp.config.refusal`, :mod:`sparse_exp.config.preflight`). A run whose loss becomes non-finite stops as
-``failed`` (exit code 1) and keeps its last good checkpoint.
+Contract: trains into Hydra's run directory (:mod:`sparse_exp.run.run_dir`), or returns the summary of a
+run already completed there. Exit code 2: a refused command line, config, data or run directory, one line
+and nothing written (:mod:`sparse_exp.config.refusal`, :mod:`sparse_exp.config.preflight`); exit code 1: a
+single run that failed (non-finite loss; its last good checkpoint is kept); a grid goes on with its other cells.
 """
 
 from __future__ import annotations

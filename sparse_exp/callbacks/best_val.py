@@ -1,34 +1,18 @@
 """Which model a run reports: ``report=last`` (the final model; no callback) or ``report=best_val``.
 
-``report=best_val`` reports the test metrics of the run's best-validation epoch, the protocol of
-VITA-Group/ToST (Jaiswal et al., "Training Your Sparse Neural Network Better with Any Mask", ICML 2022),
-which reports test accuracy at the epoch of best validation accuracy. :class:`BestValReport` is a
-:class:`~sparse_exp.callbacks.protocol.Callback`, built last by :func:`sparse_exp.engine.build.build_callbacks`:
+``report=best_val``: the test metrics of the best-validation epoch, the protocol of VITA-Group/ToST (Jaiswal et
+al., "Training Your Sparse Neural Network Better with Any Mask", ICML 2022). :class:`BestValReport` is built
+last (:func:`sparse_exp.engine.build.build_callbacks`). Contract: the choice reads ``val/acc`` only; an epoch
+must be strictly better than every earlier candidate (ties: the earliest), and test is evaluated only at such
+epochs, never influencing a choice. Candidates: every epoch of the run's own training except those of the
+sparsifier's earlier LR phases (``state.step <= state.pre_steps``, e.g. IMP rounds) and those whose row an
+earlier callback marked ``row["report/eligible"] = False`` (:mod:`sparse_exp.callbacks.protocol`); the final
+reported model (the individual or a booster's) is a candidate too and is replaced only by a strictly better epoch.
 
-- the choice is made on validation accuracy (``val/acc`` of the epoch's metrics row) only, never on
-  test; an epoch is chosen only if it is strictly better than every earlier candidate (ties: the
-  earliest). The test split is evaluated only at such improving epochs, right there (the model of
-  that epoch is gone afterwards); its numbers never influence any choice;
-- candidates: every epoch of the run's own training, except
-  - epochs of the sparsifier's LR phases before it (``state.step <= state.pre_steps``: e.g. IMP
-    rounds, which train other networks), and
-  - epochs whose row an earlier callback marked ``row["report/eligible"] = False`` in its own
-    ``on_epoch_end`` (the epoch's network is not the final architecture, e.g. a training tweak that
-    removes modules later); the convention is listed in :mod:`sparse_exp.callbacks.protocol`;
-- the final reported model is always a candidate too, compared on its ``val/acc`` in ``final_metrics``:
-  the individual model, or a booster's model (e.g. a superposed model) whose metrics an earlier
-  callback has already put into ``test/*`` / ``val/*``. Only an epoch with a strictly better
-  validation accuracy than the final model replaces its ``test/*`` / ``val/*``.
-
-Summary keys: ``report/mode`` (``best_val``), ``report/source`` (``epoch`` or ``final``),
-``report/epoch`` (the chosen epoch, 1-based over the whole run, or the last epoch when the final model
-is reported), ``report/phase`` (the chosen epoch's phase; absent for the final model),
-``report/total_epochs`` (epochs of the whole run), ``report/sparsity`` (``sparsity/global`` of
-the reported epoch), and the final model's metrics as ``final/test/*`` / ``final/val/*``.
-``masks.pt``, ``sparsity/*``, ``params/*`` and ``flops/test`` stay those of the final model: with
-dynamic sparse training the best epoch's mask may differ from it (``report/sparsity`` gives that
-epoch's global sparsity). The best-so-far record is checkpointed, so a resumed run (also from a
-mid-epoch preemption checkpoint) reports exactly what an uninterrupted one does.
+Summary keys: ``report/mode``, ``report/source`` (``epoch`` / ``final``), ``report/epoch`` (1-based over the whole
+run; the last epoch for the final model), ``report/phase`` (epochs only), ``report/total_epochs``,
+``report/sparsity`` (the reported epoch's ``sparsity/global``), ``final/test/*`` / ``final/val/*``. ``masks.pt``,
+``sparsity/*``, ``params/*`` and ``flops/test`` stay the final model's. The best-so-far record is checkpointed.
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """Training and inference FLOPs of a run, measured as it trains: a :class:`~sparse_exp.callbacks.protocol.Callback`.
 
-Every optimizer step costs ``3 f_S`` (forward, plus backward w.r.t. activations and weights), except a
-step whose mask update reads the dense weight gradient, which costs ``2 f_S + f_D`` (RigL, Evci et al.
-2020, Sec. 4.1 and App. H). Which steps those are is the sparsifier's declaration
-(:meth:`~sparse_exp.sparse.sparsifiers.sparsifier.Sparsifier.dense_gradient_at`); ``f_S`` is recomputed from
-the per-layer counts whenever the sparsifier changes them and at each epoch start (so pruning at an
-epoch end, e.g. between IMP rounds, is seen). Units and formulas: :mod:`sparse_exp.sparse.flop_counts`.
-
-Epoch rows get ``flops/train`` (so far, relative to dense training); the summary gets ``flops/test``
-(inference FLOPs of the reported model -- a callback's ``final_masks`` if one replaces the
-individual model -- relative to dense), ``flops/train`` and ``flops/dense_forward`` (``f_D``, FLOPs per sample).
+Each optimizer step costs ``3 f_S``, or ``2 f_S + f_D`` at the steps the sparsifier declares to read the dense
+weight gradient (:meth:`~sparse_exp.sparse.sparsifiers.sparsifier.Sparsifier.dense_gradient_at`; RigL, Evci et
+al. 2020, Sec. 4.1 and App. H; units: :mod:`sparse_exp.sparse.flop_counts`). ``f_S`` is recomputed whenever the
+sparsifier changes the per-layer counts and at each epoch start (pruning at an epoch end, e.g. between IMP
+rounds, is seen). Epoch rows get ``flops/train`` (so far, relative to dense training); the summary gets
+``flops/test`` (the reported model's masks, a callback's ``final_masks`` if one replaces the individual model),
+``flops/train`` and ``flops/dense_forward`` (``f_D``, FLOPs per sample).
 """
 
 from __future__ import annotations

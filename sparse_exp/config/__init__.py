@@ -1,1 +1,1 @@
-"""config"""
+"""The config: composition from ``conf/`` and the schemas, validation, one-line refusals, run identity, ``--help``."""

@@ -2,13 +2,11 @@
 
     error: <key>=<value> is not allowed: <why>; allowed: <...>
 
-Hydra reports composition errors itself (several lines, exit code 1) and creates the run directory
-before the task function runs, so the training CLI checks the command line here first
-(:func:`preflight_cli`): the overrides (:func:`check_overrides`: a key given twice, a ``+key`` that no
-schema has), the composition (Hydra's errors are translated by :func:`explain`), then, for a single run,
-the whole pre-flight (:func:`sparse_exp.config.preflight.preflight`) against the run's directory. With ``-m``
-the fixed overrides are checked here and every cell of the grid by the sweeper
-(``hydra_plugins/sparse_exp_sweeper``), with the same functions.
+:func:`preflight_cli` checks the training command line before Hydra runs (Hydra reports composition errors in
+several lines with exit code 1, and creates the run directory before the task function): the overrides
+(:func:`check_overrides`: a key given twice, a ``+key`` no schema has), the composition (Hydra's errors
+translated by :func:`explain`), then for a single run the whole :func:`sparse_exp.config.preflight.preflight`.
+With ``-m`` the fixed overrides are checked here and every cell by the sweeper (``hydra_plugins/sparse_exp_sweeper``).
 """
 
 from __future__ import annotations

@@ -4,13 +4,10 @@
     python -m sparse_exp.train ... hydra/launcher=slurm hydra.launcher.tasks_per_node=2 \\
         hydra.launcher.gpus_per_node=2 -m                                     # SLURM: one task per GPU
 
-The world is read from ``torchrun``'s variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-``MASTER_ADDR``/``MASTER_PORT``) or, inside a SLURM job with several tasks, from submitit's
-``TorchDistributedEnvironment``. Masks stay identical on every rank because (1) every rank
-draws the same initial mask and random regrowth from the same seeded generator, (2) gradient
-growth reads ``p.grad`` after DDP's all-reduce, (3) superposition and re-pruning run on
-identical weights. ``batch_size`` is the global batch: rank r trains on rows r, r + W, ... of
-each global batch. Only rank 0 writes files and logs.
+The world comes from ``torchrun``'s variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` /
+``MASTER_PORT``) or, in a SLURM job with several tasks, from submitit's ``TorchDistributedEnvironment``.
+Contract: masks are identical on every rank; ``batch_size`` is the global batch (rank r trains on rows r,
+r + W, ... of each global batch); only rank 0 writes files and logs.
 """
 
 from __future__ import annotations

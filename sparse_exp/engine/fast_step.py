@@ -3,34 +3,13 @@
     python -m sparse_exp.train fast.compile=true                          # inductor-compiled step
     python -m sparse_exp.train device=cuda fast.cuda_graphs=true fast.dtype=bf16 fast.channels_last=true
 
-Every option changes how the step of :func:`make_train_step` runs, never what it computes (forward, loss,
-backward, optimizer step, mask application), and all are off by default (the eager fp32 step, whose results
-``tests/test_golden.py`` pins bitwise). What each does:
-
-* ``compile``: the whole step through ``torch.compile`` (inductor; the backward is a graph break, so forward
-  + AOT backward and the optimizer step + masking compile as separate graphs). The learning rate becomes a
-  0-dim float64 tensor on the device (:func:`tensor_lr_`) so an LR change is a tensor update, not a
-  recompilation. A batch of another shape (the epoch's short last batch) runs the eager step instead of
-  compiling a second variant. On CPU the compiled step matches the eager one within float rounding
-  (``tests/test_fast.py``); compiling costs seconds to a minute per process (on-disk cache after that).
-* ``cuda_graphs`` (CUDA only): the whole step captured once as one CUDA graph and replayed for every
-  full-size batch (:class:`GraphedStep`, the "whole network capture" recipe of PyTorch's CUDA-graphs
-  notes): ``graph_warmup_steps`` eager steps on a side stream first (they are real training steps: they
-  create the optimizer state), then the capture, then replays. Stays valid across mask updates because
-  masks, weights, optimizer state and the LR tensor are only ever updated in place; :meth:`GraphedStep.refresh`
-  (epoch start, after a mask update, after loading a checkpoint) re-captures if any of those tensors was
-  replaced. The short last batch runs eagerly (stated: no padding, no dropped images). SGD runs as
-  :class:`GraphSafeSGD` (PyTorch's SGD reads a tensor LR on the host), Adam with ``capturable=True``.
-  Refused with DDP.
-* ``dtype=bf16``: forward and loss under ``torch.autocast(dtype=bfloat16)``; weights (master copy), gradients,
-  optimizer state and masks stay fp32; evaluation stays fp32.
-* ``channels_last``: the model's 4-d weights and the inputs in ``torch.channels_last`` (NHWC) memory format.
-  Masks keep the default format (``Masking`` multiplies across formats).
-
-Mask updates, ticket collection, evaluation and checkpoints happen outside the step in every mode.
-``compile`` and ``cuda_graphs`` are refused with tweaks whose step changes during training (an alpha ramp, a
-soft-neuron schedule, a label-smoothing window: each tweak's ``step_varies``): a graph would freeze them and a
-compiled step would recompile at every step.
+Contract: every option changes how the step of :func:`make_train_step` runs, never what it computes (forward,
+loss, backward, optimizer step, mask application); all are off by default (the eager fp32 step that
+``tests/test_golden.py`` pins bitwise). ``compile`` matches eager within float rounding (``tests/test_fast.py``);
+``cuda_graphs`` (:class:`GraphedStep`, PyTorch's "whole network capture" recipe) needs CUDA and stays valid
+because masks, weights, optimizer state and the LR tensor are only updated in place; ``dtype=bf16`` autocasts
+forward and loss only; ``channels_last`` is a memory format. A batch of another shape (the short last batch)
+runs eagerly. Refused: ``compile`` / ``cuda_graphs`` with DDP or with a tweak whose step varies during training.
 """
 
 from __future__ import annotations
@@ -128,16 +107,19 @@ class GraphSafeSGD(torch.optim.SGD):
                 for p, g in zip(params, grads):
                     state = self.state[p]
                     if state.get("momentum_buffer") is None:
+                        # first step: buf = g exactly (as torch's SGD: no dampening); it allocates, so it happens in
+                        # an eager warm-up step, never inside a capture (fast.graph_warmup_steps >= 1)
                         state["momentum_buffer"] = torch.clone(g).detach()
                         bufs.append(None)
                     else:
                         bufs.append(state["momentum_buffer"])
                 old = [(b, g) for b, g in zip(bufs, grads) if b is not None]
-                if old:
+                if old:  # buf = momentum * buf + (1 - dampening) * g, in place: a captured graph and Masking's
+                    # buffer cache hold these very tensors
                     ob, og = [b for b, _ in old], [g for _, g in old]
                     torch._foreach_mul_(ob, momentum)
                     torch._foreach_add_(ob, og, alpha=1 - group["dampening"])
-                bufs = [self.state[p]["momentum_buffer"] for p in params]
+                bufs = [self.state[p]["momentum_buffer"] for p in params]  # re-read: includes the new buffers
                 grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] else bufs
             lr = group["lr"]
             torch._foreach_add_(params, torch._foreach_mul(grads, -lr if torch.is_tensor(lr) else -float(lr)))

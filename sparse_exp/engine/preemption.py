@@ -1,53 +1,12 @@
 """Checkpoint promptly when SLURM (or anyone) asks the run to stop, then let submitit requeue it.
 
-The signals
------------
-* ``SIGUSR2`` -- the signal submitit asks SLURM for (``sbatch --signal=USR2@<signal_delay_s>``):
-  sent ``signal_delay_s`` seconds before the time limit, on ``scancel --signal=USR2 <jobid>``, and
-  on preemption where the cluster sets ``PreemptParameters=send_user_signal``. submitit reads
-  another name from ``$SUBMITIT_PREEMPT_SIGNAL``; so does this module.
-* ``SIGTERM`` -- what SLURM sends at the time limit itself, on ``scancel`` and on a plain
-  preemption (``GraceTime`` seconds before ``SIGKILL``); also what ``kill`` sends.
-
-What submitit does on its own (``submitit/core/job_environment.py``)
---------------------------------------------------------------------
-Before running the job, ``JobEnvironment._handle_signals`` installs ``SignalHandler.bypass`` (log
-and ignore) for ``SIGTERM``/``SIGCONT`` and ``SignalHandler.checkpoint_and_try_requeue`` for
-``SIGUSR2``. The latter, *right inside the signal handler*, i.e. wherever training happens to be:
-
-1. decides "timed-out" vs "preempted" from the wall time: timed out when the job ran for at least
-   ``min(0.8 * T, T - 10 min)`` of its limit ``T`` -- so with ``T <= 10 min`` every signal counts as
-   a timeout -- and computes ``countdown = remaining timeouts - timed_out``;
-2. on global rank 0 only, calls the submitted callable's ``checkpoint()`` method. For
-   hydra-submitit-launcher that is ``BaseSubmititLauncher.checkpoint``, which returns
-   ``DelayedSubmission(self, *same args)``: the *same* Hydra job (same overrides -> same run
-   directory, see ``conf/config.yaml``) -- it carries no training state, the run directory does;
-   submitit pickles it over the job's ``submitted.pkl``;
-3. runs ``scontrol requeue <jobid>`` and ``sys.exit(-1)``. If the job may not be requeued
-   (``countdown < 0``: more than ``max_num_timeout`` timeouts) it raises
-   ``submitit.core.utils.UncompletedJobError`` instead, which submitit stores as the job's result so
-   that the launching process stops waiting.
-
-SLURM later starts the requeued job (same job id; after ``cred_expire + 1`` s at the earliest),
-submitit loads the new pickle and calls the launcher again, Hydra runs the same job in the same
-run directory, and :class:`sparse_exp.engine.Trainer` resumes from ``checkpoint.pt``.
-
-What this module adds
----------------------
-Left alone, submitit exits in the middle of a step and everything since the last end-of-epoch
-checkpoint is lost (an ImageNet epoch is an hour). :class:`PreemptionGuard` replaces the handlers
-of ``SIGUSR2`` and ``SIGTERM`` by one that only records the request (``guard.requested``). The
-engine polls the flag after every optimizer step; when it is set the engine writes
-``checkpoint.pt`` (mid-epoch is fine) and calls :meth:`PreemptionGuard.finish`, which hands the
-signal to the handler that was installed before -- submitit's ``checkpoint_and_try_requeue`` for
-``SIGUSR2`` -- so the requeue happens exactly as above, only *after* the checkpoint. Where the
-previous handler does not end the process (``SIG_DFL`` outside submitit, submitit's ``bypass`` for
-``SIGTERM``, ranks other than 0), :meth:`finish` raises ``SystemExit(128 + signum)``: the process
-ends as if killed by the signal but ``finally`` blocks still run (W&B is flushed). A ``SIGTERM``
-from SLURM means "cancelled" or "preempted with PreemptMode=REQUEUE": SLURM requeues in the latter
-case by itself, and a re-launch of the grid resumes the former.
-
-Engine contract (what :meth:`sparse_exp.engine.Trainer.fit` does)::
+:class:`PreemptionGuard` catches submitit's requeue signal (``$SUBMITIT_PREEMPT_SIGNAL``, default ``SIGUSR2``:
+the time limit is near, or a preemption) and ``SIGTERM`` (cancel, plain preemption, ``kill``), and only records
+them. The engine polls ``guard.requested`` after every optimizer step (DDP: every ``log_every`` steps, all ranks
+agreeing), writes ``checkpoint.pt`` (mid-epoch too) and calls :meth:`PreemptionGuard.finish`, which hands the
+signal to the handler installed before the guard (submitit's checkpoint-and-requeue) or raises
+``SystemExit(128 + signum)`` where that handler does not end the process (plain runs: exit code 143 on
+``SIGTERM``; re-running resumes). Source: submitit ``submitit/core/job_environment.py``. Engine contract::
 
     guard = PreemptionGuard()                 # start of fit(), in the main thread
     try:
@@ -58,9 +17,6 @@ Engine contract (what :meth:`sparse_exp.engine.Trainer.fit` does)::
             guard.finish()                    # requeues + exits; never returns if a signal arrived
     finally:
         guard.uninstall()
-
-Plain runs (no SLURM) get the same behaviour for ``kill`` / ``SIGTERM``: a checkpoint at the next
-step and exit code 143; re-running the command resumes.
 """
 
 from __future__ import annotations

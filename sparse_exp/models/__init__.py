@@ -1,19 +1,12 @@
 """Model zoo: every architecture the experiments use, by config name (``model.name``).
 
-Every constructor has the signature ``fn(in_channels, num_classes, image_size) -> nn.Module``
-(keyword-callable) and returns a module mapping a float batch ``(N, in_channels, H, W)`` with
-``H = W = image_size`` to logits ``(N, num_classes)`` (no softmax; use cross-entropy).
-
-Conventions the sparse core (:mod:`sparse_exp.sparse.masking`) relies on:
-
-* weight layers are only ``nn.Conv2d`` / ``nn.Linear`` (their ``.weight`` is what gets
-  pruned); normalisation is ``nn.BatchNorm2d`` (plus ``nn.BatchNorm1d`` in the VGG classifier);
-* modules are registered in forward order, so the first Conv2d/Linear in ``model.modules()``
-  is the input layer and the last one the classifier;
-* activations are ``nn.ReLU`` modules (not ``F.relu``), one per use, so they can be swapped
-  (ghost soft neurons, :mod:`sparse_exp.tweaks.soft_neurons`);
-* a module may declare its ``conv -> BN -> activation`` units as ``ghost_units``, ``(conv, bn)`` child
-  paths (ghost skip connections, :mod:`sparse_exp.tweaks.ghost_skip`); LeNets declare none (no BN).
+Every constructor is ``fn(in_channels, num_classes, image_size) -> nn.Module`` (keyword-callable), mapping a
+float batch ``(N, in_channels, image_size, image_size)`` to logits ``(N, num_classes)``. What the sparse core
+(:mod:`sparse_exp.sparse.masking`) and the tweaks rely on: weight layers are only ``nn.Conv2d`` / ``nn.Linear``
+(their ``.weight`` is pruned), normalisation only ``nn.BatchNorm2d`` / ``nn.BatchNorm1d``; modules are
+registered in forward order (first Conv2d/Linear = input layer, last = classifier); every activation is its own
+``nn.ReLU`` module (:mod:`sparse_exp.tweaks.soft_neurons` swaps them); ``ghost_units`` optionally lists the
+``(conv, bn)`` child paths of ``conv -> BN -> activation`` units (:mod:`sparse_exp.tweaks.ghost_skip`).
 
 =====================  =======================================================================
 name                   architecture (source)

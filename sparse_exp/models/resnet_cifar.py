@@ -1,20 +1,14 @@
 """Residual networks for CIFAR-sized inputs (32x32; 28x28 and larger also work).
 
-* :func:`resnet18`, :func:`resnet50`: the four-stage ResNets of kuangliu/pytorch-cifar
-  ``models/resnet.py`` (3x3 stride-1 stem, no max-pool, widths 64/128/256/512), which is also
-  what VITA-Group/GraNet ``CIFAR/sparselearning/resnet_cifar100.py`` trains (``ResNet18``,
-  ``ResNet50``) and Sup-tickets builds on.
-* :func:`resnet32`: the three-stage CIFAR ResNet of He et al. 2016 Sec. 4.2 (widths 16/32/64,
-  ``6n + 2`` layers, ``n = 5``), written like facebookresearch/open_lth
-  ``models/cifar_resnet.py`` (the ``cifar_resnet_N`` family GraNet imports as
-  ``CIFAR/models/cifar_resnet.py``): projection shortcuts (1x1 conv + BN, He et al.'s option B)
-  where the shape changes.
+* :func:`resnet18`, :func:`resnet50`: kuangliu/pytorch-cifar ``models/resnet.py`` (3x3 stride-1 stem, no
+  max-pool, widths 64/128/256/512), as trained by VITA-Group/GraNet ``CIFAR/sparselearning/resnet_cifar100.py``
+  and Sup-tickets.
+* :func:`resnet32`: He et al. 2016 Sec. 4.2 (widths 16/32/64, ``6n + 2`` layers, ``n = 5``), written like
+  facebookresearch/open_lth ``models/cifar_resnet.py``, with projection shortcuts (1x1 conv + BN, option B).
 
-All blocks are post-activation (conv -> BN -> ReLU, add, ReLU). Every ReLU is its own
-``nn.ReLU`` module; modules are registered in forward order (stem first, classifier last;
-a block's shortcut is registered after its main path). A global average pool
-(``AdaptiveAvgPool2d(1)``, equal to the references' ``avg_pool2d(out, 4)`` / ``(out, 8)`` on
-32x32 inputs) feeds the classifier, which returns logits (no ``log_softmax``).
+Post-activation blocks (conv -> BN -> ReLU, add, ReLU), one ``nn.ReLU`` module per use, modules in forward
+order (a block's shortcut after its main path); ``AdaptiveAvgPool2d(1)`` (the references' ``avg_pool2d`` on
+32x32) then a linear classifier returning logits.
 """
 
 from __future__ import annotations

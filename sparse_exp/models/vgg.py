@@ -1,22 +1,13 @@
 """VGG-16 with batch normalisation for CIFAR-sized inputs (the sparse-training "VGG-D").
 
-Follows ``VGG16(config='D')`` of TimDettmers/sparse_learning ``sparselearning/models.py``
-(Dettmers & Zettlemoyer 2019, "Sparse Networks from Scratch"), itself the CIFAR adaptation of
-VGG-D used by SNIP (Lee et al. 2019): the 13 conv layers of VGG-16 (Simonyan & Zisserman 2015)
-as conv3x3 + BatchNorm + ReLU, five 2x2 max-pools, and a small classifier
-``Linear(512, 512) -> ReLU -> BatchNorm1d -> Linear(512, 512) -> ReLU -> BatchNorm1d ->
-Linear(512, C)`` (512 instead of 4096 units, BatchNorm instead of dropout). Initialisation is
-PyTorch's default, as in the reference.
+Source: ``VGG16(config='D')`` of TimDettmers/sparse_learning ``sparselearning/models.py`` (Dettmers &
+Zettlemoyer 2019), the CIFAR VGG-D of SNIP (Lee et al. 2019): the 13 convs of VGG-16 (Simonyan & Zisserman
+2015) as conv3x3 + BN + ReLU, five 2x2 max-pools, classifier ``Linear(512, 512) -> ReLU -> BatchNorm1d ->
+Linear(512, 512) -> ReLU -> BatchNorm1d -> Linear(512, C)``; PyTorch's default initialisation.
 
-Departures from the reference, none of which changes the network for 32x32 inputs:
-
-* a max-pool that would shrink a 1x1 map to 0x0 is left out (28x28 inputs give
-  28 -> 14 -> 7 -> 3 -> 1, so the fifth pool is dropped);
-* ``AdaptiveAvgPool2d((1, 1))`` before the classifier, so any input size gives 512 features
-  (identity for 32x32 inputs, whose map is already 1x1);
-* logits are returned (no ``log_softmax``).
-
-Note: the classifier's ``BatchNorm1d`` needs more than one example per batch in train mode.
+Departures, none of which changes the network on 32x32 inputs: a max-pool that would shrink a 1x1 map is
+left out (28x28 inputs drop the fifth); ``AdaptiveAvgPool2d((1, 1))`` before the classifier; logits, not
+``log_softmax``. The classifier's ``BatchNorm1d`` needs more than one example per batch in train mode.
 """
 
 from __future__ import annotations

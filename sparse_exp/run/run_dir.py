@@ -9,8 +9,8 @@ Layout (one directory per run, named from its overrides, see ``conf/config.yaml`
     checkpoint.pt      latest state, written atomically at the end of every epoch (and on preemption):
                        {"format": "sparse_exp.checkpoint/v2", "model", "optimizer", "scheduler", "masking",
                        "sparsifier", "callbacks": {name: state}, "rng", "epoch", "step", "elapsed",
-                       "batch_in_epoch", "epoch_accumulators"}; v1 = the same without "format" (or older
-                       engines' subsets); :func:`migrate_checkpoint` brings any read format to the current one
+                       "batch_in_epoch", "epoch_accumulators"}; v1 (no "format", a subset of these keys) is
+                       read through :func:`migrate_checkpoint`
     masks.pt           final masks: {"format": "sparse_exp.masks/v1", "masks": {name: bool tensor}}
     wandb_id.txt       the W&B run id, reused on resume
     .lock              held (``flock``) by the process training into the directory; says its pid and host

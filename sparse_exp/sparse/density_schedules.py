@@ -1,26 +1,13 @@
-"""Schedules of the sparsifiers, as plain objects: the sparsifiers and the FLOP estimator query the same ones.
+"""The sparsifiers' schedules as plain objects, so that the sparsifiers and the FLOP estimator query the same ones.
 
-Units: every ``step`` is an optimizer step of the main training phase, counted from 1 (the ``step``
-that :meth:`~sparse_exp.sparse.sparsifiers.sparsifier.Sparsifier.after_step` receives); ``total_steps`` is
-the number of such steps in the run; every ``*_fraction`` is a fraction of ``total_steps``; densities
-are fractions of non-zero prunable weights, in [0, 1].
-
-* :class:`UpdateInterval` -- a mask update every ``delta_t`` steps until a stop step (RigL / SET
-  updates, GraNet neuroregeneration; Evci et al. 2020, Alg. 1; Liu et al. 2021, Sec. 3.2).
-* :class:`CosineDecay` / :class:`ConstantFraction` -- the fraction of active weights dropped per
-  update: RigL Eq. 1 (cosine to 0 at the stop step), GraNet's ``CosineDecay`` (to a minimum at the
-  end of the run), or constant; built by :func:`drop_fraction_schedule`. The formula is
-  :func:`sparse_exp.sparse.topology.cosine_fraction`.
-* :class:`CubicDensity` / :class:`ConstantDensity` -- the global density: Zhu & Gupta 2017, Eq. 1
-  (GMP, GraNet), counted in update iterations, or fixed.
-* :class:`FlopSchedule` -- a sparsifier's training-cost declaration for the FLOP estimate: the global
-  density during every step and the steps that read a dense weight gradient
-  (:meth:`~sparse_exp.sparse.sparsifiers.sparsifier.Sparsifier.flop_schedule`,
-  :func:`sparse_exp.sparse.flop_counts.expected_training_ratio`).
-
-A schedule built with ``total_steps=None`` answers only the fraction-of-training queries
-(``at_fraction``, ``stop_fraction``) used by the continuous estimate; the step queries raise
-``ValueError``. None of this needs a model::
+Units: ``step`` = optimizer step of the main training phase, from 1 (what ``Sparsifier.after_step`` receives);
+``*_fraction`` = fraction of ``total_steps``; densities = fractions of non-zero prunable weights.
+:class:`UpdateInterval` (every ``delta_t`` steps until a stop step: RigL Alg. 1, GraNet Sec. 3.2);
+:class:`CosineDecay` / :class:`ConstantFraction` (drop fraction per update: RigL Eq. 1, GraNet ``CosineDecay``;
+:func:`drop_fraction_schedule`); :class:`CubicDensity` / :class:`ConstantDensity` (global density: Zhu & Gupta
+2017, Eq. 1); :class:`FlopSchedule` (a sparsifier's training-cost declaration, read by
+:func:`sparse_exp.sparse.flop_counts.expected_training_ratio`). Built with ``total_steps=None``, a schedule
+answers only ``at_fraction`` / ``stop_fraction``; step queries raise ``ValueError``. No model needed::
 
     >>> CosineDecay(0.3, end_step=750).at(375)
     0.15

@@ -1,14 +1,10 @@
-"""Layer-wise density allocation: uniform, ER and ERK, with exact integer counts.
+"""Layer-wise density allocation (``distribution`` group): uniform, ER and ERK, with exact integer counts.
 
-Source: Evci et al., "Rigging the Lottery", ICML 2020, Sec. 3 and Appendix; reference repo
-google-research/rigl, ``rigl/sparse_utils.py::get_sparsities`` (ER/ERK with the rule that a
-layer whose ERK density would exceed 1 becomes dense and the remaining budget is rescaled).
-ER: Mocanu et al. 2018 (SET), density proportional to (n_in + n_out) / (n_in * n_out).
-
-Unlike the reference code (float densities, then Bernoulli or per-layer rounding), the
-result here is a number of ones per layer: each layer gets floor or ceil of ``d_l * n_l``
-and the total equals ``round(density * N)`` exactly (largest-remainder rounding), so the
-global sparsity matches the target as closely as integers allow.
+Source: Evci et al., "Rigging the Lottery", ICML 2020, Sec. 3 and Appendix; google-research/rigl
+``rigl/sparse_utils.py::get_sparsities`` (a layer whose ERK density would exceed 1 becomes dense and the rest
+of the budget is rescaled). ER: Mocanu et al. 2018 (SET), density proportional to (n_in + n_out) / (n_in n_out).
+Contract, unlike the reference's float densities: each layer gets floor or ceil of ``d_l * n_l`` ones and the
+total is exactly ``round(density * N)`` (largest-remainder rounding).
 """
 
 from __future__ import annotations

@@ -1,57 +1,14 @@
 """FLOP accounting for sparse training: inference and training cost relative to the dense model.
 
-Units. Every number here is FLOPs **per sample** (one image), counting a multiply and an add as
-two FLOPs (a multiply-accumulate = 2 FLOPs). Only the weights of prunable layers are counted
-(conv / linear, the tensors of :func:`sparse_exp.sparse.masking.prunable_parameters`):
-
-* conv: ``2 * K_h * K_w * C_in / groups * C_out * H_out * W_out`` (generally
-  ``2 * (weight.numel() / C_out) * output.numel()``, so Conv1d/3d are covered too);
-* linear: ``2 * in_features * out_features`` (times the number of rows for >2-D inputs).
-
-Batch norm, pooling, activations, residual additions and biases are ignored: they are a
-fraction of a percent of a ResNet's FLOPs and do not scale with weight sparsity.
-
-Source: Evci, Gale, Menick, Castro & Elsen, "Rigging the Lottery: Making All Tickets Winners",
-ICML 2020, Sec. 4.1 and Appendix H; reference repo google-research/rigl (README FLOP columns,
-``rigl/imagenet_resnet/colabs/Resnet_50_Param_Flops_Counting.ipynb``,
-``rigl/sparse_utils.py::get_stats``). With ``f_D`` the dense forward FLOPs and ``f_S`` the sparse
-ones (``f_S = sum_l d_l f_l`` for layer densities ``d_l``), one training step costs
-
-* dense, static, SET, pruning at init: ``3 f_S`` (forward, plus backward w.r.t. activations and
-  weights, each costing about one forward);
-* RigL: ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)`` on average (:func:`rigl_step_flops`) -- at an
-  update step the weight gradient is computed densely (``f_D``) to rank the inactive connections;
-  GraNet's regeneration steps likewise.
-
-Training ratios are normalised by dense training, ``3 f_D`` per step.
-
-What reproduces RigL's published ResNet-50 / ImageNet figures (tests/test_flops.py):
-
-* Inference FLOPs: ``sum_l d_l f_l / sum_l f_l``; with torchvision's ResNet-50 (``f_D`` =
-  8.18e9, RigL: 8.2e9) and our ERK / uniform allocation this gives the figures to within 0.01.
-  RigL's own counter (micronet_challenge ``counting.py``) also counts one ReLU and one bias add
-  per output element of each conv/fc layer (dense, not scaled by sparsity) and counts the
-  first conv at 115x115 outputs (TF's 'same' formula applied to the pre-padded 230x230 input);
-  passing those per-layer constants as ``overhead`` to :func:`inference_flops` (with RigL's
-  uniform allocation: first layer dense, every other layer at exactly ``s``) reproduces all 18
-  FLOP figures of the README's ResNet-50 table to the printed 2 decimals.
-* Training FLOPs: the README's RigL figures use the formula above over the **whole** run (one
-  dense gradient per ``dT + 1`` steps for 100% of training); counting the dense gradients only
-  until the update stop (75%) -- which is what the training actually does, and what
-  :func:`expected_training_ratio` counts with RigL's default ``sparsifier.stop_fraction`` --
-  misses several README figures by one in the 2nd decimal.
-* Uniform: RigL keeps the first layer dense. The README lists 0.23x (80%) and 0.13x (90%) for
-  uniform inference, which the first-layer-dense count reproduces; the paper's Table 2 (and the
-  Sup-tickets tables copying it) print 0.10x at 90%, which is the nominal ``1 - s`` of a
-  uniform allocation with every layer sparse.
-
-The engine integrates the real per-step cost with :class:`TrainingFlops`, fed with plain Python
-numbers whenever the density changes (no per-step host synchronisation). Without training,
-:func:`expected_training_ratio` integrates what a sparsifier declares
-(:meth:`~sparse_exp.sparse.sparsifiers.sparsifier.Sparsifier.flop_schedule`, a
-:class:`~sparse_exp.sparse.density_schedules.FlopSchedule` built from the same schedule objects the
-sparsifier runs on, and :meth:`~sparse_exp.sparse.sparsifiers.sparsifier.Sparsifier.flop_allocation`, an
-:class:`Allocation`); no method is known here by name.
+Units: FLOPs per sample, a multiply-add = 2 FLOPs, prunable layers only (conv: ``2 * (weight.numel() / C_out) *
+output.numel()``; linear: ``2 * in * out`` per row); BN, pooling, activations, residual adds and biases are left
+out. With ``f_D`` / ``f_S = sum_l d_l f_l`` the dense / sparse forward FLOPs, a training step costs ``3 f_S``,
+or ``2 f_S + f_D`` where a mask update reads the dense weight gradient (RigL; :func:`rigl_step_flops` averages
+``(3 f_S dT + 2 f_S + f_D) / (dT + 1)``); training ratios are relative to ``3 f_D`` per step. Source: Evci et
+al., "Rigging the Lottery", ICML 2020, Sec. 4.1 and App. H; google-research/rigl ``rigl/sparse_utils.py::get_stats``
+and ``Resnet_50_Param_Flops_Counting.ipynb``. :class:`TrainingFlops` integrates a run's real cost (fed plain
+numbers when the density changes); :func:`expected_training_ratio` integrates what a sparsifier declares
+(``flop_schedule``, ``flop_allocation``) without training; no method is known here by name.
 """
 
 from __future__ import annotations

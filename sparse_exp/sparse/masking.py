@@ -1,16 +1,11 @@
 """The masking core: one binary mask per prunable weight tensor, applied with fused ops.
 
-Prunable tensors are the ``weight`` of every ``nn.Conv*`` and ``nn.Linear`` module (biases and
-normalisation parameters stay dense); a module with attribute ``sparse_exempt = True`` (e.g. a
-ghost skip path) is left out. Masks live on the weights' device in the weights' dtype (values
-0/1) and are only ever updated in place (``copy_``), never replaced, so tensors captured by
-``torch.compile`` or CUDA graphs stay valid.
-
-After every optimizer step :meth:`Masking.apply_` multiplies weights and the optimizer's
-per-parameter buffers (SGD momentum, Adam moments) by the masks with one
-``torch._foreach_mul_`` per group of tensors; gradients are not masked (as in GraNet /
-Sup-tickets ``sparselearning/core.py``: the dense gradient is available to growth criteria).
-No host synchronisation happens in :meth:`apply_`.
+Prunable: the ``weight`` of every ``nn.Conv*`` / ``nn.Linear`` module without ``sparse_exempt = True``; biases
+and normalisation stay dense. Masks live on the weights' device and dtype (0/1) and are only updated in place,
+so tensors captured by ``torch.compile`` or CUDA graphs stay valid. Invariant (:meth:`Masking.check_invariants`):
+after every optimizer step :meth:`Masking.apply_` leaves the weights and the optimizer's per-parameter buffers
+exactly zero off the mask, with no host synchronisation. Gradients are not masked, so growth criteria see the
+dense gradient (as in GraNet / Sup-tickets ``sparselearning/core.py``).
 """
 
 from __future__ import annotations
@@ -116,7 +111,7 @@ class Masking:
     # ------------------------------------------------------------------ updates
     @torch.no_grad()
     def set_masks_(self, new_masks: Mapping[str, torch.Tensor]) -> None:
-        """Copy new masks in place (bool or 0/1 tensors of the right shape), then apply them."""
+        """Copy new masks in place (bool or 0/1 tensors of the right shape); the caller then runs :meth:`apply_`."""
         for name, new in new_masks.items():
             if new.shape != self.masks[name].shape:
                 raise ValueError(f"mask for {name} has shape {tuple(new.shape)}, expected {tuple(self.masks[name].shape)}")
@@ -157,6 +152,8 @@ class Masking:
         """Zero weights and optimizer buffers off the masks (fused, no host sync)."""
         if not self.enabled:
             return
+        # x * 0 == 0 for every finite x: weights and buffers off the mask are exactly zero after this, whatever the
+        # optimizer step wrote there (only a NaN / inf survives it, and such a run ends as failed)
         torch._foreach_mul_(self._weights, self._mask_list)
         bufs, masks = self._optimizer_buffers(optimizer)
         if bufs:

@@ -1,15 +1,13 @@
-"""Topology operations shared by the dynamic sparsifiers and Sup-tickets exploration.
+"""Topology operations shared by the dynamic sparsifiers and Sup-tickets exploration; exact counts throughout.
 
-* :func:`drop_and_grow` -- per layer, drop the smallest-magnitude fraction of active weights
-  and regrow as many inactive positions, at random (SET, Mocanu et al. 2018) or by largest
-  dense-gradient magnitude (RigL, Evci et al. 2020, Alg. 1; GraNet neuroregeneration, Liu et al.
-  2021, Sec. 3.2). Per-layer counts are preserved exactly; regrown weights and their optimizer
-  buffers start at zero.
-* :func:`global_magnitude_prune` -- keep exactly ``k`` largest-magnitude active weights over all
-  layers (GraNet / GMP gradual pruning, VITA-Group/GraNet ``sparselearning/core.py::pruning``).
-* :func:`cosine_fraction` -- cosine-decayed drop fraction (RigL Eq. 1; GraNet ``CosineDecay``).
+* :func:`drop_and_grow` -- per layer, drop the smallest-magnitude fraction of active weights and regrow as many,
+  at random (SET, Mocanu et al. 2018) or by dense-gradient magnitude (RigL, Evci et al. 2020, Alg. 1; GraNet
+  regeneration, Liu et al. 2021, Sec. 3.2); per-layer counts preserved, regrown weights and buffers start at 0.
+* :func:`global_magnitude_prune` -- keep the ``k`` largest active weights over all layers (GraNet / GMP,
+  VITA-Group/GraNet ``sparselearning/core.py::pruning``).
+* :func:`cosine_fraction` -- the cosine-decayed drop fraction (RigL Eq. 1; GraNet ``CosineDecay``).
 
-Like the references, these run only at update steps, so they may synchronise with the host.
+They run only at update steps, so, like the references, they may synchronise with the host.
 """
 
 from __future__ import annotations
@@ -103,6 +101,8 @@ def drop_and_grow(
         grow_scores = torch.where(after_drop, neg_inf, grow_scores)
         grown = topk_mask(grow_scores, k)
         new = after_drop | grown
+        # only old & new keeps its value: dropped and newly grown weights (and their buffers) are zero; a weight
+        # dropped and regrown in this same update keeps its value
         _zero_outside(masking, name, old & new, optimizer)
         masking.set_masks_({name: new})
         changed[name] = k

@@ -1,28 +1,13 @@
 """Superposing cheap tickets: CIA, CAA and CIMA averaging, then magnitude re-pruning.
 
-Source: Yin et al., UAI 2022, Sec. 3.2.2 and 3.3:
-
-* CIA (connection independent averaging): ``mean_i theta^i`` over the M tickets, kept as the
-  running mean of Eq. 4, ``avg_t = ((t - 1) avg_{t-1} + theta^t) / t`` -- one extra copy.
-* CAA (connection aware averaging): ``sum_i theta^i / N(k, j)``, ``N`` = number of tickets in
-  which the connection was active (a running sum plus a per-connection count).
-* CIMA (moving average): ``avg_t = beta avg_{t-1} + (1 - beta) theta^t``, ``avg_1 = theta^1``
-  (paper's best beta = 0.8; the reference code's "CIMA" uses 0.5).
-
-The averaging runs over the whole state dict: weights, biases, BN affine parameters and BN
-running statistics (the paper's "average" BN strategy, Sec. 5); integer buffers
-(``num_batches_tracked``) take the latest ticket's value. Entries without a mask count as
-active in every ticket, so CAA reduces to the plain mean for them.
-
-Re-pruning (after every averaging step) keeps the largest-magnitude averaged weights:
-``global`` -- one top-k over all masked tensors (reference code), ``layerwise`` -- top-k per
-layer with the individual model's per-layer counts (for static / SET / RigL these are the
-distribution's densities).
-
-By default the running average itself is never pruned, so the ultimate ticket after M tickets
-is exactly ``prune(CIA(theta^1..theta^M))`` as the paper defines it. With
-``prune_running_average=True`` the pruned average feeds the next step instead (Alg. 1, line
-10 read literally, and the reference code's in-place pruning).
+Source: Yin et al., "Superposing Many Tickets into One", UAI 2022, Sec. 3.2.2 and 3.3; luuyin/Sup-tickets.
+CIA: the running mean of Eq. 4, ``avg_t = ((t - 1) avg_{t-1} + theta^t) / t``; CAA: ``sum_i theta^i / N(k, j)``,
+``N`` = tickets in which the connection was active; CIMA: ``avg_t = beta avg_{t-1} + (1 - beta) theta^t``,
+``avg_1 = theta^1``. Averaged: the whole state dict, BN running statistics included (the paper's "average" BN);
+integer buffers take the latest ticket's value; unmasked entries count as active in every ticket. Re-pruning
+keeps the largest-magnitude averaged weights, ``global`` (one top-k, the reference) or ``layerwise`` (the
+individual model's per-layer counts). By default the running average is never pruned, so the ultimate ticket is
+exactly ``prune(CIA(theta^1..theta^M))``; ``prune_running_average=True`` feeds the pruned average on instead.
 """
 
 from __future__ import annotations

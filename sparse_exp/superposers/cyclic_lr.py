@@ -1,17 +1,11 @@
 """The cyclic phase of Sup-tickets: its budget and its per-iteration learning rate.
 
-Source: Yin et al., "Superposing Many Tickets into One", UAI 2022, Sec. 3.2.1, Eq. 3 and Alg. 1;
-reference repo luuyin/Sup-tickets (phase = last ``cycle_rate`` of the epochs, rounded down to
-whole cycles). The ablation schedules of Table 7 run over the same LR range:
-
-* ``triangle`` (Eq. 3): ``t(i) = (mod(i - 1, C) + 1) / C`` for iteration ``i`` = 1, 2, ... of the
-  cyclic phase; the LR rises linearly from ``lr_low`` (cycle boundaries) to ``lr_high`` at
-  mid-cycle and falls back; the ticket is taken at the cycle end (lowest LR).
-* ``fge`` (Garipov et al. 2018, Sec. 3.2): the same piecewise-linear cycle started at the top:
-  ``lr_high`` at cycle start, ``lr_low`` at mid-cycle (where FGE collects its model, so the ticket
-  is taken there), back to ``lr_high`` at the cycle end.
-* ``swa`` (Izmailov et al. 2018, Eq. 2): ``(1 - t) lr_high + t lr_low``, a saw-tooth that jumps
-  to ``lr_high`` at each cycle start and decays linearly to ``lr_low`` at the cycle end.
+Source: Yin et al., "Superposing Many Tickets into One", UAI 2022, Sec. 3.2.1, Eq. 3 and Alg. 1; luuyin/Sup-tickets
+(the phase is the last ``cycle_rate`` of the epochs, rounded down to whole cycles). Schedules over
+``[lr_low, lr_high]``, with ``t(i) = (mod(i - 1, C) + 1) / C`` for iteration ``i`` = 1, 2, ... of the phase:
+``triangle`` (Eq. 3: low -> high at mid-cycle -> low; ticket at the cycle end), ``fge`` (Garipov et al. 2018,
+Sec. 3.2: high -> low at mid-cycle -> high; ticket at mid-cycle), ``swa`` (Izmailov et al. 2018, Eq. 2:
+``(1 - t) lr_high + t lr_low``, a saw-tooth; ticket at the cycle end) -- the ablation of Table 7.
 """
 
 from __future__ import annotations

@@ -3,16 +3,11 @@
     python -m sparse_exp.train superposer.save_tickets=true
     python -m sparse_exp.superpose runs/superposer.save_tickets=true --averaging cima --beta 0.5
 
-In Sup-tickets (Yin et al., UAI 2022, Alg. 1) the superposed model never feeds back into training: the
-individual model trains on and each cheap ticket is a snapshot of it. So the tickets of two same-seed runs that
-differ only in how they superpose (``averaging``, ``beta``, ``reprune``, ``count_normal_phase_ticket``,
-``prune_running_average``, ``bn``: the fields of :class:`Variant`) are the same tickets
-(``tests/test_ticket_store.py`` checks it bitwise), and every such variant is an offline computation on the
-saved tickets. No reference code offers this.
-
-Store (``superposer.save_tickets=true``): ``<run>/tickets/ticket_<index>.pt``, one file per ticket, written when
-the ticket is taken (index 1..M: the cycles' tickets; index 0: the model at the end of the normal phase, the
-reference code's extra ticket, saved whether or not the run counts it)::
+In Sup-tickets (Yin et al., UAI 2022, Alg. 1) the superposed model never feeds back into training, so runs that
+differ only in a :class:`Variant` field (``averaging``, ``beta``, ``reprune``, ``count_normal_phase_ticket``,
+``prune_running_average``, ``bn``) have the same tickets (``tests/test_ticket_store.py``, bitwise), and each
+variant is an offline computation on them. Store: ``<run>/tickets/ticket_<index>.pt``, written when the ticket is
+taken (1..M: the cycles; 0: the model at the end of the normal phase, always saved)::
 
     {"format": "sparse_exp.ticket/v1", "index": int, "step": int (global optimizer step),
      "state": {key: tensor} (the individual model's state_dict, CPU), "masks": {layer: bool tensor},
@@ -20,12 +15,8 @@ reference code's extra ticket, saved whether or not the run counts it)::
      "metrics": {"val/acc", "val/nll", "val/ece", "test/acc", "test/nll", "test/ece"},
      "meta": {"model_class": the model's class name, "num_params": int, "sparsity": target sparsity}}
 
-A ticket costs its state dict in fp32 plus its bool masks (one byte per prunable weight): VGG-16 (CIFAR-100) 61 +
-15 = 76 MB, ResNet-50 (CIFAR-100) 95 + 24 = 119 MB, WRN-28-10 146 + 37 = 183 MB, LeNet-5 0.3 MB. A run with M
-tickets stores M + 1 (the paper's CIFAR protocol, M = 3: 4 files, 305 MB for VGG-16, 475 MB for ResNet-50).
-
-Offline result of variant ``v``: ``<run>/superposed/<v.name>.json`` (the ultimate ticket's metrics on validation
-and test, the same code as training: :func:`sparse_exp.training.metrics.metrics_from_logits`) and ``<v.name>.pt``
+Result of variant ``v``: ``<run>/superposed/<v.name>.json`` (validation and test metrics,
+:func:`sparse_exp.training.metrics.metrics_from_logits`) and ``<v.name>.pt``
 (``{"format": "sparse_exp.superposed/v1", "state": ..., "masks": ...}``).
 """
 

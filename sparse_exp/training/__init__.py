@@ -1,1 +1,1 @@
-"""training"""
+"""What a train step is built from: optimizers, LR schedules and evaluation metrics."""

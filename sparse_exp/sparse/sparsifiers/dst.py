@@ -1,21 +1,13 @@
-"""Dynamic sparse training with a fixed density: SET and RigL.
+"""Dynamic sparse training with a fixed density: ``set`` and ``rigl``.
 
-Both start from a random exact-count mask with the ``distribution``'s layer densities (ERK by
-default) and, every ``delta_t`` optimizer steps until ``stop_fraction`` of training, drop the
-``drop_fraction`` smallest-magnitude active weights of each layer and regrow as many:
-
-* ``set`` -- at random inactive positions (Mocanu et al., Nature Communications 2018, Sec.
-  "SET"). The original drops the smallest positive and largest negative weights separately;
-  like RigL's reimplementation (Evci et al. 2020, Sec. 4) we drop by |w|.
-* ``rigl`` -- at the inactive positions with the largest dense-gradient magnitude (Evci et
-  al., ICML 2020, Alg. 1; google-research/rigl ``sparse_optimizers.py``). Defaults: ΔT = 100,
-  drop fraction 0.3 with cosine decay to 0 at the stop step, updates stop at 75% of training.
-  The dense gradient is the step's ``p.grad`` (gradients are never masked), so it costs nothing
-  between updates. Deviation: the TF reference skips the weight update on mask-update steps;
-  here the SGD step happens and the mask update follows it (as in the PyTorch ports).
-
-Per-layer counts are preserved (no redistribution); regrown weights and their momentum start
-at zero.
+Both start from a random exact-count mask with the ``distribution``'s layer densities and, every ``delta_t``
+steps until ``stop_fraction`` of training, drop each layer's ``drop_fraction`` smallest-magnitude active
+weights and regrow as many (:func:`sparse_exp.sparse.topology.drop_and_grow`; counts per layer preserved):
+``set`` at random (Mocanu et al., Nature Communications 2018), ``rigl`` by dense-gradient magnitude (Evci et
+al., ICML 2020, Alg. 1; google-research/rigl ``sparse_optimizers.py``; defaults ΔT = 100, drop fraction 0.3
+cosine-decayed to 0, stop at 75 %). Deviations: SET drops by |w| (as RigL's reimplementation), not positive
+and negative weights apart; on a mask-update step the SGD step happens and the update follows it (as the
+PyTorch ports; the TF reference skips that step's weight update).
 """
 
 from __future__ import annotations

@@ -1,23 +1,16 @@
-"""Gradual magnitude pruning: GMP (Zhu & Gupta 2017) and GraNet (Liu et al., NeurIPS 2021).
+"""Gradual magnitude pruning: ``gmp`` (Zhu & Gupta 2017) and ``granet`` (Liu et al., NeurIPS 2021).
 
-Density schedule (Zhu & Gupta 2017, Eq. 1; GraNet Eq. 1 / ``sparselearning/core.py::pruning``):
-every ``delta_t`` steps between ``prune_start_fraction`` and ``prune_end_fraction`` of training,
+Every ``delta_t`` steps between ``prune_start_fraction`` and ``prune_end_fraction`` of training the global
+density follows Zhu & Gupta 2017, Eq. 1 (GraNet Eq. 1; VITA-Group/GraNet ``sparselearning/core.py::pruning``)::
 
-    d_t = d_f + (d_i - d_f) * (1 - (t - t_0) / (t_end - t_0)) ** 3
+    d_t = d_f + (d_i - d_f) * (1 - (t - t_0) / (t_end - t_0)) ** 3    # t = step // delta_t, d_f = 1 - sparsity
 
-counted in update iterations ``t = step // delta_t``, with ``d_i`` = ``init_density``, ``d_f`` =
-``1 - sparsity``. Each pruning step keeps exactly ``round(d_t * N)`` weights by GLOBAL magnitude
-(layer densities emerge; the ``distribution`` only shapes GraNet's initial mask).
-
-* ``gmp``: dense start (``init_density = 1``), pruning only.
-* ``granet``: sparse start (random ERK mask at ``init_density`` 0.5), gradual pruning, plus
-  neuroregeneration at every update: per layer drop the ``prune_rate`` smallest active weights
-  and regrow as many by dense-gradient magnitude (Sec. 3.2); ``prune_rate`` 0.5, cosine-decayed
-  to 0.005 over the run (reference ``CosineDecay``). Defaults as the reference CIFAR README:
-  ΔT = 1000 steps, pruning from 0 to 110/160 of training.
-
-The reference's masks are Bernoulli draws and its pruning compares against a threshold;
-here all counts are exact.
+with ``d_i`` = ``init_density``, and exactly ``round(d_t * N)`` weights are kept by GLOBAL magnitude (layer
+densities emerge). ``gmp``: dense start, pruning only. ``granet``: a random start at ``init_density`` 0.5 shaped
+by the ``distribution``, plus regeneration at every update (per layer drop ``prune_rate``, cosine-decayed
+0.5 -> 0.005, and regrow by dense-gradient magnitude, Sec. 3.2); defaults as the reference CIFAR README
+(ΔT = 1000, pruning over 0 .. 110/160 of training). Deviation: exact counts where the reference draws
+Bernoulli masks and compares against a threshold.
 """
 
 from __future__ import annotations

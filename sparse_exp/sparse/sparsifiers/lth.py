@@ -1,19 +1,12 @@
 """``lth``: lottery tickets by iterative magnitude pruning (IMP) with rewinding.
 
-Source: Frankle & Carbin, "The Lottery Ticket Hypothesis", ICLR 2019 (Alg. "iterative
-pruning", global magnitude for deep nets, Sec. 4/5); Frankle et al., "Linear Mode Connectivity
-and the Lottery Ticket Hypothesis", ICML 2020 (rewinding to an early iteration k).
-
-The run trains ``rounds`` IMP rounds of ``round_epochs`` epochs each before the ticket's own
-training of ``epochs`` epochs (declared as LR phases, :meth:`LotteryTicketSparsifier.lr_phases`, so the
-loop runs ``rounds * round_epochs + epochs`` epochs in all; each round restarts the LR schedule and
-the optimizer state). At the end of round r
-(1..R) the active weights are pruned globally by magnitude to density ``d ** (r / R)`` (the
-same fraction of the remaining weights every round; exact counts) and the surviving weights
-are rewound to their values at ``rewind_epoch`` of the first round (0 = initialisation); BN
-statistics rewind too. After round R the mask is the ticket, trained for ``epochs`` epochs.
-The round counter and the rewind state are in the checkpoint, so an interrupted run resumes
-in the right round.
+Source: Frankle & Carbin, "The Lottery Ticket Hypothesis", ICLR 2019 (iterative pruning, global magnitude for
+deep nets, Sec. 4/5); Frankle et al., "Linear Mode Connectivity and the Lottery Ticket Hypothesis", ICML 2020
+(rewinding to an early iteration). ``rounds`` IMP rounds of ``round_epochs`` epochs run before the ticket's
+own ``epochs`` (LR phases, :meth:`LotteryTicketSparsifier.lr_phases`; each restarts the LR schedule and the
+optimizer state). After round r of R the active weights are pruned globally to density ``d ** (r / R)`` (exact
+counts) and the survivors, BN statistics included, rewound to ``rewind_epoch`` of round 1 (0 = initialisation);
+the mask after round R is the ticket. Round counter and rewind state are checkpointed.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """``mask_file``: train from a mask saved by an earlier run or another framework ("any mask").
 
-Accepted files (``torch.load``-able):
-
-* ours -- ``masks.pt`` of any run: ``{"format": "sparse_exp.masks/v1", "masks": {name: bool tensor}}``
-  (see :mod:`sparse_exp.run.run_dir`), e.g. from ``sparsifier=snip`` / ``grasp`` / ``synflow`` /
-  ``random`` / ``lth`` or the ultimate ticket of a Sup-tickets run;
-* a plain ``{name: tensor}`` dict, or a checkpoint holding one under ``"masks"`` or
-  ``"state_dict"`` -- names may carry a ``module.`` prefix (DataParallel) and ``_mask`` suffix
-  (``torch.nn.utils.prune`` buffers, ``conv1.weight_mask``); non-zero entries are kept.
-
-The mask fixes the topology (static training). Its sparsity must match ``sparsity`` (within
-1e-3), so that results are filed under the right sparsity.
+Accepted (``torch.load``-able): ``masks.pt`` of any run (:mod:`sparse_exp.run.run_dir`; e.g. a pruning-at-init
+mask, an IMP ticket, the ultimate ticket of a Sup-tickets run); a plain ``{name: tensor}`` dict, or a checkpoint
+holding one under ``"masks"`` or ``"state_dict"``, names optionally with a ``module.`` prefix (DataParallel) and
+a ``_mask`` suffix (``torch.nn.utils.prune``); non-zero entries are kept. The mask is static and its sparsity
+must match ``sparsity`` within 1e-3, so that results are filed under the right sparsity.
 """
 
 from __future__ import annotations

@@ -1,45 +1,15 @@
 """Pruning at initialisation: ``snip``, ``grasp``, ``synflow`` and ``random``.
 
-Each sparsifier scores every prunable weight of the freshly initialised model once
-(:meth:`PruningAtInitSparsifier.init_masks`), keeps exactly
-
-    k = round((1 - sparsity) * N)        (N = ``masking.total``, prunable weights)
-
-weights GLOBALLY over all prunable tensors, and never changes the mask again
-(``after_step`` does nothing). Layers named by ``ctx.dense_layers`` (the
-``distribution.dense_first_layer`` / ``dense_last_layer`` options) stay fully dense and count
-against ``k``; the other layers share the remaining budget by score. Per-layer densities are
-therefore an outcome of the score, not of ``distribution.name`` (which is ignored here).
-
-Exact counts and the one-weight floor (every method): the kept set is the top ``budget`` of
-the scores over the non-dense layers, except that a layer whose weights would all be
-removed keeps its single best-scoring weight and, to keep the total exact, the globally
-lowest-ranked weight that would otherwise have been kept (in another layer) is removed.
-This avoids disconnecting the network (Tanaka et al. 2020 call this layer collapse). The
-reference implementations instead threshold the scores (``score <= threshold`` /
-``score > threshold``), so ties can give a count off by a few, and they may empty a layer.
-
-Side effects: none besides the masks. Scores are computed with ``torch.autograd.grad`` (no
-``.grad`` is written), parameters are never modified, every buffer (BN running statistics,
-``num_batches_tracked``) and every module's train/eval flag are restored afterwards, the
-optimizer is not touched except by the final ``masking.apply_`` (which zeroes buffers off the
-mask), and the global RNG streams (CPU and the model's CUDA device) are forked, so that
-dropout during scoring does not shift the run's later random numbers.
-
-Sources:
-
-* SNIP -- Lee, Ajanthan & Torr, "SNIP: Single-shot Network Pruning based on Connection
-  Sensitivity", ICLR 2019, Sec. 4.1, Eq. 6: ``s_j = |g_j(w; D)| / sum_k |g_k(w; D)|`` with
-  ``g_j = dL/dc_j`` at ``c = 1`` (``= w_j dL/dw_j``). Normalisation does not change the
-  ranking and is omitted.
-* GraSP -- Wang, Zhang & Grosse, "Picking Winning Tickets Before Training by Preserving
-  Gradient Flow", ICLR 2020, Sec. 4, Eq. 8: ``S(-theta) = -theta * H g``; reference repo
-  alecwangcq/GraSP, ``pruner/GraSP.py::GraSP``.
-* SynFlow -- Tanaka, Kunin, Yamins & Ganguli, "Pruning neural networks without any data by
-  iteratively conserving synaptic flow", NeurIPS 2020, Sec. 6 and Algorithm 1; reference repo
-  ganguli-lab/Synaptic-Flow, ``Pruners/pruners.py::SynFlow`` and ``prune.py::prune_loop``.
-* random -- global random pruning (the "Rand" pruner of ganguli-lab/Synaptic-Flow,
-  ``Pruners/pruners.py::Rand``, with an exact count instead of Gaussian scores + threshold).
+Each scores every prunable weight of the freshly initialised model once (:meth:`PruningAtInitSparsifier.init_masks`)
+and keeps exactly ``k = round((1 - sparsity) * N)`` weights GLOBALLY, never changing the mask again; layers of
+``ctx.dense_layers`` stay dense and count against ``k``, ``distribution.name`` is ignored. Every layer keeps at
+least its best-scoring weight (the globally lowest kept weight elsewhere makes room), so no layer is
+emptied (Tanaka et al. 2020's layer collapse); the references threshold the scores instead. Scoring has no
+side effect besides the masks (no ``.grad`` written; parameters, buffers, train/eval flags and the global RNG
+streams as before). Sources: SNIP (Lee et al., ICLR 2019, Eq. 6, normalisation omitted), GraSP (Wang et al., ICLR
+2020, Eq. 8; alecwangcq/GraSP ``pruner/GraSP.py``), SynFlow (Tanaka et al., NeurIPS 2020, Alg. 1;
+ganguli-lab/Synaptic-Flow ``Pruners/pruners.py``, ``prune.py::prune_loop``), random (that repo's ``Rand``
+pruner with an exact count).
 """
 
 from __future__ import annotations
