@@ -205,8 +205,8 @@ def synthetic_cifar(n_train: int, device: torch.device, seed: int = 0) -> Synthe
     train = loader(0, n_train, BATCH, True)
     val = loader(n_train, n_train + n_val, 1000, False)
     test = loader(n_train + n_val, hwc.shape[0], 1000, False)
-    bundle = DataBundle(train=train, val=val, test=test, spec=DATASETS["cifar10"], num_train=n_train, num_val=n_val,
-                        num_test=n_test)
+    bundle = DataBundle(train=train, val=val, test=test, spec=DATASETS["cifar10"].spec, num_train=n_train,
+                        num_val=n_val, num_test=n_test)
     return Synthetic(hwc[:n_train], labels[:n_train], bundle)
 
 

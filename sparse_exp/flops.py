@@ -45,7 +45,7 @@ def _input_shape(spec: Any) -> Tuple[int, ...]:
 
 def compute(cfg: Any) -> Dict[str, Any]:
     """FLOP report of a composed, validated config (see module doc)."""
-    spec = DATASETS[cfg.dataset.name]
+    spec = DATASETS[cfg.dataset.name].spec
     model = build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
                         image_size=spec.image_size)
     layer_flops = layer_forward_profile(model, _input_shape(spec)).flops

@@ -211,7 +211,7 @@ class Registry(Mapping):
 
 # One registry per config group.        implementations:
 MODELS = Registry("model", default_schema=ModelConfig)  # fn(in_channels, num_classes, image_size) -> Module
-DATASETS = Registry("dataset", default_schema=DatasetConfig)  # data.spec.DatasetSpec
+DATASETS = Registry("dataset", default_schema=DatasetConfig)  # data.spec.DataSource (.spec: DatasetSpec)
 DISTRIBUTIONS = Registry("distribution", default_schema=DistributionConfig)  # fn(shape, power) -> raw score
 SPARSIFIERS = Registry("sparsifier")  # sparse.sparsifiers.sparsifier.Sparsifier subclasses
 #: query ``ticket_collection_start(node, epochs, steps_per_epoch) -> Optional[int]``: how many steps of the run's

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms as T
 
@@ -23,6 +23,7 @@ from sparse_exp.data import DATASETS, DataError, build_data, check_data_availabl
 from sparse_exp.data import fashion_mnist as fm
 from sparse_exp.data import vision
 from sparse_exp.config.errors import UserError
+from sparse_exp.config.schema import DatasetConfig
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 HAVE_FMNIST = all((FMNIST_DIR / f).is_file() for f in fm.FILES.values())
@@ -35,10 +36,11 @@ CPU = torch.device("cpu")
 
 
 def make_cfg(name="fashion_mnist", **kw):
+    """The typed ``dataset`` node (as composed from conf/dataset/<name>.yaml: the schema's defaults apply)."""
     base = dict(name=name, root=None, download=False, subset_train=None, subset_test=None,
-                val_size=DATASETS[name].default_val_size if name in DATASETS else 0, num_workers=0, augment=False)
+                val_size=DATASETS[name].spec.default_val_size if name in DATASETS else 0, num_workers=0, augment=False)
     base.update(kw)
-    return SimpleNamespace(**base)
+    return OmegaConf.structured(DatasetConfig(**base))
 
 
 def collect(loader, epoch=0):
@@ -74,12 +76,13 @@ def fmnist():
 
 def test_specs():
     assert set(DATASETS) == {"fashion_mnist", "cifar10", "cifar100", "tiny_imagenet", "imagenet"}
-    s = DATASETS["fashion_mnist"]
+    assert all(DATASETS[n].spec.name == n for n in DATASETS)
+    s = DATASETS["fashion_mnist"].spec
     assert (s.in_channels, s.num_classes, s.image_size, s.default_val_size) == (1, 10, 28, 5000)
-    assert (DATASETS["cifar100"].num_classes, DATASETS["cifar100"].image_size) == (100, 32)
-    assert (DATASETS["tiny_imagenet"].num_classes, DATASETS["tiny_imagenet"].image_size,
-            DATASETS["tiny_imagenet"].default_val_size) == (200, 64, 10000)
-    assert (DATASETS["imagenet"].num_classes, DATASETS["imagenet"].image_size) == (1000, 224)
+    assert (DATASETS["cifar100"].spec.num_classes, DATASETS["cifar100"].spec.image_size) == (100, 32)
+    assert (DATASETS["tiny_imagenet"].spec.num_classes, DATASETS["tiny_imagenet"].spec.image_size,
+            DATASETS["tiny_imagenet"].spec.default_val_size) == (200, 64, 10000)
+    assert (DATASETS["imagenet"].spec.num_classes, DATASETS["imagenet"].spec.image_size) == (1000, 224)
     assert issubclass(DataError, UserError) and issubclass(DataError, Exception)
 
 
@@ -87,7 +90,7 @@ def test_specs():
 
 @requires_fmnist
 def test_fmnist_shapes_sizes_and_normalization(fmnist):
-    assert fmnist.spec is DATASETS["fashion_mnist"]
+    assert fmnist.spec is DATASETS["fashion_mnist"].spec
     assert (fmnist.num_train, fmnist.num_val, fmnist.num_test) == (55000, 5000, 10000)
     assert fmnist.num_train + fmnist.num_val == 60000
     x, y = next(fmnist.train.iterate(0))

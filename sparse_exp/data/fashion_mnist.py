@@ -8,20 +8,25 @@ stores them under ``<root>/FashionMNIST/raw``). The files are read here with ``g
 Images are 28x28 grey, uint8 -> ``(x / 255 - 0.2860) / 0.3530`` float32 ``(N, 1, 28, 28)``, put on
 the target device once; batches are served by tensor indexing (:class:`TensorLoader`). No
 augmentation: ``dataset.augment`` is ignored for this data set.
+
+:class:`FashionMNISTSource` is the data set's entry in :data:`sparse_exp.registry.DATASETS`.
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from sparse_exp.data.spec import DataError
+from sparse_exp.data.loaders import TensorLoader
+from sparse_exp.data.spec import ENV_VAR, DataError, DataSource, DatasetSpec
+from sparse_exp.registry import DATASETS
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -116,3 +121,69 @@ def to_tensors(images: np.ndarray, labels: np.ndarray) -> Tuple[torch.Tensor, to
     x = torch.from_numpy(np.array(images, copy=True)).unsqueeze(1).float().div_(255.0).sub_(MEAN).div_(STD)
     y = torch.from_numpy(np.array(labels, copy=True)).long()
     return x, y
+
+
+# -- the data source ---------------------------------------------------------------------------------
+
+log = logging.getLogger("sparse_exp")
+#: the four file names, as a message lists them
+_FILES_TEXT = ", ".join(list(FILES.values())[:-1]) + " and " + list(FILES.values())[-1]
+
+
+class FashionMNISTSource(DataSource):
+    """Fashion-MNIST: searched in the Debian package's directory before ``./data/fashion_mnist``; held in memory
+    on the training device and batched by :class:`~sparse_exp.data.loaders.TensorLoader` (no augmentation)."""
+
+    downloadable = True
+    device_loader = True
+
+    def default_dirs(self, local: Path) -> List[Path]:
+        return [SYSTEM_DIR, local]
+
+    def find(self, base: Path) -> Optional[Path]:
+        return find_dir(base)
+
+    def missing_message(self, bases: List[Path], origin: str, download: bool = False) -> str:
+        where = " or ".join(str(b) for b in bases) + ("" if origin == "default" else f" (from {origin})")
+        return (f"fashion_mnist data not found in {where}: install the Debian package dataset-fashion-mnist "
+                f"(sudo apt-get install dataset-fashion-mnist), set {ENV_VAR} or dataset.root to a directory "
+                f"holding {_FILES_TEXT}, or pass dataset.download=true")
+
+    def directory(self, root: Path) -> Path:
+        """The directory under ``root`` holding the four files; downloads them there first if absent (the
+        resolved root lacks them only when ``dataset.download=true`` was given)."""
+        found = find_dir(root)
+        if found is not None:
+            return found
+        from torchvision.datasets import FashionMNIST
+
+        log.info("downloading Fashion-MNIST into %s", root)
+        try:
+            FashionMNIST(str(root), train=True, download=True)
+        except (OSError, RuntimeError) as exc:
+            raise DataError(f"could not download Fashion-MNIST into {root}: {exc}; install the Debian package "
+                            f"dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist) instead") from exc
+        found = find_dir(root)
+        if found is None:
+            raise DataError(f"Fashion-MNIST download into {root} did not produce {_FILES_TEXT}")
+        return found
+
+    def build(self, cfg: Any, root: Path, seed: int, batch_size: int, eval_batch_size: int,
+              device: Any) -> Tuple[TensorLoader, TensorLoader, TensorLoader]:
+        # no augmentation for Fashion-MNIST: cfg.augment is ignored
+        raw = load_raw(self.directory(root))
+        train_idx, val_idx, test_idx = self.split(cfg, raw["train_labels"].shape[0], raw["test_labels"].shape[0])
+
+        def tensors(split: str, idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+            x, y = to_tensors(raw[f"{split}_images"][idx.numpy()], raw[f"{split}_labels"][idx.numpy()])
+            return x.to(device), y.to(device)
+
+        train = TensorLoader(*tensors("train", train_idx), train_idx, batch_size, shuffle=True, seed=seed)
+        val = TensorLoader(*tensors("train", val_idx), val_idx, eval_batch_size, shuffle=False)
+        test = TensorLoader(*tensors("test", test_idx), test_idx, eval_batch_size, shuffle=False)
+        return train, val, test
+
+
+DATASETS.add("fashion_mnist", FashionMNISTSource(DatasetSpec(
+    "fashion_mnist", in_channels=1, num_classes=10, image_size=28, default_val_size=5000, train_size=60000,
+    test_size=10000)))

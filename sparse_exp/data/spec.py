@@ -1,4 +1,5 @@
-"""Shared types of the data layer: data set specs, the loader protocol, the bundle, the error.
+"""Shared types of the data layer: data set specs, the data source base class, the loader protocol, the bundle,
+the error.
 
 Kept apart from :mod:`sparse_exp.data` so the per-source modules can import them without a cycle;
 everything here is re-exported by :mod:`sparse_exp.data`.
@@ -7,7 +8,8 @@ everything here is re-exported by :mod:`sparse_exp.data`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol, Tuple, runtime_checkable
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -17,6 +19,9 @@ from sparse_exp.config.errors import UserError
 #: the train/val split permutation is drawn from ``torch.Generator().manual_seed(SPLIT_SEED)``,
 #: independent of the run's seed, so every seed of a sweep is validated on the same images.
 SPLIT_SEED = 0
+
+#: environment variable naming a data directory (used when ``dataset.root`` is not set)
+ENV_VAR = "SPARSE_EXP_DATA"
 
 #: multiplier that mixes the run seed and the epoch into one generator seed (a prime, larger than
 #: any epoch index used in practice, so ``(seed, epoch)`` pairs do not collide).
@@ -52,6 +57,71 @@ class DatasetSpec:
     train_size: int = 0
     test_size: int = 0
 
+
+
+class DataSource:
+    """One data set, registered once in :data:`sparse_exp.registry.DATASETS` under its ``dataset.name``: its
+    static :attr:`spec`, where its files are (:meth:`find`), what to say when they are missing
+    (:meth:`missing_message`), and how to build its loaders (:meth:`build`). Nothing outside a source
+    branches on a data set's name. Subclasses: :class:`sparse_exp.data.fashion_mnist.FashionMNISTSource`,
+    :class:`sparse_exp.data.vision.CifarSource`, :class:`sparse_exp.data.vision.ImageFolderSource`.
+
+    Attributes:
+        spec: the data set's static facts.
+        downloadable: ``dataset.download=true`` can fetch it.
+        device_loader: ``dataset.loader=device`` is allowed (the split held on the training device).
+    """
+
+    downloadable = False
+    device_loader = False
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def default_dirs(self, local: Path) -> List[Path]:
+        """The directories searched when neither ``dataset.root`` nor the environment variable is set
+        (``local`` is ``./data/<name>``, where a download goes)."""
+        return [local]
+
+    def find(self, base: Path) -> Optional[Path]:
+        """The directory under ``base`` (itself or a conventional subfolder) that holds the data set, if any."""
+        raise NotImplementedError
+
+    def missing_message(self, bases: List[Path], origin: str, download: bool = False) -> str:
+        """One line: the data set is in none of ``bases`` (searched because of ``origin``: ``dataset.root``,
+        ``$SPARSE_EXP_DATA`` or ``default``) and how to get it; with ``download``, why a download cannot help."""
+        raise NotImplementedError
+
+    def problem(self, root: Path) -> Optional[str]:
+        """Why the data found in ``root`` is not usable, from names only (None: fine); see
+        :func:`sparse_exp.data.check_data_available`."""
+        return None
+
+    def build(self, cfg: Any, root: Path, seed: int, batch_size: int, eval_batch_size: int,
+              device: Any) -> Tuple["Loader", "Loader", "Loader"]:
+        """The ``(train, val, test)`` loaders of the data in ``root`` (:func:`sparse_exp.data.build_data`).
+
+        Raises:
+            DataError: data missing / corrupted / not downloadable, or ``cfg.val_size`` leaves no training image.
+        """
+        raise NotImplementedError
+
+    def split(self, cfg: Any, pool_size: int, test_size: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(train_idx, val_idx, test_idx)``: :func:`split_indices` of the training pool with ``cfg.val_size``,
+        then the first ``cfg.subset_train`` / ``cfg.subset_test`` images (all when null)."""
+        train_idx, val_idx = split_indices(pool_size, int(cfg.val_size), self.name)
+        return _subset(train_idx, cfg.subset_train), val_idx, _subset(torch.arange(test_size), cfg.subset_test)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def _subset(idx: Tensor, n: Optional[int]) -> Tensor:
+    return idx if n is None else idx[: max(int(n), 0)]
 
 @runtime_checkable
 class Loader(Protocol):
@@ -90,6 +160,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     ``seed * 100003 + epoch``: a function of ``(seed, epoch)`` only, so resuming at epoch ``k``
     replays exactly the batches a run without interruption would have seen.
     """
+    # invariant: pseudo-epochs 1_000_000 (init batches) / 2_000_000 + i (GradInit, BN) never collide with epochs < 99_943
     return int(seed) * EPOCH_SEED_MULTIPLIER + int(epoch)
 
 
@@ -113,11 +184,3 @@ def split_indices(pool_size: int, val_size: int, name: str = "dataset") -> Tuple
     perm = torch.randperm(pool_size, generator=torch.Generator().manual_seed(SPLIT_SEED))
     return perm[val_size:].clone(), perm[:val_size].sort().values
 
-
-def cfg_get(cfg: Any, key: str, default: Any) -> Any:
-    """``cfg.key`` for a DictConfig, dataclass or namespace; ``default`` when absent or None."""
-    try:
-        value = getattr(cfg, key)
-    except (AttributeError, KeyError):
-        return default
-    return default if value is None else value

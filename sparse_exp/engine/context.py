@@ -104,7 +104,7 @@ def plan_run(cfg: Any, sizes: Optional[Tuple[int, int, int]] = None) -> RunPlan:
     Raises:
         ConfigError: see :func:`official_sizes`.
     """
-    spec = DATASETS[cfg.dataset.name]
+    spec = DATASETS[cfg.dataset.name].spec
     num_train, num_val, num_test = official_sizes(cfg, spec) if sizes is None else sizes
     steps = math.ceil(num_train / int(cfg.batch_size))
     shapes = prunable_shapes(cfg, spec)
