@@ -48,11 +48,6 @@ class DatasetConfig:
     #: ``auto`` (CIFAR: ``device``; others: ``torchvision``), ``device`` (the split as uint8 on the training
     #: device, batched crop / flip: :mod:`sparse_exp.data.device_loader`), ``torchvision`` (per-sample PIL)
     loader: str = "auto"
-    # the Sup-tickets protocol per data set (paper Sec. 4.1 / reference README): cycle length in
-    # epochs and cyclic LR range; conf/superposer/sup_tickets.yaml reads them.
-    sup_cycle_epochs: float = 8.0
-    sup_lr_low: float = 0.001
-    sup_lr_high: float = 0.005
     # the data set's recipe: epochs of linear LR warm-up; conf/schedule/*.yaml read it as
     # schedule.warmup_epochs (the paper's CIFAR / ImageNet protocols have none)
     lr_warmup_epochs: int = 0
@@ -119,10 +114,22 @@ class SparsifierConfig:
 
 
 @dataclass
+class SuperposerDatasetDefaults:
+    """``superposer.dataset_defaults``: the data set's Sup-tickets protocol (paper Sec. 4.1 / reference README),
+    cycle length in epochs and cyclic LR range, from ``conf/superposer/dataset/<dataset>.yaml`` (chosen by
+    ``conf/config.yaml`` for the chosen data set); ``conf/superposer/sup_tickets.yaml`` reads them."""
+
+    cycle_epochs: float = 8.0
+    lr_low: float = 0.001
+    lr_high: float = 0.005
+
+
+@dataclass
 class SuperposerConfig:
-    """``superposer`` group base."""
+    """``superposer`` group base: the option's ``name`` and the data set's defaults every superposer sees."""
 
     name: str = MISSING
+    dataset_defaults: SuperposerDatasetDefaults = field(default_factory=SuperposerDatasetDefaults)
 
 
 @dataclass
