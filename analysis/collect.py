@@ -34,6 +34,10 @@ COMPLETED = "completed"
 #: ``override_dirname.exclude_keys`` + ``hydra`` + ``run_dir``
 VOLATILE_KEYS = result_neutral_keys()
 
+#: config keys that moved: a config written before names them by the old path, read as the new one (so that a run
+#: from before and one from after are the same run / cell)
+MOVED_KEYS = {f"dataset.sup_{k}": f"superposer.dataset_defaults.{k}" for k in ("cycle_epochs", "lr_low", "lr_high")}
+
 #: leading columns of the DataFrame (then metrics, then ``cfg.*``)
 LEAD_COLUMNS = ("run_id", "status", *IDENTITY, "source", "path", "name", "time", "cell_id")
 
@@ -105,7 +109,7 @@ def _num(v: Any) -> Any:
 def make_record(config: Optional[Mapping[str, Any]], summary: Optional[Mapping[str, Any]], *, source: str,
                 path: str, name: str, time: float, status: Optional[str] = None) -> Dict[str, Any]:
     """One DataFrame row from a resolved config and a summary (either may be missing)."""
-    flat = flatten(config or {})
+    flat = {MOVED_KEYS.get(k, k): v for k, v in flatten(config or {}).items()}
     summary = dict(summary or {})
     rec: Dict[str, Any] = {"source": source, "path": path, "name": name, "time": float(time)}
     rec["status"] = status or summary.get("status") or "no summary"

@@ -36,11 +36,19 @@ class Pred:
     fn: Callable[[pd.DataFrame], pd.Series]
 
 
+def _dataset_default(df: pd.DataFrame, key: str) -> Optional[pd.Series]:
+    """The data set's Sup-tickets default ``key`` (``cycle_epochs``, ``lr_low``, ``lr_high``) each run was configured
+    with, ``superposer.dataset_defaults.<key>`` (runs from before have it as ``dataset.sup_<key>``, which
+    :func:`sparse_exp.analysis.collect.make_record` renames); None when no run has it."""
+    col = f"cfg.superposer.dataset_defaults.{key}"
+    return numeric(df[col]) if col in df.columns else None
+
+
 def _default_cycle(df: pd.DataFrame) -> pd.Series:
-    a, b = "cfg.superposer.cycle_epochs", "cfg.dataset.sup_cycle_epochs"
-    if a not in df.columns or b not in df.columns:
+    a, y = "cfg.superposer.cycle_epochs", _dataset_default(df, "cycle_epochs")
+    if a not in df.columns or y is None:
         return pd.Series(True, index=df.index)
-    x, y = numeric(df[a]), numeric(df[b])
+    x = numeric(df[a])
     return pd.Series(np.isclose(x, y) | y.isna().values, index=df.index)
 
 
@@ -48,13 +56,14 @@ DEFAULT_CYCLE = Pred("superposer.cycle_epochs=dataset default", _default_cycle)
 
 
 def _default_lr(end: str) -> Pred:
-    """``superposer.lr_<end>`` equal to the data set's ``sup_lr_<end>`` (the paper's cycle LR range)."""
+    """``superposer.lr_<end>`` equal to the data set's default (``superposer.dataset_defaults.lr_<end>``, the paper's
+    cycle LR range)."""
 
     def fn(df: pd.DataFrame) -> pd.Series:
-        a, b = f"cfg.superposer.lr_{end}", f"cfg.dataset.sup_lr_{end}"
-        if a not in df.columns or b not in df.columns:
+        a, y = f"cfg.superposer.lr_{end}", _dataset_default(df, f"lr_{end}")
+        if a not in df.columns or y is None:
             return pd.Series(True, index=df.index)
-        x, y = numeric(df[a]), numeric(df[b])
+        x = numeric(df[a])
         return pd.Series(np.isclose(x, y) | x.isna().values | y.isna().values, index=df.index)
 
     return Pred(f"superposer.lr_{end}=dataset default", fn)

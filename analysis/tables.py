@@ -6,7 +6,8 @@ over the seeds of the counted runs that match, :mod:`sparse_exp.analysis.selecti
 * Methods (rows): ``dense`` = ``sparsifier=dense``; ``erk`` = ``sparsifier=static distribution=erk``;
   ``set`` / ``rigl`` / ``granet`` = that sparsifier with ``distribution=erk``; ``snip`` = ``sparsifier=snip``;
   all with ``superposer=none``. ``<method>+sup``: the same with ``superposer=sup_tickets`` at the paper's
-  default (CIA, triangle LR, ``num_tickets`` unset, ``superposer.cycle_epochs == dataset.sup_cycle_epochs``);
+  default (CIA, triangle LR, ``num_tickets`` unset, the data set's cycle length: ``superposer.cycle_epochs ==
+  superposer.dataset_defaults.cycle_epochs``, ``dataset.sup_cycle_epochs`` in older runs);
   Table 5 varies the cycle length (``rigl+sup/C=<epochs>``), Table 7 the LR (``rigl+sup/lr=<fge|swa|triangle>``).
   Rows of methods not implemented here (Small-Dense, DSR, SNFS, TreeNet, BatchEnsemble, the dense ensemble)
   are shown marked † and never counted as missing.

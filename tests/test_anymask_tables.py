@@ -26,13 +26,18 @@ GHOST = {"ghost/params": 46000, "ghost/params_inserted": 46000, "ghost/removed":
 
 def write_run(root: Path, name: str, *, sparsifier: str, seed: int, acc: float, tweaks: str = "none",
               superposer: str = "none", report: str = "last", model: str = "resnet32",
-              dataset: str = "fashion_mnist", sparsity: float = 0.95, extra=None) -> Path:
-    """A completed run directory as sparse_exp.train writes it (the keys the analysis reads)."""
+              dataset: str = "fashion_mnist", sparsity: float = 0.95, extra=None, legacy: bool = False) -> Path:
+    """A completed run directory as sparse_exp.train writes it (the keys the analysis reads); ``legacy``: as
+    it wrote it before the data set's Sup-tickets defaults moved from ``dataset.sup_*`` to
+    ``superposer.dataset_defaults``."""
     d = root / name
     d.mkdir(parents=True)
     sup = {"averaging": "cia", "lr_schedule": "triangle", "cycle_epochs": 2, "num_tickets": None} \
         if superposer == "sup_tickets" else {}
-    cfg = {"model": {"name": model}, "dataset": {"name": dataset, "sup_cycle_epochs": 2},
+    ds = {"name": dataset, "sup_cycle_epochs": 2} if legacy else {"name": dataset}
+    if not legacy:
+        sup["dataset_defaults"] = {"cycle_epochs": 2}
+    cfg = {"model": {"name": model}, "dataset": ds,
            "sparsifier": {"name": sparsifier}, "superposer": {"name": superposer, **sup},
            "distribution": {"name": "erk"}, "sparsity": sparsity, "seed": seed, "epochs": 10, "report": report,
            "tweaks": {} if tweaks == "none" else {t: {"enabled": True} for t in tweaks.split("+")}}

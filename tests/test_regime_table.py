@@ -21,10 +21,14 @@ def _sup(acc):
 
 
 def _cycle_lr(run_dir, high, default_high=0.005):
-    """Give a written run the cycle LR range keys a real run's config.yaml has."""
+    """Give a written run the cycle LR range keys a real run's config.yaml has (where a run from before the
+    data set's defaults moved to ``superposer.dataset_defaults`` has them: ``dataset.sup_*``)."""
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     cfg["superposer"].update(lr_low=0.001, lr_high=high)
-    cfg["dataset"].update(sup_lr_low=0.001, sup_lr_high=default_high)
+    if "dataset_defaults" in cfg["superposer"]:
+        cfg["superposer"]["dataset_defaults"].update(lr_low=0.001, lr_high=default_high)
+    else:
+        cfg["dataset"].update(sup_lr_low=0.001, sup_lr_high=default_high)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
@@ -35,14 +39,14 @@ def test_st_regime_rows_metrics_bold_and_cycle_block(tmp_path):
     root = tmp_path / "runs"
     for seed, acc in enumerate([89.0, 89.4]):
         write_run(root, f"rigl_{seed}", sparsifier="rigl", seed=seed, acc=acc, model="lenet_300_100")
-    for seed, acc in enumerate([89.2, 89.6]):
+    for seed, acc in enumerate([89.2, 89.6]):  # seed 1 as written before superposer.dataset_defaults existed
         _cycle_lr(write_run(root, f"rigl_sup_{seed}", sparsifier="rigl", superposer="sup_tickets", seed=seed,
-                            acc=acc, model="lenet_300_100", extra=_sup(acc)), 0.005)
+                            acc=acc, model="lenet_300_100", extra=_sup(acc), legacy=seed == 1), 0.005)
     # a cycle LR peak 10x the data set's (sweeps/st_fmnist_lr.yaml): its own block, never the paper's row
     _cycle_lr(write_run(root, "rigl_sup_peak", sparsifier="rigl", superposer="sup_tickets", seed=1, acc=95.0,
                         model="lenet_300_100", extra=_sup(95.0)), 0.05)
     d = write_run(root, "rigl_sup_c4", sparsifier="rigl", superposer="sup_tickets", seed=0, acc=88.0,
-                  model="lenet_300_100", extra={"last/test/acc": 87.9, "tickets/mean/test/acc": 87.5})
+                  model="lenet_300_100", extra={"last/test/acc": 87.9, "tickets/mean/test/acc": 87.5}, legacy=True)
     cfg = (d / "config.yaml").read_text().replace("cycle_epochs: 2\n  lr_schedule", "cycle_epochs: 4\n  lr_schedule")
     (d / "config.yaml").write_text(cfg)
     # at 90 % only the default cycle length: no cycle-length rows there
