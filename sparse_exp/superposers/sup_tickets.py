@@ -85,7 +85,8 @@ class SupTicketsConfig(SuperposerConfig):
     diversity); ``none`` nothing until the end of the run, where the ultimate ticket and the last
     individual model are evaluated as always (the cheapest; save the tickets with ``save_tickets`` to
     evaluate them later). The reference code (luuyin/Sup-tickets ``main.py``) tests every ticket.
-    The per-dataset defaults of cycle length and LR range live in the ``dataset`` group.
+    ``cycle_epochs`` / ``lr_low`` / ``lr_high`` default to the data set's ``superposer.dataset_defaults``
+    (``conf/superposer/dataset/<dataset>.yaml``).
     """
 
     name: str = "sup_tickets"
