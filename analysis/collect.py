@@ -26,17 +26,13 @@ import yaml
 
 # IDENTITY: the identifying choices as written into ``summary.json`` (IDENTITY_GROUPS are read from
 # ``<group>.name``); the single source of these and of the result-neutral keys is sparse_exp.config.identity
-from sparse_exp.config.identity import IDENTITY, IDENTITY_DEFAULTS, IDENTITY_GROUPS, result_neutral_keys
+from sparse_exp.config.identity import IDENTITY, IDENTITY_DEFAULTS, IDENTITY_GROUPS, MOVED_KEYS, result_neutral_keys
 
 COMPLETED = "completed"
 
 #: config keys (and their children) that do not change a run's result: ``conf/config.yaml``'s
 #: ``override_dirname.exclude_keys`` + ``hydra`` + ``run_dir``
 VOLATILE_KEYS = result_neutral_keys()
-
-#: config keys that moved: a config written before names them by the old path, read as the new one (so that a run
-#: from before and one from after are the same run / cell)
-MOVED_KEYS = {f"dataset.sup_{k}": f"superposer.dataset_defaults.{k}" for k in ("cycle_epochs", "lr_low", "lr_high")}
 
 #: leading columns of the DataFrame (then metrics, then ``cfg.*``)
 LEAD_COLUMNS = ("run_id", "status", *IDENTITY, "source", "path", "name", "time", "cell_id")

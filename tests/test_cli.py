@@ -51,6 +51,14 @@ def test_unknown_key_is_refused(tmp_path):
     assert res.returncode != 0 and "Traceback" not in res.stderr and "lrr" in res.stderr
 
 
+def test_a_moved_key_is_refused_with_its_new_name(tmp_path):
+    res = run_cli(["dataset.sup_cycle_epochs=2", "logger=none"], tmp_path / "runs")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "dataset.sup_cycle_epochs=2 is not allowed" in res.stderr
+    assert "moved to superposer.dataset_defaults.cycle_epochs" in res.stderr, res.stderr
+    assert not any((tmp_path / "runs").rglob("*.yaml"))
+
+
 def test_missing_data_root_says_how_to_get_it(tmp_path):
     res = run_cli(["logger=none"], tmp_path / "runs", {"SPARSE_EXP_DATA": str(tmp_path / "nodata")})
     assert res.returncode == 2

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sparse_exp import CONF_DIR
 from sparse_exp.config.compose import compose
 from sparse_exp.config.errors import UserError
+from sparse_exp.config.identity import MOVED_KEYS
 from sparse_exp.config.hydra_adapter import overrides_dirname
 from sparse_exp.config.preflight import preflight
 
@@ -118,6 +119,10 @@ def explain(exc: BaseException, overrides: Sequence[str]) -> str:
         parent, _, leaf = key.rpartition(".")
         label, keys = _node_keys(overrides, parent)
         where = f"{label} has no key {leaf!r}" if parent else f"there is no top-level key {leaf!r}"
+        if key in MOVED_KEYS:
+            moved = MOVED_KEYS[key]
+            also = f" (or superposer.{moved.rsplit('.', 1)[1]})" if moved.startswith("superposer.") else ""
+            return f"{override} is not allowed: {where}; it moved to {moved}{also}"
         return f"{override} is not allowed: {where}" + (f"; allowed: {', '.join(keys)}" if keys else "")
     m = re.search(r"Could not find '([^']+)'", text)
     if m:
