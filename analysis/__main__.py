@@ -20,10 +20,9 @@ import json
 import sys
 from typing import List, Optional
 
-from .tables import EXTRA_BUILDERS
 from .collect import collect
 from .layouts import BUILDERS
-from .tables import write_tables
+from .tables import EXTRA_BUILDERS, write_tables
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

@@ -10,8 +10,8 @@ copies are returned apart with the reason (:class:`Collection`).
 
 from __future__ import annotations
 
-import hashlib
 import copy
+import hashlib
 import json
 import math
 import os

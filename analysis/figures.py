@@ -27,8 +27,8 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from sparse_exp.config.compose import compose  # noqa: E402
-from sparse_exp.training.lr_schedules import lr_factor_fn  # noqa: E402
 from sparse_exp.superposers.cyclic_lr import collect_fraction, make_budget, sup_tickets_lr_factor  # noqa: E402
+from sparse_exp.training.lr_schedules import lr_factor_fn  # noqa: E402
 
 from .labels import ds_label, model_label, pct  # noqa: E402
 from .selection import finite_values, mean_std, method_filters, numeric, pick_variant, select  # noqa: E402

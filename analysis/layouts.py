@@ -63,7 +63,7 @@ def method_table(number: int, runs: pd.DataFrame, model: str, bases: Sequence[st
         return f"{_group_label(g[0], g[1], g[2])} {pct(s)}"
 
     dense_cells: List[Any] = []
-    for i, (g, s) in enumerate(cols):
+    for i, (g, _) in enumerate(cols):
         first = i == 0 or cols[i - 1][0] != g
         dense_cells.append(CellSpec(number, "dense", g[0], g[1], 0.0, "test/acc", paper=g[2],
                                     where=f"{_group_label(g[0], g[1], g[2])} dense") if first else "")

@@ -18,8 +18,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from .labels import fmt_num
 from sparse_exp.config.identity import IDENTITY_DEFAULTS
+
+from .labels import fmt_num
 
 
 def numeric(s: pd.Series) -> pd.Series:

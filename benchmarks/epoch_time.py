@@ -409,10 +409,10 @@ def window_events(tr: Any, epoch: int) -> Callable[[], str]:
 
 # ================================================================================================ one model
 def model_part(model: str, args: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
-    from sparse_exp.engine.build import build_run
     from sparse_exp.config.errors import ConfigError
-    from sparse_exp.engine.fast_step import check_fast
     from sparse_exp.config.validate import validate
+    from sparse_exp.engine.build import build_run
+    from sparse_exp.engine.fast_step import check_fast
 
     dataset, _, (full_train, full_val, full_test) = MODELS[model]
     syn = synthetic_cifar(args.cifar_images, device) if dataset == "cifar10" else None
@@ -548,8 +548,8 @@ def events_part(model: str, args: argparse.Namespace, device: torch.device, trai
                 rows: List[Row], full: Sequence[int]) -> Dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from sparse_exp.training.metrics import predict
     from sparse_exp.superposers.sup_tickets import SupTickets
+    from sparse_exp.training.metrics import predict
 
     out: Dict[str, Any] = {}
     eager = trainers["eager"]

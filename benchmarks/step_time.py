@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from sparse_exp.engine.context import RunState
 from sparse_exp.models import build_model
 from sparse_exp.sparse.masking import Masking
-from sparse_exp.engine.context import RunState
 from sparse_exp.sparse.sparsifiers import build_sparsifier
 from sparse_exp.sparse.topology import drop_and_grow, global_magnitude_prune
 

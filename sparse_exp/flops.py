@@ -26,12 +26,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from sparse_exp.config.refusal import check_overrides, explain, refuse
 from sparse_exp.config.compose import compose
-from sparse_exp.data import DATASETS
 from sparse_exp.config.errors import UserError
-from sparse_exp.models import build_model
 from sparse_exp.config.preflight import preflight
+from sparse_exp.config.refusal import check_overrides, explain, refuse
+from sparse_exp.data import DATASETS
+from sparse_exp.models import build_model
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.flop_counts import expected_training_ratio, inference_ratio, layer_forward_profile
 from sparse_exp.sparse.masking import prunable_parameters

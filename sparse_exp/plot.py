@@ -22,8 +22,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit code (0, or 2 for a directory that is not a run)."""
     from omegaconf import OmegaConf
 
-    from sparse_exp.engine.build import build_run
     from sparse_exp.config.refusal import refuse
+    from sparse_exp.engine.build import build_run
 
     p = argparse.ArgumentParser(prog="python -m sparse_exp.plot", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", type=Path)

@@ -19,13 +19,18 @@ answer (``queries={name: fn}``) and callers ask :meth:`Registry.query`, never th
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from sparse_exp.config.errors import ConfigError
-from sparse_exp.config.schema import (DatasetConfig, DistributionConfig, LoggerConfig, ModelConfig,
-                                      OptimizerConfig, ScheduleConfig)
+from sparse_exp.config.schema import (
+    DatasetConfig,
+    DistributionConfig,
+    LoggerConfig,
+    ModelConfig,
+    OptimizerConfig,
+    ScheduleConfig,
+)
 
 Check = Callable[[Any], None]
 

@@ -20,9 +20,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-
-from sparse_exp.config.refusal import refuse
 from sparse_exp.config.errors import UserError
+from sparse_exp.config.refusal import refuse
 from sparse_exp.superposers.averaging import AVERAGING, REPRUNE
 from sparse_exp.superposers.tickets import run_offline
 

@@ -22,14 +22,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sparse_exp import CONF_DIR
-from sparse_exp.config.refusal import one_line, preflight_cli
 from sparse_exp.config.compose import run_name, setup
-from sparse_exp.engine.distributed import any_rank
 from sparse_exp.config.errors import UserError
-from sparse_exp.engine.loop import Trainer
 from sparse_exp.config.preflight import preflight
-from sparse_exp.run.run_dir import RunDir
+from sparse_exp.config.refusal import one_line, preflight_cli
+from sparse_exp.engine.distributed import any_rank
+from sparse_exp.engine.loop import Trainer
 from sparse_exp.engine.summary import format_summary
+from sparse_exp.run.run_dir import RunDir
 
 log = logging.getLogger("sparse_exp")
 

@@ -7,9 +7,8 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import torch
-
 import pytest
+import torch
 
 from sparse_exp.config.compose import compose, run_name
 

@@ -16,8 +16,8 @@ from typing import Any, Dict, List
 from hydra.core.config_store import ConfigStore
 
 from sparse_exp.callbacks.protocol import BaseCallback, RunState
-from sparse_exp.config.schema import SuperposerConfig
 from sparse_exp.config.errors import require
+from sparse_exp.config.schema import SuperposerConfig
 from sparse_exp.registry import SUPERPOSERS
 
 

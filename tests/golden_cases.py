@@ -152,6 +152,7 @@ def run_case(name: str, tmp: Path, done: Dict[str, Path], threads: int = 1) -> D
 
     sys.path.insert(0, str(HERE))
     from conftest import compose_cfg
+
     from sparse_exp.run.run_dir import RunDir
     from sparse_exp.train import run
 

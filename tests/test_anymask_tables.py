@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT
 
 if str(ROOT) not in sys.path:  # `analysis` lives at the repository root

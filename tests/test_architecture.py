@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
-
-import sparse_exp
 from conftest import ROOT
 from forked import first_imports
+
+import sparse_exp
 from sparse_exp.config.compose import compose
 from sparse_exp.registry import REGISTRIES
 

@@ -8,8 +8,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import ROOT, compose_cfg, needs_data
+
 from sparse_exp.callbacks.flop_meter import FlopMeter
 from sparse_exp.callbacks.protocol import BaseCallback, Callback, CallbackList
 from sparse_exp.config.errors import ConfigError
@@ -53,13 +53,13 @@ def documented_hooks(path):
     architecture page's Markdown table)."""
     lines = (ROOT / path).read_text().splitlines()
     if path.endswith(".md"):
-        start = lines.index(next(l for l in lines if l.startswith("| hook")))
+        start = lines.index(next(line for line in lines if line.startswith("| hook")))
         rows = lines[start + 2:]
-        cells = [l.split("|")[1] for l in rows[:next(i for i, l in enumerate(rows) if not l.startswith("|"))]]
+        cells = [line.split("|")[1] for line in rows[:next(i for i, line in enumerate(rows) if not line.startswith("|"))]]
     else:
-        rules = [i for i, l in enumerate(lines) if l.startswith("=====")]
+        rules = [i for i, line in enumerate(lines) if line.startswith("=====")]
         width = len(lines[rules[0]].split()[0])  # the first column's rule
-        cells = [l[:width] for l in lines[rules[1] + 1:rules[2]]]
+        cells = [line[:width] for line in lines[rules[1] + 1:rules[2]]]
     return {m for cell in cells for m in re.findall(r"`+(\w+)", cell)}
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import compose_cfg, needs_data
+
 from sparse_exp.config.errors import UserError
 from sparse_exp.run.run_dir import CHECKPOINT_FORMAT, CHECKPOINT_FORMATS, RunDir, migrate_checkpoint
 

@@ -5,15 +5,15 @@ import copy
 
 import pytest
 import torch
+from conftest import compose_cfg
+from test_sparsifier_contract import FAST
 from torch.optim.swa_utils import update_bn
 
-from conftest import compose_cfg
 from sparse_exp.engine.loop import Trainer
 from sparse_exp.run.run_dir import RunDir
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS
 from sparse_exp.superposers.tickets import BN_PASS_EPOCH
 from sparse_exp.train import run
-from test_sparsifier_contract import FAST
 
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
 

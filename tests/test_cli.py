@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, TINY, cli_run_dir, needs_data
 
 

@@ -9,13 +9,13 @@ GPU resumes to the uninterrupted run (float tolerance: cuDNN may choose non-dete
 
 import pytest
 import torch
-
 from conftest import compose_cfg, needs_cuda, needs_data
+from test_fast import CASES, SMALL, assert_close_runs, final
+
 from sparse_exp.data.device_loader import DeviceImageLoader
 from sparse_exp.data.vision import CIFAR_STATS
 from sparse_exp.run.run_dir import RunDir
 from sparse_exp.train import run
-from test_fast import CASES, SMALL, assert_close_runs, final
 
 pytestmark = pytest.mark.slow
 

@@ -13,17 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import bypass_cifar_md5, write_fake_cifar10
 from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms as T
 
 import sparse_exp.data as data
-from conftest import bypass_cifar_md5, write_fake_cifar10
-from sparse_exp.data import DATASETS, DataError, build_data, check_data_available, resolve_root
-from sparse_exp.data import fashion_mnist as fm
-from sparse_exp.data import vision
 from sparse_exp.config.errors import UserError
 from sparse_exp.config.schema import DatasetConfig
+from sparse_exp.data import DATASETS, DataError, build_data, check_data_available, resolve_root, vision
+from sparse_exp.data import fashion_mnist as fm
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 HAVE_FMNIST = all((FMNIST_DIR / f).is_file() for f in fm.FILES.values())

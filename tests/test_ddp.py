@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import needs_data
 
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
@@ -30,6 +29,7 @@ def worker(rank, world, port, out_dir, overrides):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from conftest import compose_cfg
+
     from sparse_exp.engine.loop import Trainer
     from sparse_exp.run.run_dir import RunDir
 
@@ -78,6 +78,7 @@ def locked_worker(rank, world, port, run_dir, out_dir):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from conftest import compose_cfg
+
     from sparse_exp.config.errors import UserError
     from sparse_exp.train import run
 

@@ -5,9 +5,9 @@ CIFAR-shaped data that resumes bitwise."""
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_cfg
 from torchvision import transforms as T
 
-from conftest import compose_cfg
 from sparse_exp.data import build_data
 from sparse_exp.data.device_loader import DeviceImageLoader
 from sparse_exp.data.vision import CIFAR_STATS
@@ -87,9 +87,10 @@ def test_cifar_uses_the_device_loader_and_torchvision_stays_available(fake_cifar
 
 @pytest.mark.slow
 def test_a_cifar_run_on_the_device_loader_resumes_bitwise(tmp_path, fake_cifar_root):
+    from test_resume import assert_same_run
+
     from sparse_exp.run.run_dir import RunDir
     from sparse_exp.train import run
-    from test_resume import assert_same_run
 
     ov = ["dataset=cifar10", f"dataset.root={fake_cifar_root}", "dataset.val_size=32", "dataset.subset_test=64",
           "batch_size=16", "eval_batch_size=64", "model=lenet5", "sparsifier=rigl", "sparsifier.delta_t=2",

@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from sparse_exp.sparse.masking import Masking
 from sparse_exp.engine.context import RunState
+from sparse_exp.sparse.masking import Masking
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS, build_sparsifier
 from sparse_exp.sparse.topology import cosine_fraction, drop_and_grow, global_magnitude_prune
 

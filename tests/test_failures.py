@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, TINY, cli_run_dir, compose_cfg, needs_data
 
 from sparse_exp.analysis.collect import collect_local
-from conftest import ROOT, TINY, cli_run_dir, compose_cfg, needs_data
 from sparse_exp.run.run_dir import RunDir
 from sparse_exp.train import run
 

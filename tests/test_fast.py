@@ -11,8 +11,8 @@ The compiled runs use LeNet-300-100 (an MLP: inductor compiles it in ~15 s cold,
 
 import pytest
 import torch
-
 from conftest import compose_cfg, needs_cuda, needs_data
+
 from sparse_exp.config.errors import ConfigError
 from sparse_exp.engine.fast_step import GraphSafeSGD, TrainStep, make_train_step, preflight_fast, tensor_lr_
 from sparse_exp.run.run_dir import RunDir

@@ -37,11 +37,19 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sparse_exp.config.errors import ConfigError
-from sparse_exp.sparse.flop_counts import (TrainingFlops, dense_flops, density_allocator, expected_training_ratio,
-                                     inference_flops, inference_ratio, layer_forward_flops, layer_forward_profile,
-                                     rigl_step_flops)
-from sparse_exp.sparse.masking import prunable_parameters
 from sparse_exp.sparse.density_schedules import CubicDensity, UpdateInterval
+from sparse_exp.sparse.flop_counts import (
+    TrainingFlops,
+    dense_flops,
+    density_allocator,
+    expected_training_ratio,
+    inference_flops,
+    inference_ratio,
+    layer_forward_flops,
+    layer_forward_profile,
+    rigl_step_flops,
+)
+from sparse_exp.sparse.masking import prunable_parameters
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS
 
 ROOT = Path(__file__).resolve().parent.parent

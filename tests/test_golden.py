@@ -22,10 +22,20 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, needs_data
-from golden_cases import (CASES, FORMAT, GOLDENS, GLOBAL_RANKING, RNG_MASKS, TOLERANCES, check, decode_record,
-                          fingerprint, main, run_case)
+from golden_cases import (
+    CASES,
+    FORMAT,
+    GLOBAL_RANKING,
+    GOLDENS,
+    RNG_MASKS,
+    TOLERANCES,
+    check,
+    decode_record,
+    fingerprint,
+    main,
+    run_case,
+)
 
 pytestmark = pytest.mark.slow  # ~45 s of short trainings, ~45 s more under a forced ISA; still in `make test`
 

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 from hydra.errors import OverrideParseException
 
-from conftest import ROOT
 from sparse_exp.config.compose import compose
 from sparse_exp.config.hydra_adapter import overrides_dirname, parse_overrides, split_sweep
 

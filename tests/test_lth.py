@@ -5,8 +5,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from sparse_exp.sparse.masking import Masking
 from sparse_exp.engine.context import RunState
+from sparse_exp.sparse.masking import Masking
 from sparse_exp.sparse.sparsifiers import build_sparsifier
 
 DIST = OmegaConf.create({"name": "erk", "erk_power_scale": 1.0, "dense_first_layer": False, "dense_last_layer": False})

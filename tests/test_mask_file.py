@@ -3,8 +3,8 @@ masks are exactly the file's (static training of a given mask: "any mask")."""
 
 import pytest
 import torch
-
 from conftest import compose_cfg, needs_data
+
 from sparse_exp.config.errors import ConfigError
 from sparse_exp.run.run_dir import MASKS_FORMAT, RunDir
 from sparse_exp.train import run

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from sparse_exp.sparse.masking import InvariantError, Masking, exact_random_mask, masks_from_counts, topk_mask
 from sparse_exp.sparse.distributions import layer_counts
+from sparse_exp.sparse.masking import InvariantError, Masking, exact_random_mask, masks_from_counts, topk_mask
 
 
 def tiny_net():

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from sparse_exp.sparse.masking import Masking
 from sparse_exp.engine.context import RunState
+from sparse_exp.sparse.masking import Masking
 from sparse_exp.sparse.sparsifiers.grasp import GraspConfig, GraspSparsifier
 from sparse_exp.sparse.sparsifiers.random_pruning import RandomPruningConfig, RandomPruningSparsifier
 from sparse_exp.sparse.sparsifiers.snip import SnipConfig, SnipSparsifier

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY, cli_run_dir, needs_data
 from forked import run_module_many
 

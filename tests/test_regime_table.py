@@ -7,7 +7,6 @@ import sys
 
 import pandas as pd
 import yaml
-
 from conftest import ROOT
 from test_anymask_tables import write_run
 

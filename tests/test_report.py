@@ -12,14 +12,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import compose_cfg, needs_data
-from sparse_exp.config.errors import ConfigError
-from sparse_exp.training.metrics import evaluate
+
 from sparse_exp.callbacks.best_val import BestValReport
+from sparse_exp.config.errors import ConfigError
+from sparse_exp.config.validate import validate
 from sparse_exp.run.run_dir import RunDir
 from sparse_exp.train import run
-from sparse_exp.config.validate import validate
+from sparse_exp.training.metrics import evaluate
 
 #: a constant, high LR: the validation accuracy peaks before the last epoch (epoch 2 of 4 here)
 BASE = ["sparsifier=static", "model=lenet_300_100", "epochs=4", "schedule=constant", "optimizer.lr=0.3"]

@@ -3,8 +3,8 @@
 
 import pytest
 import torch
-
 from conftest import compose_cfg, needs_data
+
 from sparse_exp.run.run_dir import RunDir
 from sparse_exp.train import run
 

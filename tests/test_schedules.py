@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import compose_cfg, needs_data
 from omegaconf import OmegaConf
 
-from conftest import compose_cfg, needs_data
 from sparse_exp.config.errors import ConfigError
-from sparse_exp.training.lr_schedules import SCHEDULES, lr_factor_fn
 from sparse_exp.config.validate import validate
+from sparse_exp.training.lr_schedules import SCHEDULES, lr_factor_fn
 
 #: each data set's ``dataset.lr_warmup_epochs`` (the paper's CIFAR / ImageNet protocols have none)
 RECIPE_WARMUP = {"fashion_mnist": 1, "cifar10": 0, "cifar100": 0, "tiny_imagenet": 0, "imagenet": 0}

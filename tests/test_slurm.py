@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, needs_data
+
 from sparse_exp.engine.preemption import PreemptionGuard, requeue_signal
 from sparse_exp.run.grid_status import collect, expand_sweep
 
@@ -348,6 +348,7 @@ def test_packed_runs_fail_alone_and_come_back_in_order(restore_signals, tmp_path
     with code 2 (a refused run directory), one raises before its Hydra job, one is Hydra's failed job.
     Each cell gets its own JobReturn, in order, with its error; CPU threads are split between the runs."""
     from hydra.core.utils import JobStatus
+
     from hydra_plugins.sparse_exp_launcher.sparse_exp_launcher import CellPack, PackedRun, PackedRunError
 
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
@@ -356,6 +357,7 @@ def test_packed_runs_fail_alone_and_come_back_in_order(restore_signals, tmp_path
         import os
         import sys
         import time
+
         from hydra.core.utils import JobReturn, JobStatus
 
         if k == 1:
@@ -396,7 +398,9 @@ def test_packed_job_stops_every_run_then_requeues_the_unfinished(restore_signals
     def cell(k, d):  # local, so that cloudpickle sends it to the child by value
         import time
         from pathlib import Path
+
         from hydra.core.utils import JobReturn, JobStatus
+
         from sparse_exp.engine.preemption import PreemptionGuard
 
         d = Path(d)

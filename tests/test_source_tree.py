@@ -79,8 +79,8 @@ def test_logger_wandb_without_the_package_is_refused_before_training(monkeypatch
     import importlib.util
 
     import pytest
-
     from conftest import compose_cfg
+
     from sparse_exp.config import preflight
     from sparse_exp.config.errors import ConfigError
 

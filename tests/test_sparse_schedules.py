@@ -11,11 +11,18 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from sparse_exp.engine.context import RunState
+from sparse_exp.sparse.density_schedules import (
+    ConstantDensity,
+    ConstantFraction,
+    CosineDecay,
+    CubicDensity,
+    FlopSchedule,
+    UpdateInterval,
+    drop_fraction_schedule,
+)
 from sparse_exp.sparse.flop_counts import expected_training_ratio, inference_flops
 from sparse_exp.sparse.masking import Masking
-from sparse_exp.sparse.density_schedules import (ConstantDensity, ConstantFraction, CosineDecay, CubicDensity, FlopSchedule,
-                                         UpdateInterval, drop_fraction_schedule)
-from sparse_exp.engine.context import RunState
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS, build_sparsifier
 from sparse_exp.sparse.topology import cosine_fraction
 

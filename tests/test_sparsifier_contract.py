@@ -5,8 +5,8 @@ ends at the target sparsity."""
 import math
 
 import pytest
-
 from conftest import compose_cfg, needs_data
+
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS
 from sparse_exp.train import run
 

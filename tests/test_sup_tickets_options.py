@@ -3,8 +3,8 @@ tables is a config value and does what it says."""
 
 import pytest
 import torch
-
 from conftest import compose_cfg, needs_data
+
 from sparse_exp.engine.loop import Trainer
 from sparse_exp.run.run_dir import RunDir
 

@@ -16,13 +16,13 @@ import sys
 from collections import defaultdict
 
 import pytest
+from conftest import CONF, ROOT, needs_data
 from omegaconf import OmegaConf, open_dict
 
-from conftest import CONF, ROOT, needs_data
 from sparse_exp.config.compose import compose
+from sparse_exp.config.validate import validate
 from sparse_exp.run.grid_status import collect, expand_sweep, sweep_names
 from sparse_exp.superposers.cyclic_lr import make_budget
-from sparse_exp.config.validate import validate
 
 #: runs per grid, as in the paper (methods x sparsities x data sets x models x seeds)
 EXPECTED_JOBS = {

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT, compose_cfg, needs_data
 
 if str(ROOT) not in sys.path:  # `analysis` lives at the repository root (plain `pytest` runs too)
@@ -365,7 +364,7 @@ def test_sweeps_fill_their_tables():
                "tickets/mean/test/acc": 49.0}
     records = []
     for n, plan in plans.items():
-        for i, job in enumerate(plan.jobs):
+        for job in plan.jobs:
             cfg = OmegaConf.to_container(compose(job.overrides), resolve=True)
             records.append(make_record(cfg, metrics, source="local", path=f"{n}/{job.subdir}", name=job.subdir,
                                        time=float(len(records))))

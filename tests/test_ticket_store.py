@@ -10,14 +10,13 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, compose_cfg, needs_data
+
 from sparse_exp.config.errors import UserError
 from sparse_exp.run.run_dir import RunDir
 from sparse_exp.superpose import main as superpose_main
-from sparse_exp.superposers.tickets import run_offline
 from sparse_exp.superposers.averaging import TicketAverager
-from sparse_exp.superposers.tickets import load_tickets, superposed_state
+from sparse_exp.superposers.tickets import load_tickets, run_offline, superposed_state
 from sparse_exp.train import run
 
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`

@@ -7,17 +7,22 @@ import math
 
 import pytest
 import torch
+from conftest import compose_cfg
 from torch import nn
 
-from conftest import compose_cfg
 from sparse_exp.config.errors import ConfigError, UserError
-from sparse_exp.models import build_model
 from sparse_exp.config.preflight import preflight
+from sparse_exp.models import build_model
 from sparse_exp.sparse.masking import prunable_parameters
 from sparse_exp.tweaks.ghost_skip import GhostPath, ghost_units, insert_ghosts, remove_ghosts
 from sparse_exp.tweaks.label_smoothing import smoothed_cross_entropy
-from sparse_exp.tweaks.soft_neurons import (SoftNeuron, count_activation_calls, functional_relu_calls, restore_relus,
-                                            swap_relus)
+from sparse_exp.tweaks.soft_neurons import (
+    SoftNeuron,
+    count_activation_calls,
+    functional_relu_calls,
+    restore_relus,
+    swap_relus,
+)
 
 
 # ---------------------------------------------------------------- hand-computable values (the note)

@@ -4,15 +4,15 @@ bitwise resume in the middle of every schedule."""
 
 import pytest
 import torch
-
 from conftest import compose_cfg, needs_data
+from test_resume import assert_same_run
+
 from sparse_exp.engine.loop import Trainer
 from sparse_exp.models import build_model
 from sparse_exp.run.run_dir import RunDir
 from sparse_exp.sparse.sparsifiers import SPARSIFIERS
 from sparse_exp.train import run
 from sparse_exp.tweaks.ghost_skip import GhostPath
-from test_resume import assert_same_run
 
 pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make test`
 

@@ -3,6 +3,7 @@
 import os
 
 from conftest import compose_cfg, needs_data
+
 from sparse_exp.run.run_dir import RunDir
 from sparse_exp.train import run
 

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_source_tree import bare_interpreter, source_copy
 
 pytestmark = pytest.mark.slow  # about 40 s on 2 CPU cores

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import compose_cfg, needs_data
+
 from sparse_exp.config.errors import ConfigError
 from sparse_exp.config.preflight import preflight
 from sparse_exp.config.validate import validate

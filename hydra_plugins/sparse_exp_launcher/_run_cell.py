@@ -26,7 +26,6 @@ import traceback
 from types import FrameType
 from typing import List, Optional
 
-
 _stopping: List[int] = []
 
 

@@ -62,11 +62,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import OmegaConf
 
 # the module, not its classes: Hydra's scan registers every plugin class found in this module's namespace
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
+from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 

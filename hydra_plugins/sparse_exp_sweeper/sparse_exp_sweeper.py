@@ -39,11 +39,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-
-from sparse_exp.config.hydra_adapter import BasicSweeper  # Hydra private API, wrapped there
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from sparse_exp.config.hydra_adapter import BasicSweeper  # Hydra private API, wrapped there
 
 log = logging.getLogger("sparse_exp")
 
@@ -84,9 +84,9 @@ class SparseExpSweeper(BasicSweeper):
         """
         # imported here, not at the top: Hydra's plugin scan imports this module while sparse_exp itself
         # may still be importing (sparse_exp.config.compose starts Hydra)
-        from sparse_exp.config.refusal import check_overrides, explain, one_line
         from sparse_exp.config.errors import UserError
         from sparse_exp.config.preflight import preflight
+        from sparse_exp.config.refusal import check_overrides, explain, one_line
         from sparse_exp.run.run_dir import RunDir
 
         assert self.hydra_context is not None and self.config is not None

@@ -12,7 +12,7 @@ from typing import Any, List, Sequence
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-__all__ = ["BasicSweeper", "overrides_dirname", "split_sweep", "parse_overrides"]
+__all__ = ["BasicSweeper", "overrides_dirname", "split_sweep", "parse_overrides"]  # noqa: F822 (module __getattr__)
 
 # Invariant: nothing from ``hydra._internal`` is imported when this module is. Hydra's plugin scan re-executes
 # ``hydra._internal.core_plugins``; a ``BasicSweeper`` imported before the scan is a different class from the

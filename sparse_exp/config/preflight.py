@@ -28,13 +28,13 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from sparse_exp.data import check_data_available
 from sparse_exp.config.errors import ConfigError, UserError, require
+from sparse_exp.config.validate import validate
+from sparse_exp.data import check_data_available
 from sparse_exp.engine.context import RunPlan, plan_run
 from sparse_exp.engine.fast_step import preflight_fast
 from sparse_exp.registry import load_components
 from sparse_exp.run.run_dir import check_checkpoint_file, read_summary
-from sparse_exp.config.validate import validate
 
 
 def _probe_writable(path: Path) -> None:

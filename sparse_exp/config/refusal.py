@@ -24,8 +24,8 @@ from omegaconf.errors import OmegaConfBaseException
 from sparse_exp import CONF_DIR
 from sparse_exp.config.compose import compose
 from sparse_exp.config.errors import UserError
-from sparse_exp.config.identity import MOVED_KEYS
 from sparse_exp.config.hydra_adapter import overrides_dirname
+from sparse_exp.config.identity import MOVED_KEYS
 from sparse_exp.config.preflight import preflight
 
 #: flags that make Hydra print something instead of running (left to Hydra)

@@ -24,19 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparse_exp.callbacks.best_val import BestValReport
+from sparse_exp.callbacks.flop_meter import FlopMeter
 from sparse_exp.callbacks.protocol import CallbackList, LRFactor
 from sparse_exp.data import build_data
 from sparse_exp.engine.context import LossFn, RunState, plan_run
 from sparse_exp.engine.distributed import DistEnv, ShardedLoader, init_distributed
-from sparse_exp.callbacks.flop_meter import FlopMeter
-from sparse_exp.models import build_model, reinitialize_
-from sparse_exp.training.optimizers import build_optimizer
-from sparse_exp.registry import SPARSIFIERS, SUPERPOSERS, TWEAKS
-from sparse_exp.callbacks.best_val import BestValReport
-from sparse_exp.training.lr_schedules import lr_factor_fn
 from sparse_exp.engine.seeding import seed_everything
+from sparse_exp.models import build_model, reinitialize_
+from sparse_exp.registry import SPARSIFIERS, SUPERPOSERS, TWEAKS
 from sparse_exp.sparse.flop_counts import layer_forward_flops
 from sparse_exp.sparse.masking import Masking
+from sparse_exp.training.lr_schedules import lr_factor_fn
+from sparse_exp.training.optimizers import build_optimizer
 
 #: epoch id used to draw batches for pruning-at-init scores (never a training epoch)
 INIT_BATCHES_EPOCH = 1_000_000

@@ -21,17 +21,17 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from sparse_exp.config.identity import identity
 from sparse_exp.engine.build import build_run
 from sparse_exp.engine.distributed import any_rank, broadcast_buffers_
 from sparse_exp.engine.fast_step import current_lr, make_train_step, optimizer_state_dict
-from sparse_exp.config.identity import identity
-from sparse_exp.run.loggers import build_logger
-from sparse_exp.training.metrics import evaluate
-from sparse_exp.run.curves import lr_trace, plot_curves
 from sparse_exp.engine.preemption import PreemptionGuard
-from sparse_exp.run.run_dir import RunDir
 from sparse_exp.engine.seeding import rng_state, set_rng_state
 from sparse_exp.engine.summary import final_summary
+from sparse_exp.run.curves import lr_trace, plot_curves
+from sparse_exp.run.loggers import build_logger
+from sparse_exp.run.run_dir import RunDir
+from sparse_exp.training.metrics import evaluate
 
 log = logging.getLogger("sparse_exp")
 

@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from sparse_exp.training.metrics import evaluate
 from sparse_exp.run.run_dir import git_info
+from sparse_exp.training.metrics import evaluate
 
 
 def final_summary(run: Any, ident: Dict[str, Any], run_dir: Path) -> Tuple[Dict[str, Any], str, Dict[str, torch.Tensor]]:

@@ -37,17 +37,18 @@ from typing import Any
 from torch import nn
 
 from sparse_exp.config.errors import one_of
-from sparse_exp.registry import MODELS
-from sparse_exp.models.lenet import lenet5, lenet_300_100
-from sparse_exp.models.vgg import vgg16
-from sparse_exp.models.resnet_cifar import resnet18, resnet32, resnet50
-from sparse_exp.models.wrn import wrn28_10
-from sparse_exp.models.mobilenet_v2 import mobilenet_v2
 from sparse_exp.models.imagenet import resnet50_imagenet
+from sparse_exp.models.lenet import lenet5, lenet_300_100
+from sparse_exp.models.mobilenet_v2 import mobilenet_v2
+from sparse_exp.models.resnet_cifar import resnet18, resnet32, resnet50
+from sparse_exp.models.vgg import vgg16
+from sparse_exp.models.wrn import wrn28_10
+from sparse_exp.registry import MODELS
 
 #: config name -> constructor ``fn(in_channels, num_classes, image_size) -> nn.Module``; each model
 #: module registers its constructors (``@MODELS.register(name)``), imported above in the table's order
-__all__ = ["MODELS", "build_model"] + sorted(MODELS)
+__all__ = ["MODELS", "build_model", "lenet5", "lenet_300_100", "mobilenet_v2", "resnet18", "resnet32", "resnet50",
+           "resnet50_imagenet", "vgg16", "wrn28_10"]
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from sparse_exp.registry import MODELS
-
 from torch import nn
+
+from sparse_exp.registry import MODELS
 
 
 @MODELS.register("resnet50_imagenet")

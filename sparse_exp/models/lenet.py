@@ -7,10 +7,10 @@ They return logits (no ``log_softmax``).
 
 from __future__ import annotations
 
-from sparse_exp.registry import MODELS
-
 import torch
 from torch import nn
+
+from sparse_exp.registry import MODELS
 
 
 def _check_positive(**values: int) -> None:

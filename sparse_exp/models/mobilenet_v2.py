@@ -11,12 +11,12 @@ Depthwise convs are ``nn.Conv2d`` with ``groups = channels`` (weight ``(C, 1, 3,
 
 from __future__ import annotations
 
-from sparse_exp.registry import MODELS
-
 from typing import List, Tuple
 
 import torch
 from torch import nn
+
+from sparse_exp.registry import MODELS
 
 #: (expansion, out_planes, num_blocks, stride) per stage; stage 2 has stride 1 for CIFAR
 CIFAR_CFG: List[Tuple[int, int, int, int]] = [

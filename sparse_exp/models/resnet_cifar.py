@@ -13,12 +13,12 @@ order (a block's shortcut after its main path); ``AdaptiveAvgPool2d(1)`` (the re
 
 from __future__ import annotations
 
-from sparse_exp.registry import MODELS
-
 from typing import List, Sequence, Type, Union
 
 import torch
 from torch import nn
+
+from sparse_exp.registry import MODELS
 
 
 def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:

@@ -12,12 +12,12 @@ left out (28x28 inputs drop the fifth); ``AdaptiveAvgPool2d((1, 1))`` before the
 
 from __future__ import annotations
 
-from sparse_exp.registry import MODELS
-
 from typing import List, Union
 
 import torch
 from torch import nn
+
+from sparse_exp.registry import MODELS
 
 #: VGG-16 ("D") layer plan: numbers are conv3x3 output channels, "M" a 2x2 max-pool
 VGG16_CFG: List[Union[int, str]] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",

@@ -13,12 +13,12 @@ default).
 
 from __future__ import annotations
 
-from sparse_exp.registry import MODELS
-
 from typing import List
 
 import torch
 from torch import nn
+
+from sparse_exp.registry import MODELS
 
 
 class WideBasicBlock(nn.Module):

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from sparse_exp.config.errors import UserError
 from sparse_exp.run.run_dir import RunDir, read_summary
 
 CURVES = "curves.png"

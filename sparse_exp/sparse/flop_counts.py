@@ -21,9 +21,9 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, T
 import torch
 from torch import nn
 
+from sparse_exp.sparse.density_schedules import ConstantDensity, FlopSchedule
 from sparse_exp.sparse.distributions import layer_counts
 from sparse_exp.sparse.masking import prunable_parameters
-from sparse_exp.sparse.density_schedules import ConstantDensity, FlopSchedule
 
 
 # ----------------------------------------------------------------------------------- forward FLOPs

@@ -1,28 +1,12 @@
 """Sup-tickets: create cheap tickets in the last part of training and superpose them.
 
-Source: Yin et al., "Superposing Many Tickets into One: A Performance Booster for Sparse
-Neural Network Training", UAI 2022, Algorithm 1, Sec. 3.2-3.3 and 5; reference repo
-luuyin/Sup-tickets (see ``shared/notes/reference-implementations.md`` for its defects).
-
-Within the base run's step budget, the normal phase (base sparsifier, base LR schedule
-compressed to the normal phase, as the reference's MultiStep at 1/2 and 3/4 of the normal
-epochs) is followed by ``M`` cycles of ``C`` steps. At each cycle start the individual model's
-mask is re-explored once (drop ``explore_fraction`` of each layer's active weights by magnitude,
-regrow as many with the base method's growth criterion); the LR follows the cyclic schedule
-per iteration; at the cycle's lowest LR the model is a cheap ticket and is superposed into the
-running average, which is then re-pruned by magnitude to the target sparsity. Training goes on
-with the individual model; the superposed model after the last ticket is the ultimate ticket,
-the model a run reports (``test/*``), next to the last individual model (``last/test/*``).
-
-It is a :class:`~sparse_exp.callbacks.protocol.Callback`: it replaces the LR schedule of the main phase
-(``lr_schedule``), gates the base sparsifier's updates in the cycles (``allow_mask_update``), collects
-and superposes tickets after steps (``on_step_end``), reports the ultimate ticket (``final_masks``,
-``final_metrics``, ``summary_lines``) and checkpoints its averager.
-
-Exploration growth for methods without a growth criterion of their own (static, SNIP, GraSP,
-SynFlow, random, LTH, mask files, GMP) is ``gradient``: the reference code regrows by gradient
-for every base method, so this is what produced the paper's ERK and SNIP rows. For SET it is
-``random`` (the reference's gradient growth for SET is a known defect).
+Source: Yin et al., "Superposing Many Tickets into One: A Performance Booster for Sparse Neural Network
+Training", UAI 2022, Algorithm 1, Sec. 3.2-3.3 and 5; luuyin/Sup-tickets (defects:
+``shared/notes/reference-implementations.md``). A :class:`~sparse_exp.callbacks.protocol.Callback`: it replaces
+the main phase's LR schedule (``lr_schedule``), gates the base sparsifier in the cycles (``allow_mask_update``),
+re-explores the mask and collects and superposes a cheap ticket per cycle (``on_step_end``), reports the ultimate
+ticket (``final_masks``, ``final_metrics``, ``summary_lines``) and checkpoints its averager. The phases and the
+exploration growth per base method: ``docs/design-notes.md``.
 """
 
 from __future__ import annotations
@@ -37,19 +21,34 @@ import torch
 from omegaconf import MISSING
 
 from sparse_exp.callbacks.protocol import BaseCallback, LRFactor, RunState
+from sparse_exp.config.errors import one_of, require
 from sparse_exp.config.schema import SuperposerConfig
-from sparse_exp.config.errors import ConfigError, one_of, require
-from sparse_exp.training.metrics import metrics_from_logits, predict
 from sparse_exp.registry import SUPERPOSERS
-from sparse_exp.superposers.averaging import AVERAGING, REPRUNE, TicketAverager, reprune
-from sparse_exp.superposers.tickets import (Variant, evaluate_variant, load_tickets, load_ultimate, save_ticket,
-                                          ticket_cost,
-                                          split_metrics, superpose_into, superposed_state, ticket_meta,
-                                          write_superposed)
-from sparse_exp.superposers.cyclic_lr import (LR_SCHEDULES, CyclicBudget, budget_of, collect_fraction,
-                                            sup_tickets_lr_factor, ticket_collection_start)
-from sparse_exp.superposers.diversity import pairwise_diversity
 from sparse_exp.sparse.topology import drop_and_grow
+from sparse_exp.superposers.averaging import AVERAGING, REPRUNE, TicketAverager, reprune
+from sparse_exp.superposers.cyclic_lr import (
+    LR_SCHEDULES,
+    CyclicBudget,
+    budget_of,
+    collect_fraction,
+    sup_tickets_lr_factor,
+    ticket_collection_start,
+)
+from sparse_exp.superposers.diversity import pairwise_diversity
+from sparse_exp.superposers.tickets import (
+    Variant,
+    evaluate_variant,
+    load_tickets,
+    load_ultimate,
+    save_ticket,
+    split_metrics,
+    superpose_into,
+    superposed_state,
+    ticket_cost,
+    ticket_meta,
+    write_superposed,
+)
+from sparse_exp.training.metrics import metrics_from_logits, predict
 
 log = logging.getLogger("sparse_exp")
 

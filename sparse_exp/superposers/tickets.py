@@ -33,8 +33,8 @@ from omegaconf import OmegaConf
 from torch.optim.swa_utils import update_bn
 
 from sparse_exp.config.errors import UserError
-from sparse_exp.training.metrics import metrics_from_logits, predict
 from sparse_exp.superposers.averaging import AVERAGING, REPRUNE, TicketAverager, reprune
+from sparse_exp.training.metrics import metrics_from_logits, predict
 
 TICKET_FORMAT = "sparse_exp.ticket/v1"
 SUPERPOSED_FORMAT = "sparse_exp.superposed/v1"

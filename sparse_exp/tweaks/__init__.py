@@ -27,9 +27,9 @@ from typing import Any
 
 from sparse_exp.registry import TWEAKS
 from sparse_exp.tweaks.ghost_skip import GhostSkip
-from sparse_exp.tweaks.soft_neurons import SoftNeurons
-from sparse_exp.tweaks.lrsi import LRsI
 from sparse_exp.tweaks.label_smoothing import LabelSmoothing
+from sparse_exp.tweaks.lrsi import LRsI
+from sparse_exp.tweaks.soft_neurons import SoftNeurons
 
 __all__ = ["TWEAKS", "GhostSkip", "SoftNeurons", "LRsI", "LabelSmoothing", "build_tweaks"]
 

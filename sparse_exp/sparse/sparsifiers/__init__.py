@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparse_exp.registry import SPARSIFIERS
-from sparse_exp.sparse.sparsifiers import (dst, gradual, grasp, lth, mask_file, random_pruning,  # noqa: F401
-                                           snip, static, synflow)
 from sparse_exp.engine.context import RunState
+from sparse_exp.registry import SPARSIFIERS
+from sparse_exp.sparse.sparsifiers import dst, gradual, grasp, lth, mask_file, random_pruning, snip, static, synflow  # noqa: F401
 from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier
 
 

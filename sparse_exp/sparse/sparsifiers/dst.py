@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.config.errors import one_of, require
+from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.density_schedules import ConstantDensity, FlopSchedule, UpdateInterval, drop_fraction_schedule
 from sparse_exp.sparse.sparsifiers.sparsifier import check_sparse_target

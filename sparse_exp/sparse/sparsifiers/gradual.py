@@ -18,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.config.errors import ConfigError, one_of, require
+from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.registry import SPARSIFIERS
+from sparse_exp.sparse.density_schedules import CubicDensity, FlopSchedule, UpdateInterval, drop_fraction_schedule
 from sparse_exp.sparse.flop_counts import Allocation
 from sparse_exp.sparse.masking import masks_from_counts
-from sparse_exp.sparse.density_schedules import CubicDensity, FlopSchedule, UpdateInterval, drop_fraction_schedule
 from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier, check_sparse_target
 from sparse_exp.sparse.topology import drop_and_grow, global_magnitude_prune
 

@@ -15,8 +15,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.config.errors import require
+from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier, check_sparse_target
 from sparse_exp.sparse.topology import global_magnitude_prune

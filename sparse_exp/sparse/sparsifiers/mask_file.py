@@ -17,8 +17,8 @@ from typing import Any, Dict, Tuple
 import torch
 from omegaconf import MISSING
 
-from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.config.errors import ConfigError
+from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.run.run_dir import MASKS_FORMAT
 from sparse_exp.sparse.flop_counts import Allocation

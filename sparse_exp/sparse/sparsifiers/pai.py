@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparse_exp.sparse.flop_counts import Allocation
-from sparse_exp.sparse.topology import global_topk_masks
 from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier, check_sparse_target
-
+from sparse_exp.sparse.topology import global_topk_masks
 
 # ---------------------------------------------------------------------------------------- helpers
 check_pai_target = check_sparse_target  #: every pruning-at-init method needs a sparse target

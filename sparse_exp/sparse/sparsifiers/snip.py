@@ -11,10 +11,10 @@ from typing import Any, Dict
 
 import torch
 
-from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.config.errors import require
+from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.registry import SPARSIFIERS
-from sparse_exp.sparse.sparsifiers.pai import PruningAtInitSparsifier, check_pai_target, _grads
+from sparse_exp.sparse.sparsifiers.pai import PruningAtInitSparsifier, _grads, check_pai_target
 
 
 @dataclass

@@ -31,18 +31,16 @@ and checks (``@SPARSIFIERS.register(name, schema=..., checks=...)``, :mod:`spars
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 from sparse_exp.config.errors import require
 from sparse_exp.engine.context import RunState
 from sparse_exp.registry import SPARSIFIERS
-from sparse_exp.sparse.flop_counts import Allocation
 from sparse_exp.sparse.density_schedules import ConstantDensity, FlopSchedule
+from sparse_exp.sparse.flop_counts import Allocation
 
 
 @SPARSIFIERS.group_check

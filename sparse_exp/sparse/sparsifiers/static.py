@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.config.errors import require
+from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.registry import SPARSIFIERS
-from sparse_exp.sparse.masking import masks_from_counts
 from sparse_exp.sparse.density_schedules import ConstantDensity, FlopSchedule
+from sparse_exp.sparse.masking import masks_from_counts
 from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier, check_sparse_target
 
 

@@ -12,10 +12,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.config.errors import require
+from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.registry import SPARSIFIERS
-from sparse_exp.sparse.sparsifiers.pai import PruningAtInitSparsifier, _grads, check_pai_target, global_topk_masks, preserved_state
+from sparse_exp.sparse.sparsifiers.pai import (
+    PruningAtInitSparsifier,
+    _grads,
+    check_pai_target,
+    global_topk_masks,
+    preserved_state,
+)
 
 
 @dataclass
