@@ -112,7 +112,8 @@ def test_the_import_order_does_not_matter(monkeypatch):
     built order is still the declared one."""
     from sparse_exp.tweaks import build_tweaks
 
-    backwards = dict(reversed(list(TWEAKS._entries.items())))
+    others = {n: e for n, e in TWEAKS._entries.items() if n not in TWEAK_ORDER}
+    backwards = {**{n: TWEAKS._entries[n] for n in TWEAK_ORDER[::-1]}, **others}
     monkeypatch.setattr(TWEAKS, "_entries", backwards)
     cfg = compose_cfg(["model=resnet32", "tweaks=[lrsi,label_smoothing,ghost_skip,soft_neurons]"])
     assert [n for n in TWEAKS if n in cfg.tweaks] == TWEAK_ORDER[::-1]
