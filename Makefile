@@ -1,5 +1,5 @@
 # make train   -- install (idempotent), then run the default experiment
-# make test    -- install (idempotent), then run the whole test suite
+# make test    -- install (idempotent), then lint (ruff: pyflakes, pycodestyle, import order) and the whole test suite
 # make tables  -- rebuild the paper's tables and figures from logged runs (RUNS=dir)
 # make bench   -- run the benchmarks in benchmarks/ at their default sizes (about 10 min on a 2-core CPU)
 # make bench-quick -- every benchmark path at tiny sizes (about 2-3 min on a 2-core CPU; numbers not to quote)
@@ -45,6 +45,7 @@ train: install
 	$(PY) -m sparse_exp.train $(ARGS)
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
