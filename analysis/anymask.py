@@ -200,7 +200,8 @@ def _dst_variants(method: str, present: Sequence[Tuple[str, str]]) -> List[Tuple
     """(tweaks, sup, label) rows of one method: the four of the layout, then other combinations."""
     short = SHORT[method]
     rows = [("none", False, short), ("none", True, f"{short} + Sup-tickets"),
-            (ALL_FOUR, False, f"{short} + all four tweaks"), (ALL_FOUR, True, f"{short} + Sup-tickets + all four tweaks")]
+            (ALL_FOUR, False, f"{short} + all four tweaks"),
+            (ALL_FOUR, True, f"{short} + Sup-tickets + all four tweaks")]
     for t in _extra_tweaks([t for t, _ in present], ["none", ALL_FOUR]):
         rows += [(t, False, f"{short} + {combo_label(t)}"), (t, True, f"{short} + Sup-tickets + {combo_label(t)}")]
     return rows

@@ -181,9 +181,11 @@ def dedupe(records: pd.DataFrame) -> Collection:
             reasons.append(f"completed, but its {RESULT_KEY} is not a finite number (a diverged run): not counted")
         elif r["status"] == COMPLETED:
             reasons.append("superseded duplicate: same resolved config as a counted run (a requeued copy, or "
-                           f"the same run in another sweep); the latest completed copy is counted: {kept_path[r['run_id']]}")
+                           "the same run in another sweep); the latest completed copy is counted: "
+                           f"{kept_path[r['run_id']]}")
         elif r["run_id"] in kept_path:
-            reasons.append(f"status {r['status']!r} (a completed copy of the same run is counted: {kept_path[r['run_id']]})")
+            reasons.append(f"status {r['status']!r} (a completed copy of the same run is counted: "
+                           f"{kept_path[r['run_id']]})")
         else:
             reasons.append(f"status {r['status']!r}: not completed, not counted")
     excluded.insert(0, "reason", reasons)

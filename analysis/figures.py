@@ -187,7 +187,8 @@ def figure3(runs: pd.DataFrame, out: Path) -> List[Path]:
 
 
 def _offline(df: pd.DataFrame) -> bool:
-    """Whether any run of ``df`` is an offline superposition (``superposed/offline``, :mod:`sparse_exp.analysis.collect`)."""
+    """Whether any run of ``df`` is an offline superposition (``superposed/offline``,
+    :mod:`sparse_exp.analysis.collect`)."""
     return "superposed/offline" in df.columns and bool((numeric(df["superposed/offline"]) == 1).any())
 
 

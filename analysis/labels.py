@@ -38,7 +38,8 @@ def fmt_num(x: float) -> str:
 
 
 def method_label(method: str) -> str:
-    """Row label of a method key (``rigl`` -> ``RigL [Evci et al., 2020]``, ``rigl+sup`` -> ``RigL+Sup-tickets (ours)``)."""
+    """Row label of a method key (``rigl`` -> ``RigL [Evci et al., 2020]``,
+    ``rigl+sup`` -> ``RigL+Sup-tickets (ours)``)."""
     base, _, variant = method.partition("/")
     if base.endswith("+sup"):
         return f"{SHORT[base[:-4]]}+Sup-tickets (ours)"

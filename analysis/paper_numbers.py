@@ -51,9 +51,11 @@ def to_markdown(cmp: pd.DataFrame, only_ours: bool = False) -> str:
              "|:--|:--|:--|--:|--:|--:|--:|"]
     for _, r in rows.iterrows():
         paper = _f(r["mean"]) + ("" if pd.isna(r["std"]) else f" ± {_f(r['std'])}")
-        ours = "–" if r["n"] == 0 else _f(r["ours_mean"]) + ("" if pd.isna(r["ours_std"]) else f" ± {_f(r['ours_std'])}")
+        ours = "–" if r["n"] == 0 else _f(r["ours_mean"]) + (
+            "" if pd.isna(r["ours_std"]) else f" ± {_f(r['ours_std'])}")
         diff = "–" if r["n"] == 0 else f"{r['diff']:+.2f}"
-        lines.append(f"| {r['table']} | {r['paper_row']} | {r['paper_column']} | {paper} | {ours} | {diff} | {r['n']} |")
+        lines.append(f"| {r['table']} | {r['paper_row']} | {r['paper_column']} | {paper} | {ours} | {diff} | "
+                     f"{r['n']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -194,7 +194,8 @@ def describe_filters(filters: Optional[Dict[str, Any]]) -> str:
         if isinstance(v, Pred):
             parts.append(v.name)
         else:
-            parts.append(f"{k.removeprefix('cfg.')}={'null' if v is None else fmt_num(v) if isinstance(v, float) else v}")
+            parts.append(f"{k.removeprefix('cfg.')}="
+                         f"{'null' if v is None else fmt_num(v) if isinstance(v, float) else v}")
     return " ".join(parts)
 
 

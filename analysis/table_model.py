@@ -182,14 +182,16 @@ def evaluate_cell(runs: pd.DataFrame, spec: CellSpec) -> CellValue:
         return cell
     vals, ok = finite_values(sub, spec.metric)
     if not ok.all():
-        cell.note = (cell.note + "; " if cell.note else "") + f"{int((~ok).sum())} run(s) with a non-finite {spec.metric}"
+        cell.note = ((cell.note + "; " if cell.note else "")
+                     + f"{int((~ok).sum())} run(s) with a non-finite {spec.metric}")
     cell.values = [float(v) for v in vals[ok]]
     cell.paths = [str(p) for p in sub["path"][ok]]
     return cell
 
 
 def evaluate_table(spec: TableSpec, runs: pd.DataFrame) -> TableResult:
-    """Every cell of ``spec`` filled from ``runs`` (not yet marked bold: :func:`sparse_exp.analysis.render.mark_bold`)."""
+    """Every cell of ``spec`` filled from ``runs`` (not yet marked bold:
+    :func:`sparse_exp.analysis.render.mark_bold`)."""
     cells = [[[evaluate_cell(runs, c) if isinstance(c, CellSpec) else c for c in row.cells] for row in b.rows]
              for b in spec.blocks]
     return TableResult(spec, cells)

@@ -64,7 +64,8 @@ SIZES = {
         "repeats": 2, "quick": False,
         "default_overrides": [], "fast": ["fast.cuda_graphs=true"],
         "packed": [1, 2, 4, 8], "packed_overrides": ["epochs=3", "superposer=none"], "packed_threads": 2,
-        "sup": {"model": "vgg16", "delta_t": 20, "per_batch": 2048, "n_test": 2048, "val": 1024, "batch": 128, "epochs": 6,
+        "sup": {"model": "vgg16", "delta_t": 20, "per_batch": 2048, "n_test": 2048, "val": 1024, "batch": 128,
+                "epochs": 6,
                 "fast": ["fast.cuda_graphs=true", "fast.dtype=bf16"]},
     },
     "dry": {
@@ -75,8 +76,9 @@ SIZES = {
                               "sparsifier.delta_t=4",
                               "dataset.subset_train=1024", "dataset.val_size=256", "dataset.subset_test=512"],
         "fast": ["fast.dtype=bf16"],
-        "packed": [1, 2, 4], "packed_overrides": ["epochs=1", "superposer=none", "sparsifier=static", "dataset.subset_train=768",
-                                                     "dataset.val_size=256", "dataset.subset_test=256"],
+        "packed": [1, 2, 4], "packed_overrides": ["epochs=1", "superposer=none", "sparsifier=static",
+                                                     "dataset.subset_train=768", "dataset.val_size=256",
+                                                     "dataset.subset_test=256"],
         "packed_threads": 1,
         # LeNet-5 on the same synthetic CIFAR-shaped files: VGG-16 takes minutes on 2 CPU cores
         "sup": {"model": "lenet5", "delta_t": 4, "per_batch": 64, "n_test": 64, "val": 32, "batch": 32, "epochs": 4,
@@ -242,7 +244,8 @@ def step_epoch_time(ctx: Ctx) -> Result:
         key = model + ("_compile" if compile_ else "")
         out = ctx.work / f"c_{key}.json"
         cmd = [sys.executable, "benchmarks/epoch_time.py", "--device", size["device"], "--models", model,
-               "--part", "training", "--cifar-images", str(images), "--repeats", str(1 if compile_ else size["repeats"]),
+               "--part", "training", "--cifar-images", str(images),
+               "--repeats", str(1 if compile_ else size["repeats"]),
                "--compile", model if compile_ else "none", "--json", out, "--tmp", ctx.work / "epoch_time"]
         if size["quick"]:
             cmd.append("--quick")
@@ -387,7 +390,8 @@ def step_kill_resume(ctx: Ctx) -> Result:
     write_synthetic_cifar10(root, sup["per_batch"], sup["n_test"])
     over = ["dataset=cifar10", f"dataset.root={root}", f"dataset.val_size={sup['val']}", f"model={sup['model']}",
             "logger=none", "progress=false", f"device={ctx.size['device']}", f"batch_size={sup['batch']}",
-            f"epochs={sup['epochs']}", "sparsifier=rigl", f"sparsifier.delta_t={sup['delta_t']}", "superposer=sup_tickets",
+            f"epochs={sup['epochs']}", "sparsifier=rigl", f"sparsifier.delta_t={sup['delta_t']}",
+            "superposer=sup_tickets",
             "superposer.phase_fraction=0.5", "superposer.cycle_epochs=1", *sup["fast"]]
     cmd = [sys.executable, "-c", SYNTHETIC_TRAIN, *over]
     envs = {k: dict(ctx.env, SPARSE_EXP_RUNS=str(ctx.work / f"f_{k}")) for k in ("full", "part")}
@@ -492,7 +496,8 @@ def markdown(report: Dict[str, Any]) -> str:
     meta, steps = report["meta"], report["steps"]
     env = steps.get("a", {}).get("figures", {})
     out = [f"# GPU check {meta['date']}: {meta['gpu']}", "",
-           f"`{meta['command']}` ({'dry run on CPU: tiny sizes, numbers not to quote' if meta['dry_run'] else 'GPU sizes'}); "
+           f"`{meta['command']}` "
+           f"({'dry run on CPU: tiny sizes, numbers not to quote' if meta['dry_run'] else 'GPU sizes'}); "
            f"commit `{meta['commit']}`; total {meta['seconds']:.0f} s of a {meta['budget_s']} s budget. "
            f"JSON with every figure: `{meta['json_name']}`.", "",
            "| step | status | s | cap s | |", "|---|---|---|---|---|"]
@@ -503,8 +508,10 @@ def markdown(report: Dict[str, Any]) -> str:
     out.append("")
     if env:
         out += ["## a. Environment", "",
-                f"Python {env.get('python')}, torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}, "
-                f"GPU {env.get('gpu', 'none')} (capability {env.get('capability', '-')}, {env.get('memory_gib', '-')} GiB, "
+                f"Python {env.get('python')}, torch {env.get('torch')}, CUDA {env.get('cuda')}, "
+                f"cuDNN {env.get('cudnn')}, "
+                f"GPU {env.get('gpu', 'none')} (capability {env.get('capability', '-')}, "
+                f"{env.get('memory_gib', '-')} GiB, "
                 f"driver {env.get('driver', '-')}), {env.get('cpus')} CPUs.", "",
                 "| module | version | from |", "|---|---|---|"]
         for m, v in env.get("modules", {}).items():
@@ -524,18 +531,21 @@ def markdown(report: Dict[str, Any]) -> str:
                 out.append(f"| {model} | {m['error']} |" + " |" * 15)
                 continue
             if m.get("timed_compile"):
-                out.append(f"| {m.get('model', model)} (compile run) | {m['images_per_epoch']} | {fmt(m['ips'], '.0f')} | "
+                out.append(f"| {m.get('model', model)} (compile run) | {m['images_per_epoch']} | "
+                           f"{fmt(m['ips'], '.0f')} | "
                            f"{fmt(m['ours/ref'])} | **{fmt(m['compile'])}** | {fmt(m['graphs'])} | {fmt(m['bf16'])} | "
                            f"{fmt(m['graphs_bf16'])} | {m['best_mode']} | {fmt(m['best/ref'])} |" + " |" * 7)
                 continue
             sup = m.get("superpose") or (None, None)
             out.append(f"| {model} | {m['images_per_epoch']} | {fmt(m['ips'], '.0f')} | {fmt(m['ours/ref'])} | "
                        f"{fmt(m['compile'])} | {fmt(m['graphs'])} | {fmt(m['bf16'])} | {fmt(m['graphs_bf16'])} | "
-                       f"{m['best_mode']} | {fmt(m['best/ref'])} | {fmt(m['static'], '.3f')} | {fmt(m['set'], '.3f')} | "
+                       f"{m['best_mode']} | {fmt(m['best/ref'])} | {fmt(m['static'], '.3f')} | "
+                       f"{fmt(m['set'], '.3f')} | "
                        f"{fmt(m['rigl'], '.3f')} | {fmt(m['cyclic'], '.3f')} | {fmt(m['update'], '.3f')} | "
                        f"{fmt(sup[0], '.3f')} / {fmt(sup[1])} | {fmt(m['peak_mem_gib'])} |")
         out += ["", "The compile run is a second process timing every mode again with fast.compile added (its warm-up, "
-                "the compilation, is in its full table). Ratios of images/s: compile / graphs / bf16 against our eager fp32 loop; static ... cyclic against "
+                "the compilation, is in its full table). Ratios of images/s: compile / graphs / bf16 against "
+                "our eager fp32 loop; static ... cyclic against "
                 "dense; update: one RigL drop-and-grow amortised over ΔT = 100 as % of training time; superposition: "
                 "one event as % of a full-size 45k-image epoch. Each model's full table:", ""]
         for model, m in c.items():
@@ -548,7 +558,8 @@ def markdown(report: Dict[str, Any]) -> str:
                         "```", "", "</details>", ""]
     d = steps.get("d", {}).get("figures", {})
     if d:
-        out += ["## d. The default experiment", "", "| run | overrides | wall s | training s | test acc % | last model % |",
+        out += ["## d. The default experiment", "",
+                "| run | overrides | wall s | training s | test acc % | last model % |",
                 "|---|---|---|---|---|---|"]
         for name in ("eager", "fast"):
             x = d.get(name)
@@ -558,7 +569,8 @@ def markdown(report: Dict[str, Any]) -> str:
             elif x:
                 out.append(f"| {name} | `{' '.join(x['overrides'])}` | {x['error']} | | | |")
         cpu = d["cpu_readme"]
-        out += [f"| README, CPU (2 cores) | - | {cpu['wall_s']:.0f} | {cpu['time/train_s']:.1f} | {cpu['test/acc']:.2f} | |",
+        out += [f"| README, CPU (2 cores) | - | {cpu['wall_s']:.0f} | {cpu['time/train_s']:.1f} | "
+                f"{cpu['test/acc']:.2f} | |",
                 ""]
     e = steps.get("e", {}).get("figures", {})
     if e.get("runs"):
@@ -573,8 +585,9 @@ def markdown(report: Dict[str, Any]) -> str:
     f = steps.get("f", {}).get("figures", {})
     if f.get("checks"):
         out += ["## f. Sup-tickets run killed and resumed", "",
-                f"`{' '.join(f['overrides'])}`; SIGTERM as epoch {f['killed_in_epoch']} (the cyclic phase) began: exit code "
-                f"{f['interrupted']['exit_code']}, status `{f['interrupted']['status']}` at step {f['stopped_at_step']}; relaunched with the same "
+                f"`{' '.join(f['overrides'])}`; SIGTERM as epoch {f['killed_in_epoch']} (the cyclic phase) began: "
+                f"exit code {f['interrupted']['exit_code']}, status `{f['interrupted']['status']}` "
+                f"at step {f['stopped_at_step']}; relaunched with the same "
                 "command; the same run uninterrupted beside it. Data: each class a random template plus noise "
                 "(learnable), 5 training files of `per_batch` images.", "",
                 "| | uninterrupted | killed + resumed |", "|---|---|---|"]
@@ -683,7 +696,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     date = dt.date.today().isoformat()
     name = f"{date}-{slug(gpu)}" + ("-dry-run" if args.dry_run and "dry" not in slug(gpu) else "")
     report["meta"] = {"date": date, "gpu": gpu, "dry_run": args.dry_run, "commit": git_commit(),
-                      "command": "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                      "command": "python benchmarks/gpu_check.py "
+                                 + " ".join(argv if argv is not None else sys.argv[1:]),
                       "budget_s": args.budget, "seconds": time.monotonic() - t_start, "json_name": name + ".json",
                       "sizes": size, "tolerance": TOLERANCE}
     md = markdown(report)

@@ -151,9 +151,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         f = tab_dir / f"{name}.md"
         tables[name] = f.read_text() if f.exists() else None
     report = {"meta": {"date": dt.date.today().isoformat(), "dry_run": args.dry_run, "commit": git_commit(),
-                       "command": "python benchmarks/gpu_science.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                       "command": "python benchmarks/gpu_science.py "
+                                  + " ".join(argv if argv is not None else sys.argv[1:]),
                        "budget_s": args.budget, "stopped_at_s": stopped_at, "seconds": time.monotonic() - t0,
-                       "seeds_a": args.seeds_a, "seeds_b": args.seeds_b, "epochs_b": args.epochs_b or (2 if args.dry_run else 30),
+                       "seeds_a": args.seeds_a, "seeds_b": args.seeds_b,
+                       "epochs_b": args.epochs_b or (2 if args.dry_run else 30),
                        "tables_exit_code": res.returncode},
               "runs": [{k: v for k, v in r.items() if k not in ("started",)} for r in plan], "tables": tables}
     if res.returncode:
@@ -204,7 +206,8 @@ def markdown(report: Dict[str, Any]) -> str:
         ts = f"{r['train_s']:.0f}" if isinstance(r.get("train_s"), (int, float)) else "-"
         out.append(f"| {r['grid']} | {r['cell']} | {r['seed']} | {r['status']} | {r['seconds']:.0f} | {ts} | {acc} |")
     out.append("")
-    for name, title in (("st_regime", "Grid A: `make tables` st_regime.md"), ("anymask", "Grid B: `make tables` anymask.md")):
+    for name, title in (("st_regime", "Grid A: `make tables` st_regime.md"),
+                        ("anymask", "Grid B: `make tables` anymask.md")):
         out += [f"## {title}", "", report["tables"].get(name) or "(no table: no completed run of this grid)", ""]
     fails = [r for r in report["runs"] if r.get("log_tail")]
     if fails or report.get("tables_log"):

@@ -235,9 +235,10 @@ TWEAKS = Registry("tweaks", key=lambda cfg: list(cfg.tweaks or {}),  # cls(node)
                   queries={"step_varies": lambda node: None})
 
 #: the packages whose import registers the built-in options
-COMPONENT_PACKAGES = ("sparse_exp.data", "sparse_exp.run.loggers", "sparse_exp.models", "sparse_exp.training.optimizers",
-                      "sparse_exp.training.lr_schedules", "sparse_exp.sparse.distributions",
-                      "sparse_exp.sparse.sparsifiers", "sparse_exp.superposers", "sparse_exp.tweaks")
+COMPONENT_PACKAGES = ("sparse_exp.data", "sparse_exp.run.loggers", "sparse_exp.models",
+                      "sparse_exp.training.optimizers", "sparse_exp.training.lr_schedules",
+                      "sparse_exp.sparse.distributions", "sparse_exp.sparse.sparsifiers", "sparse_exp.superposers",
+                      "sparse_exp.tweaks")
 
 
 def load_components() -> Dict[str, "Registry"]:

@@ -3,7 +3,8 @@
 ``tweaks=[logit_temperature]``: train on ``cross_entropy(logits / t, y)`` for the first ``epochs`` epochs of the
 run's own training, then on the plain loss (evaluation always uses the plain logits).
 
-    python -m sparse_exp.train "tweaks=[logit_temperature]" tweaks.logit_temperature.t=2 tweaks.logit_temperature.epochs=1
+    python -m sparse_exp.train "tweaks=[logit_temperature]" tweaks.logit_temperature.t=2 \\
+        tweaks.logit_temperature.epochs=1
 
 Its three parts: a schema, a check, and a callback registered with both in ``TWEAKS``. In the project its YAML
 is ``conf/tweaks/logit_temperature.yaml`` (``# @package tweaks.logit_temperature``); here

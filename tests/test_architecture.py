@@ -55,7 +55,8 @@ def test_the_module_list_covers_the_package():
     assert len(MODULES) >= 40
 
 
-@pytest.mark.parametrize("module,pattern", [(m, METHOD_NAMES) for m in GENERIC] + [(m, SUPERPOSER_NAMES) for m in PLUMBING])
+@pytest.mark.parametrize("module,pattern",
+                         [(m, METHOD_NAMES) for m in GENERIC] + [(m, SUPERPOSER_NAMES) for m in PLUMBING])
 def test_the_loop_names_no_method(module, pattern):
     text = (ROOT / "sparse_exp" / module).read_text()
     assert not pattern.findall(text), f"{module} names a method: {sorted(set(pattern.findall(text)))}"

@@ -55,7 +55,8 @@ def documented_hooks(path):
     if path.endswith(".md"):
         start = lines.index(next(line for line in lines if line.startswith("| hook")))
         rows = lines[start + 2:]
-        cells = [line.split("|")[1] for line in rows[:next(i for i, line in enumerate(rows) if not line.startswith("|"))]]
+        cells = [line.split("|")[1]
+                 for line in rows[:next(i for i, line in enumerate(rows) if not line.startswith("|"))]]
     else:
         rules = [i for i, line in enumerate(lines) if line.startswith("=====")]
         width = len(lines[rules[0]].split()[0])  # the first column's rule

@@ -1,4 +1,5 @@
-"""``checkpoint.pt`` format: written with ``format``, older formats migrated (:func:`migrate_checkpoint`), unknown refused.
+"""``checkpoint.pt`` format: written with ``format``, older formats migrated (:func:`migrate_checkpoint`), unknown
+refused.
 
 The fixture ``fixtures/checkpoint_v1_sup_tickets/`` is a run directory written by the code before the format key
 (commit c69b6a9, see its ``git.json``): ``FIXTURE_OVERRIDES`` on the tiny data of ``conftest.TINY``, stopped

@@ -82,7 +82,8 @@ def test_cifar_uses_the_device_loader_and_torchvision_stays_available(fake_cifar
         b = [b for b in getattr(slow, split).iterate(0)]
         assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b)) and len(a) == len(b)
     assert torch.equal(fast.train.epoch_indices(4), slow.train.epoch_indices(4)), "the same epoch order"
-    assert torch.equal(torch.cat([y for _, y in fast.train.iterate(4)]), torch.cat([y for _, y in slow.train.iterate(4)]))
+    assert torch.equal(torch.cat([y for _, y in fast.train.iterate(4)]),
+                       torch.cat([y for _, y in slow.train.iterate(4)]))
 
 
 @pytest.mark.slow

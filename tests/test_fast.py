@@ -82,7 +82,8 @@ def test_channels_last_matches_eager(tmp_path):
 @needs_data
 @pytest.mark.parametrize("options", [
     SMALL + ["sparsifier=rigl", "sparsifier.delta_t=5", "fast.compile=true"],
-    ["model=lenet5", "sparsifier=rigl", "sparsifier.delta_t=5", "epochs=2", "fast.dtype=bf16", "fast.channels_last=true"],
+    ["model=lenet5", "sparsifier=rigl", "sparsifier.delta_t=5", "epochs=2", "fast.dtype=bf16",
+     "fast.channels_last=true"],
 ], ids=["compile", "bf16-channels_last"])
 def test_fast_options_resume_bitwise(tmp_path, options):
     full, part = RunDir(tmp_path / "full"), RunDir(tmp_path / "part")

@@ -52,7 +52,8 @@ def files_of(package: str):
 
 def test_the_parser_sees_imports_inside_functions(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("import os\ndef g():\n    from sparse_exp.tweaks import build_tweaks\n    from ..superposers import x\n")
+    f.write_text("import os\ndef g():\n    from sparse_exp.tweaks import build_tweaks\n"
+                 "    from ..superposers import x\n")
     found = {m for _, m in imported(f, "sparse_exp.engine.m")}
     assert {"os", "sparse_exp.tweaks.build_tweaks", "sparse_exp.superposers.x"} <= found
 

@@ -19,7 +19,8 @@ def setup(rewind_epoch=0, rounds=3, round_epochs=2, sparsity=0.9):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     ctx = RunState.for_model(model, masking, opt, sparsity=sparsity, distribution=DIST,
                         total_steps=100, steps_per_epoch=5, seed=0, device=torch.device("cpu"))
-    cfg = OmegaConf.create({"name": "lth", "rounds": rounds, "round_epochs": round_epochs, "rewind_epoch": rewind_epoch})
+    cfg = OmegaConf.create({"name": "lth", "rounds": rounds, "round_epochs": round_epochs,
+                            "rewind_epoch": rewind_epoch})
     sp = build_sparsifier(cfg, ctx)
     sp.init_masks()
     return model, masking, opt, sp

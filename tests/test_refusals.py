@@ -165,7 +165,8 @@ CASES = {
     "checkpoint-empty": (RUN, "checkpoint.pt", {}, _run_dir_with({"checkpoint.pt": b""}, with_base(RUN))),
     "checkpoint-random-bytes": (RUN, "checkpoint.pt", {},
                                 _run_dir_with({"checkpoint.pt": bytes(range(256)) * 16}, with_base(RUN))),
-    "summary-truncated": (RUN, "summary.json", {}, _run_dir_with({"summary.json": b'{"status": "compl'}, with_base(RUN))),
+    "summary-truncated": (RUN, "summary.json", {},
+                          _run_dir_with({"summary.json": b'{"status": "compl'}, with_base(RUN))),
     "summary-not-an-object": (RUN, "summary.json", {}, _run_dir_with({"summary.json": b"[1, 2]"}, with_base(RUN))),
 }
 
@@ -185,7 +186,8 @@ def snapshot(root: Path) -> dict:
     """Every path below ``root``: directories as "dir", files as their size and content hash."""
     out = {}
     for p in sorted(root.rglob("*")):
-        out[str(p.relative_to(root))] = "dir" if p.is_dir() else (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+        out[str(p.relative_to(root))] = "dir" if p.is_dir() else (p.stat().st_size,
+                                                                  hashlib.sha256(p.read_bytes()).hexdigest())
     return out
 
 

@@ -516,7 +516,8 @@ def _launch_slurm(overrides, runs, slurm_env, name, timeout):
     except subprocess.TimeoutExpired as exc:
         subprocess.run(["scancel", "--name", name], env=env)
         sweep = Path(runs) / overrides[0].split("=", 1)[1]
-        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s\n{exc.stdout!s:.3000}\n{_submitit_logs(sweep)[-6000:]}")
+        pytest.fail(f"{' '.join(cmd)} did not finish in {timeout} s\n{exc.stdout!s:.3000}\n"
+                    f"{_submitit_logs(sweep)[-6000:]}")
 
 
 @pytest.fixture(scope="module")

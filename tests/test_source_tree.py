@@ -52,7 +52,8 @@ def test_a_source_tree_runs_without_installing(tmp_path):
     py = bare_interpreter(tmp_path / "venv")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(PYTHONNOUSERSITE="1", SPARSE_EXP_RUNS=str(tmp_path / "runs"), OMP_NUM_THREADS="2")
-    probe = "import importlib.util as u; print(u.find_spec('sparse_exp'), u.find_spec('hydra_plugins.sparse_exp_sweeper'))"
+    probe = ("import importlib.util as u; "
+             "print(u.find_spec('sparse_exp'), u.find_spec('hydra_plugins.sparse_exp_sweeper'))")
     out = subprocess.run([py, "-c", "import torch, hydra; " + probe], cwd=tmp_path, env=env, capture_output=True,
                          text=True, check=True).stdout
     assert out.split() == ["None", "None"], f"the package is importable without PYTHONPATH: {out}"

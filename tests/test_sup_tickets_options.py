@@ -80,7 +80,8 @@ def test_exploration_follows_the_base_growth(tmp_path):
     assert rigl.callback("sup_tickets").growth == "gradient"
     cfg = compose_cfg([o.replace("rigl", "set") for o in BASE])
     trainer = Trainer(cfg, RunDir(tmp_path / "set"))
-    assert trainer.callback("sup_tickets").growth == "random", "SET explores with random growth (the reference's SET did not)"
+    assert trainer.callback("sup_tickets").growth == "random", \
+        "SET explores with random growth (the reference's SET did not)"
     cfg = compose_cfg(BASE[2:] + ["sparsifier=static"])
     assert Trainer(cfg, RunDir(tmp_path / "static")).callback("sup_tickets").growth == "gradient"
 

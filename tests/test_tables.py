@@ -25,7 +25,8 @@ if str(ROOT) not in sys.path:  # `analysis` lives at the repository root (plain 
 
 COMMON = ["epochs=2", "optimizer=adam", "optimizer.lr=0.003", "sparsifier=rigl", "sparsifier.delta_t=4"]
 #: two methods (rows of Table 1); seeds 0 and 1 each
-GRID = {"rigl": [], "rigl_sup": ["superposer=sup_tickets", "superposer.phase_fraction=0.5", "superposer.cycle_epochs=1"]}
+GRID = {"rigl": [],
+        "rigl_sup": ["superposer=sup_tickets", "superposer.phase_fraction=0.5", "superposer.cycle_epochs=1"]}
 SEEDS = (0, 1)
 #: which of our summaries feed which table cells (method keys of analysis.selection.method_filters)
 METHOD_RUNS = {"rigl": "rigl", "rigl+sup": "rigl_sup", "rigl+sup/C=1": "rigl_sup", "rigl+sup/lr=triangle": "rigl_sup"}
@@ -339,7 +340,8 @@ def test_paper_numbers_transcription_and_keys():
     hit = (fake["table"] == 1) & (fake["method"] == "rigl") & (fake["dataset"] == "cifar10") & (fake["sparsity"] == 0.9)
     fake.loc[hit, ["n", "mean", "std"]] = [3, 93.0, 0.1]
     cmp = compare(fake)
-    row = cmp[(cmp["table"] == 1) & (cmp["method"] == "rigl") & (cmp["dataset"] == "cifar10") & (cmp["sparsity"] == 0.9)]
+    row = cmp[(cmp["table"] == 1) & (cmp["method"] == "rigl") & (cmp["dataset"] == "cifar10")
+              & (cmp["sparsity"] == 0.9)]
     assert row["n"].item() == 3 and row["diff"].item() == pytest.approx(93.0 - 93.48)
     assert (cmp["n"] > 0).sum() == 1
 
@@ -375,7 +377,8 @@ def test_sweeps_fill_their_tables():
     placed_ids = {}
     for n, res in results.items():
         assert res.complete, (n, [c.spec.where + " " + c.spec.method for c in res.required(True) if not c.values])
-        assert all(not c.note for c in res.values()), [(c.spec.method, c.spec.where, c.note) for c in res.values() if c.note]
+        assert all(not c.note for c in res.values()), [(c.spec.method, c.spec.where, c.note)
+                                                       for c in res.values() if c.note]
         paths = {p for c in res.required(True) for p in c.paths}
         placed_ids[n] = set(coll.runs.loc[coll.runs["path"].isin(paths), "run_id"])
     for name, n in tables.items():

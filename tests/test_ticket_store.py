@@ -99,7 +99,8 @@ def test_offline_superposition_reproduces_the_runs_ultimate_ticket(runs, which):
 @needs_data
 def test_end_of_run_variants_equal_the_offline_command(runs):
     a, b = runs
-    assert sorted(a.end_of_run) == ["caa_global_bn-average.json", "cima_b0.5_layerwise_bn-recompute_t0_prune-running.json"]
+    assert sorted(a.end_of_run) == ["caa_global_bn-average.json",
+                                    "cima_b0.5_layerwise_bn-recompute_t0_prune-running.json"]
     doc = a.end_of_run["cima_b0.5_layerwise_bn-recompute_t0_prune-running.json"]
     assert doc["source"] == "offline (end of run)"
     for key in RESULT_KEYS:

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow  # end-to-end training runs; still part of `make t
 SMALL = ["model=resnet32", "dataset.subset_train=64", "batch_size=32", "dataset.val_size=64",
          "dataset.subset_test=64", "tweaks=tost", "tweaks.lrsi.iterations=1", "check_invariants=true"]
 FAST = {"set": ["sparsifier.delta_t=1"], "rigl": ["sparsifier.delta_t=1"], "granet": ["sparsifier.delta_t=1"],
-        "gmp": ["sparsifier.delta_t=1"], "lth": ["sparsifier.rounds=2", "sparsifier.round_epochs=1"], "synflow": ["sparsifier.iterations=10"]}
+        "gmp": ["sparsifier.delta_t=1"], "lth": ["sparsifier.rounds=2", "sparsifier.round_epochs=1"],
+        "synflow": ["sparsifier.iterations=10"]}
 METHODS = sorted(n for n in SPARSIFIERS if n != "mask_file")  # mask_file: test_mask_file_with_every_tweak
 
 

@@ -26,9 +26,9 @@ IDENTITY_DEFAULTS: Dict[str, Any] = {"report": "last", "tweaks": "none"}
 #: every identity key, in the order of ``summary.json``
 IDENTITY: Tuple[str, ...] = IDENTITY_GROUPS + IDENTITY_VALUES + IDENTITY_CHOICES
 
-#: config keys that moved, old path -> new path: configs written before name the old one (:mod:`sparse_exp.analysis.collect`
-#: reads it as the new one, so old and new runs of a cell are one cell); typed on the command line, the old one is
-#: refused with its new name (:mod:`sparse_exp.config.refusal`)
+#: config keys that moved, old path -> new path: configs written before name the old one
+#: (:mod:`sparse_exp.analysis.collect` reads it as the new one, so old and new runs of a cell are one cell); typed on
+#: the command line, the old one is refused with its new name (:mod:`sparse_exp.config.refusal`)
 MOVED_KEYS: Dict[str, str] = {f"dataset.sup_{k}": f"superposer.dataset_defaults.{k}"
                               for k in ("cycle_epochs", "lr_low", "lr_high")}
 

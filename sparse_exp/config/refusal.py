@@ -128,12 +128,14 @@ def explain(exc: BaseException, overrides: Sequence[str]) -> str:
     if m:
         group, _, option = m.group(1).rpartition("/")
         options = _option_list(text)
-        return f"{group}={option} is not allowed: no such option" + (f"; allowed: {', '.join(options)}" if options else "")
+        return f"{group}={option} is not allowed: no such option" + (
+            f"; allowed: {', '.join(options)}" if options else "")
     m = re.search(r"Could not load '([^']+)'", text)  # an unknown option of a list-valued group (tweaks=[x])
     if m:
         group, _, option = m.group(1).rpartition("/")
         options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if group else []
-        return f"{group}={option} is not allowed: no such option" + (f"; allowed: {', '.join(options)}" if options else "")
+        return f"{group}={option} is not allowed: no such option" + (
+            f"; allowed: {', '.join(options)}" if options else "")
     m = re.match(r"Ambiguous value for argument '([^']+)'", text)
     if m:
         return (f"{m.group(1)} is not allowed without -m: a comma-separated value is a sweep; allowed: add -m to run "

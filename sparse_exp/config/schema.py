@@ -134,7 +134,8 @@ class SuperposerConfig:
 
 @dataclass
 class FastConfig:
-    """``fast`` block: how the train step runs (:mod:`sparse_exp.engine.fast_step`); every option off is the eager fp32 step.
+    """``fast`` block: how the train step runs (:mod:`sparse_exp.engine.fast_step`); every option off is the eager
+    fp32 step.
 
     ``compile``: ``torch.compile`` the step; ``cuda_graphs``: capture it as one CUDA graph (CUDA only) after
     ``graph_warmup_steps`` eager steps; ``dtype``: ``fp32`` | ``bf16`` (autocast, fp32 master weights and masks);
@@ -154,7 +155,8 @@ class Config:
 
     ``sparsity`` is the target fraction of zeros among the prunable weights (conv and linear
     weights), in [0, 1). ``epochs`` counts passes over the training split. ``report``: ``last`` (the
-    final model's test metrics) | ``best_val`` (those of the best-validation epoch, :mod:`sparse_exp.callbacks.best_val`).
+    final model's test metrics) | ``best_val`` (those of the best-validation epoch,
+    :mod:`sparse_exp.callbacks.best_val`).
     """
 
     model: ModelConfig = MISSING

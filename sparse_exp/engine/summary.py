@@ -19,7 +19,8 @@ from sparse_exp.run.run_dir import git_info
 from sparse_exp.training.metrics import evaluate
 
 
-def final_summary(run: Any, ident: Dict[str, Any], run_dir: Path) -> Tuple[Dict[str, Any], str, Dict[str, torch.Tensor]]:
+def final_summary(run: Any, ident: Dict[str, Any],
+                  run_dir: Path) -> Tuple[Dict[str, Any], str, Dict[str, torch.Tensor]]:
     """Evaluate the final model(s) of a trained :class:`~sparse_exp.engine.build.Run`.
 
     Args:

@@ -204,7 +204,8 @@ def format_report(res: Dict[str, Any], show_all: bool = False) -> str:
         for r in listed:
             info = []
             if r.epoch is not None or r.epochs is not None:
-                info.append(f"epoch {r.epoch if r.epoch is not None else 0}/{r.epochs if r.epochs is not None else '?'}")
+                info.append(f"epoch {r.epoch if r.epoch is not None else 0}/"
+                            f"{r.epochs if r.epochs is not None else '?'}")
             if r.status != "not started" and r.checkpoint:
                 info.append("checkpoint")
             if r.status == "not started":

@@ -114,11 +114,13 @@ class Masking:
         """Copy new masks in place (bool or 0/1 tensors of the right shape); the caller then runs :meth:`apply_`."""
         for name, new in new_masks.items():
             if new.shape != self.masks[name].shape:
-                raise ValueError(f"mask for {name} has shape {tuple(new.shape)}, expected {tuple(self.masks[name].shape)}")
+                raise ValueError(f"mask for {name} has shape {tuple(new.shape)}, "
+                                 f"expected {tuple(self.masks[name].shape)}")
             self.masks[name].copy_(new)
             self.ever_active[name] |= self.masks[name].bool()
 
-    def _optimizer_buffers(self, optimizer: Optional[torch.optim.Optimizer]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    def _optimizer_buffers(self, optimizer: Optional[torch.optim.Optimizer]
+                           ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """Per-parameter optimizer state tensors with the weight's shape, paired with masks.
 
         Cached once every prunable weight has its state (the buffers are created lazily by the

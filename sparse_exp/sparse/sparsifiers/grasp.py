@@ -33,8 +33,10 @@ class GraspConfig(SparsifierConfig):
 def check_grasp(cfg: Any) -> None:
     """``num_batches`` >= 1 and ``temperature`` > 0."""
     sp = cfg.sparsifier if "sparsifier" in cfg else cfg
-    require(int(sp.num_batches) >= 1, "sparsifier.num_batches", sp.num_batches, "must be an integer >= 1 (training batches)")
-    require(float(sp.temperature) > 0, "sparsifier.temperature", sp.temperature, "must be > 0 (logits are divided by it)")
+    require(int(sp.num_batches) >= 1, "sparsifier.num_batches", sp.num_batches,
+            "must be an integer >= 1 (training batches)")
+    require(float(sp.temperature) > 0, "sparsifier.temperature", sp.temperature,
+            "must be > 0 (logits are divided by it)")
 
 
 @SPARSIFIERS.register("grasp", schema=GraspConfig, checks=(check_pai_target, check_grasp))

@@ -31,7 +31,8 @@ class SnipConfig(SparsifierConfig):
 def check_snip(cfg: Any) -> None:
     """``num_batches`` >= 1."""
     sp = cfg.sparsifier if "sparsifier" in cfg else cfg
-    require(int(sp.num_batches) >= 1, "sparsifier.num_batches", sp.num_batches, "must be an integer >= 1 (training batches)")
+    require(int(sp.num_batches) >= 1, "sparsifier.num_batches", sp.num_batches,
+            "must be an integer >= 1 (training batches)")
 
 
 @SPARSIFIERS.register("snip", schema=SnipConfig, checks=(check_pai_target, check_snip))
