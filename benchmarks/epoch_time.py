@@ -22,15 +22,15 @@ end).
 2. **Training**, per model (``--models``): LeNet-5 on the real Fashion-MNIST (the default experiment: RigL at 90 %
    with ERK, SGD, batch 128), ResNet-18, VGG-16 and ResNet-50 on CIFAR-10-shaped synthetic uint8 images held in a
    ``DeviceImageLoader`` with the standard crop (pad 4) + flip. Each row is a run built by the project's own
-   :func:`sparse_exp.engine.build.build_run` (inside :class:`sparse_exp.engine.loop.Trainer`; for the CIFAR shapes the data
-   bundle that ``build_data`` would build from CIFAR files is built from the synthetic images instead, nothing
+   :func:`sparse_exp.engine.build.build_run` (inside :class:`sparse_exp.engine.loop.Trainer`; for the CIFAR shapes
+   the data bundle that ``build_data`` would build from CIFAR files is built from the synthetic images instead, nothing
    else changes) and timed over whole epochs of :meth:`~sparse_exp.engine.loop.Trainer.train_epoch`:
 
    * **our loop in each mode** of :func:`sparse_exp.engine.fast_step.make_train_step`: eager fp32, ``fast.compile``,
      ``fast.cuda_graphs`` (CUDA only), ``fast.dtype=bf16`` (with ``fast.channels_last`` on CUDA), and on CUDA
      all of graphs + bf16 + channels_last; modes a device cannot run are skipped with the project's own reason
-     (:func:`sparse_exp.engine.fast_step.check_fast`). Warm-up steps (compilation, graph capture) run before the timed epochs
-     and are reported apart; inductor's compile workers are shut down after the compile row's warm-up;
+     (:func:`sparse_exp.engine.fast_step.check_fast`). Warm-up steps (compilation, graph capture) run before the
+     timed epochs and are reported apart; inductor's compile workers are shut down after the compile row's warm-up;
    * **a reference-style loop** written after luuyin/Sup-tickets ``CIFAR/main_suptickets.py`` ``train()`` +
      ``sparselearning/core.py`` ``Masking.step()``: a torchvision ``DataLoader`` with per-image PIL transforms
      (CIFAR: ``RandomCrop(32, padding=4)``, flip, ``ToTensor``, ``Normalize``; Fashion-MNIST: ``ToTensor``,
