@@ -1,4 +1,5 @@
-"""``python -m sparse_exp.analysis``: collect runs, write Tables 1-7, the any-mask tables, Figures 2-5 and the status report.
+"""``python -m sparse_exp.analysis``: collect runs, write Tables 1-7, the any-mask tables, Figures 2-5 and the status
+report.
 
     python -m sparse_exp.analysis --runs runs [more_runs ...] --out results [--compare-paper]
     python -m sparse_exp.analysis --source wandb --project ENTITY/PROJECT --out results \\

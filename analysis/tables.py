@@ -1,24 +1,14 @@
 """Tables 1-7 of the Sup-tickets paper (Yin et al., UAI 2022), laid out as in the paper; :func:`write_tables`.
 
-How runs map to cells (a cell: method, dataset, model, sparsity, metric; value: mean ± sample std, ddof=1,
-over the seeds of the counted runs that match, :mod:`sparse_exp.analysis.selection`):
-
-* Methods (rows): ``dense`` = ``sparsifier=dense``; ``erk`` = ``sparsifier=static distribution=erk``;
-  ``set`` / ``rigl`` / ``granet`` = that sparsifier with ``distribution=erk``; ``snip`` = ``sparsifier=snip``;
-  all with ``superposer=none``. ``<method>+sup``: the same with ``superposer=sup_tickets`` at the paper's
-  default (CIA, triangle LR, ``num_tickets`` unset, the data set's cycle length: ``superposer.cycle_epochs ==
-  superposer.dataset_defaults.cycle_epochs``, ``dataset.sup_cycle_epochs`` in older runs);
-  Table 5 varies the cycle length (``rigl+sup/C=<epochs>``), Table 7 the LR (``rigl+sup/lr=<fge|swa|triangle>``).
-  Rows of methods not implemented here (Small-Dense, DSR, SNFS, TreeNet, BatchEnsemble, the dense ensemble)
-  are shown marked † and never counted as missing.
-* Columns: the paper's data sets, models and sparsities (95/90/80 %; 80/90 % on ImageNet; 90 % in Table 6).
-  Other data sets add column groups (Tables 1, 2) or row blocks (Tables 3-7), reported apart.
-* Runs of one cell that differ in more than the seed: the variant with the most seeds (then the latest) is
-  used and the cell is reported as ambiguous, naming the keys that differ.
-* Bold: the best printed mean of each pair X / X + Sup-tickets in a column, or of a block (Tables 5-7);
-  Table 4 bolds GraNet + Sup-tickets cells above dense. "(n=k)": fewer than 3 seeds; "–": missing.
-* Runs outside the paper's protocol (a tweak, ``report=best_val``) never count here; they go to the
-  any-mask tables (:mod:`sparse_exp.analysis.anymask`), written only when such runs exist.
+A cell (method, dataset, model, sparsity, metric) is mean ± sample std (ddof=1) over the seeds of the counted runs
+that match (:mod:`sparse_exp.analysis.selection`). Rows: ``dense``, ``erk`` (static ERK), ``set`` / ``rigl`` /
+``granet`` (ERK), ``snip``, all ``superposer=none``; ``<method>+sup`` adds ``superposer=sup_tickets`` at the paper's
+default (CIA, triangle LR, ``num_tickets`` unset, the data set's cycle length); Table 5 varies the cycle length
+(``rigl+sup/C=<epochs>``), Table 7 the LR (``rigl+sup/lr=<fge|swa|triangle>``); rows not implemented here are marked
+† and never missing. Columns: the paper's data sets, models and sparsities; other data sets are reported apart. Runs
+of a cell differing in more than the seed: the variant with the most seeds (then the latest), flagged ambiguous.
+Bold: the best printed mean of X / X + Sup-tickets (Tables 5-7: of a block; Table 4: GraNet + Sup-tickets above
+dense); "(n=k)": fewer than 3 seeds; "–": missing. Runs outside the protocol: :mod:`sparse_exp.analysis.anymask`.
 """
 
 from __future__ import annotations

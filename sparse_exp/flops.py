@@ -1,20 +1,14 @@
 """FLOPs of a configured experiment, without training: ``python -m sparse_exp.flops <overrides>``.
 
-    python -m sparse_exp.flops model=resnet50_imagenet dataset=imagenet distribution=erk sparsity=0.9 sparsifier=static
     python -m sparse_exp.flops model=resnet50_imagenet dataset=imagenet sparsifier=rigl sparsity=0.8
 
-Takes the overrides and validation of ``python -m sparse_exp.train``, allocates the layer densities as the
-sparsifier will, and prints one JSON object:
-
-    {"flops/test": inference FLOPs / dense, "flops/train": training FLOPs / dense training,
-     "flops/dense_forward": f_D (FLOPs per sample, multiply + add = 2),
-     "density": global density, "layers": {layer: density}, "sparsifier": name, "note": ...}
-
-``flops/train`` is :func:`sparse_exp.sparse.flop_counts.expected_training_ratio` (RigL, Evci et al. 2020,
-App. H) of what the sparsifier declares (``flop_schedule``, ``flop_allocation``). Where the densities are an
-outcome of training or scoring (gradual pruning, SNIP / GraSP / SynFlow, global random) the configured
-distribution stands in and ``note`` says so; ``mask_file`` reads the file; a sparsifier without a training-FLOP
-model gets ``flops/train: null``. A bad key or value: one line ``error: ...`` on stderr, exit code 2.
+Takes the overrides and validation of ``python -m sparse_exp.train``, allocates the layer densities as the sparsifier
+will and prints one JSON object: ``flops/test`` (inference FLOPs / dense), ``flops/train`` (training FLOPs / dense
+training: :func:`sparse_exp.sparse.flop_counts.expected_training_ratio`, RigL, Evci et al. 2020, App. H, of the
+sparsifier's ``flop_schedule`` / ``flop_allocation``; ``null`` without them), ``flops/dense_forward`` (f_D per sample,
+multiply + add = 2), ``density``, ``layers`` ({layer: density}), ``sparsifier``, ``note``. Densities that training or
+scoring decides (gradual pruning, SNIP / GraSP / SynFlow, global random) are the configured distribution's (``note``
+says so); ``mask_file`` reads the file. A bad key or value: one line ``error: ...`` on stderr, exit code 2.
 """
 
 from __future__ import annotations

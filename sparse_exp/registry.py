@@ -1,19 +1,13 @@
 """The registries: one :class:`Registry` per config group, and :func:`load_components`.
 
-Each option registers its implementation, its structured-config schema and its checks in the file that
-implements it::
-
-    @SPARSIFIERS.register("rigl", schema=DynamicSparsifierConfig, checks=(check_dynamic,))
-    class RigLSparsifier(DynamicSparsifier): ...
-
-A check ``check(cfg)`` sees the composed config and raises :class:`~sparse_exp.config.errors.ConfigError`
-naming key, value and what is allowed; a pre-flight check ``check(plan)`` also sees the
-:class:`~sparse_exp.engine.context.RunPlan`. :func:`sparse_exp.config.compose.setup` stores the schemas in
-Hydra's ConfigStore as ``schema/<group>/<name>``. Pattern: jaxpruner's ``register_algorithm``.
-
-A group may declare **queries**: questions about an option that others ask before anything is built (e.g.
-:data:`SUPERPOSERS`' ``ticket_collection_start``), each with a default answer; an option registers its own
-answer (``queries={name: fn}``) and callers ask :meth:`Registry.query`, never the option by name.
+Each option registers its implementation, its structured-config schema and its checks in the file that implements it
+(jaxpruner's ``register_algorithm`` pattern), e.g. ``@SPARSIFIERS.register("rigl", schema=DynamicSparsifierConfig,
+checks=(check_dynamic,))``. A check ``check(cfg)`` sees the composed config and raises
+:class:`~sparse_exp.config.errors.ConfigError` naming key, value and what is allowed; a pre-flight check ``check(plan)``
+also sees the :class:`~sparse_exp.engine.context.RunPlan`. :func:`sparse_exp.config.compose.setup` stores the schemas
+in Hydra's ConfigStore as ``schema/<group>/<name>``. A group may declare **queries**, questions others ask before
+anything is built (e.g. :data:`SUPERPOSERS`' ``ticket_collection_start``), each with a default answer; an option
+registers its own (``queries={name: fn}``) and callers ask :meth:`Registry.query`, never the option by name.
 """
 
 from __future__ import annotations

@@ -1,18 +1,13 @@
 """Which model a run reports: ``report=last`` (the final model; no callback) or ``report=best_val``.
 
-``report=best_val``: the test metrics of the best-validation epoch, the protocol of VITA-Group/ToST (Jaiswal et
-al., "Training Your Sparse Neural Network Better with Any Mask", ICML 2022). :class:`BestValReport` is built
-last (:func:`sparse_exp.engine.build.build_callbacks`). Contract: the choice reads ``val/acc`` only; an epoch
-must be strictly better than every earlier candidate (ties: the earliest), and test is evaluated only at such
-epochs, never influencing a choice. Candidates: every epoch of the run's own training except those of the
-sparsifier's earlier LR phases (``state.step <= state.pre_steps``, e.g. IMP rounds) and those whose row an
-earlier callback marked ``row["report/eligible"] = False`` (:mod:`sparse_exp.callbacks.protocol`); the final
-reported model (the individual or a booster's) is a candidate too and is replaced only by a strictly better epoch.
-
-Summary keys: ``report/mode``, ``report/source`` (``epoch`` / ``final``), ``report/epoch`` (1-based over the whole
-run; the last epoch for the final model), ``report/phase`` (epochs only), ``report/total_epochs``,
-``report/sparsity`` (the reported epoch's ``sparsity/global``), ``final/test/*`` / ``final/val/*``. ``masks.pt``,
-``sparsity/*``, ``params/*`` and ``flops/test`` stay the final model's. The best-so-far record is checkpointed.
+``report=best_val`` (:class:`BestValReport`, built last): the test metrics of the best-validation epoch, the protocol
+of VITA-Group/ToST (Jaiswal et al., "Training Your Sparse Neural Network Better with Any Mask", ICML 2022). The choice
+reads ``val/acc`` only: an epoch must beat every earlier candidate strictly (ties: the earliest); test is evaluated
+only at such epochs. Candidates: every epoch of the run's own training except the sparsifier's earlier LR phases (IMP
+rounds) and rows marked ``row["report/eligible"] = False``; the final model is a candidate too. Summary keys:
+``report/mode``, ``report/source`` (``epoch`` / ``final``), ``report/epoch`` (1-based over the whole run),
+``report/phase``, ``report/total_epochs``, ``report/sparsity``, ``final/test/*`` / ``final/val/*``; ``masks.pt``,
+``sparsity/*``, ``params/*`` and ``flops/test`` stay the final model's. Details: ``docs/design-notes.md``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The callback protocol: how superposers (Sup-tickets), training tweaks and accounting plug into a run.
 
-The training loop (:mod:`sparse_exp.engine.loop`) names no method. Everything method-specific that is not
-the sparse topology itself (that is the sparsifier's job) is a :class:`Callback`, built by
-:func:`sparse_exp.engine.build.build_run` from the config and called at fixed points:
+Everything method-specific except the sparse topology (the sparsifier's job) is a :class:`Callback`, built by
+:func:`sparse_exp.engine.build.build_run` and called by :mod:`sparse_exp.engine.loop` at fixed points:
 
 =====================  =====================================================================  ==========
 hook                   when / what                                                            returns
@@ -31,16 +30,11 @@ hook                   when / what                                              
 ``load_state_dict``
 =====================  =====================================================================  ==========
 
-Order: :class:`CallbackList` calls each hook on the callbacks in ascending ``priority`` (a class attribute,
-:attr:`BaseCallback.priority`; equal priorities keep the config's order), never in import order; it combines
-``lr_schedule`` and every ``lr_multiplier`` into the main phase's multiplier (its own ``lr_schedule``).
-
-Row key convention: ``on_epoch_end`` sets ``row["report/eligible"] = False`` when the epoch's network is
-not the final architecture; ``report=best_val`` never reports such an epoch (:mod:`sparse_exp.callbacks.best_val`).
-
-Callbacks see the run's :class:`~sparse_exp.engine.context.RunState` (its plan and what changes), never the loop itself.
-Subclass :class:`BaseCallback` (every hook a no-op) and override what you need; see
-``docs/architecture.md`` for a worked example (``tests/test_architecture.py`` runs it).
+:class:`CallbackList` calls each hook in ascending ``priority`` (:attr:`BaseCallback.priority`; ties: the config's
+order) and folds ``lr_schedule`` and every ``lr_multiplier`` into the main phase's multiplier. ``on_epoch_end`` sets
+``row["report/eligible"] = False`` for an epoch whose network is not the final architecture (``report=best_val``
+skips it). Callbacks see the :class:`~sparse_exp.engine.context.RunState`, never the loop. Subclass
+:class:`BaseCallback` (every hook a no-op); worked example: ``docs/architecture.md``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 
 :func:`setup` is idempotent and makes the config tree complete: it imports every registered component
 (:func:`sparse_exp.registry.load_components`), stores the top-level schema and every component's schema in Hydra's
-ConfigStore (``schema/<group>/<name>``) and registers the ``run_name`` resolver of ``conf/config.yaml`` and the ``--help`` page's (:mod:`sparse_exp.config.help`).
+ConfigStore (``schema/<group>/<name>``) and registers the ``run_name`` resolver of ``conf/config.yaml`` and the
+``--help`` page's (:mod:`sparse_exp.config.help`).
 """
 
 from __future__ import annotations

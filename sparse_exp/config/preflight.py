@@ -1,21 +1,14 @@
 """The pre-flight check: everything that can be known about a run without training it, checked before
 Hydra or the project creates any file or directory.
 
-Every entry point runs it (the training CLI before Hydra starts, each cell of a ``-m`` grid in the
-sweeper before anything is launched, ``python -m sparse_exp.flops``). In order:
-
-1. the config: types, unknown keys and options (at composition), then :func:`sparse_exp.config.validate.validate`
-   (top-level ranges, every group's registered checks);
-2. this machine: the device exists, the data is present and readable (file names only, no decoding:
-   :func:`sparse_exp.data.check_data_available`); the split sizes against the data set's official size
-   (:class:`~sparse_exp.engine.context.RunPlan`);
-3. what the run will be, from metadata: steps per epoch and in all, the model's prunable weight shapes
-   (the model is built on PyTorch's ``meta`` device: no memory, no RNG), the layers kept dense; each
-   group's registered pre-flight checks see this :class:`~sparse_exp.engine.context.RunPlan` (budgets in steps: ΔT, pruning
-   windows, Sup-tickets cycles; distribution feasibility; a mask file's format, names, shapes, sparsity);
-4. the run directory (:func:`check_run_dir`): writable, and its ``summary.json`` / ``checkpoint.pt`` readable.
-
-Every failure is a :class:`sparse_exp.config.errors.UserError` with a one-line message; nothing is written.
+Every entry point runs it (the training CLI before Hydra starts, the sweeper for each cell of a ``-m`` grid before
+anything is launched, ``python -m sparse_exp.flops``). In order: (1) the config: types, unknown keys and options (at
+composition), then :func:`sparse_exp.config.validate.validate`; (2) this machine: the device, the data present and
+readable (:func:`sparse_exp.data.check_data_available`, file names only), the split sizes against the official ones;
+(3) the run from metadata (:class:`~sparse_exp.engine.context.RunPlan`: steps, prunable weight shapes of a model built
+on the ``meta`` device, dense layers), seen by each group's registered pre-flight checks (ΔT, pruning windows,
+Sup-tickets cycles, distribution feasibility, mask files); (4) the run directory (:func:`check_run_dir`): writable,
+its ``summary.json`` / ``checkpoint.pt`` readable. A failure is a one-line :class:`sparse_exp.config.errors.UserError`.
 """
 
 from __future__ import annotations
@@ -54,8 +47,8 @@ def check_run_dir(path: Path) -> Optional[Dict[str, Any]]:
     """Refuse a run directory that cannot be written or holds unreadable run files; returns its summary.
 
     Raises:
-        UserError: see :func:`sparse_exp.run.run_dir.read_summary`, :func:`sparse_exp.run.run_dir.check_checkpoint_file`,
-            and unwritable paths.
+        UserError: see :func:`sparse_exp.run.run_dir.read_summary`,
+            :func:`sparse_exp.run.run_dir.check_checkpoint_file`, and unwritable paths.
     """
     path = Path(path)
     _probe_writable(path)

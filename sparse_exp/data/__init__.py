@@ -1,38 +1,14 @@
 """Data layer: locate a data set, split it, and serve deterministic batches.
 
-Data sets (:data:`DATASETS`): ``fashion_mnist``, ``cifar10``, ``cifar100``, ``tiny_imagenet``,
-``imagenet``, each one :class:`~sparse_exp.data.spec.DataSource` registered by the module that reads it
-(:mod:`.fashion_mnist`, :mod:`.vision`), holding its :class:`DatasetSpec` (``DATASETS[name].spec``), where its
-files may be, its missing-data message and its loaders. :func:`build_data` takes the typed ``dataset`` config
-(:class:`~sparse_exp.config.schema.DatasetConfig`) and returns a :class:`DataBundle` of three loaders whose
-``iterate(epoch)`` yields ``(x, y)``: float32 ``(B, C, H, W)`` normalized images and int64 ``(B,)``
-labels, both already on the requested device.
-
-Splits. ``val_size`` images are held out of the official training set for validation, chosen by a
-permutation with the fixed split seed 0 (:data:`~sparse_exp.data.spec.SPLIT_SEED`), so all run seeds
-validate on the same images; see :func:`~sparse_exp.data.spec.split_indices`. ``subset_train`` keeps
-the first N images of the remaining training pool (in that permutation's order), ``subset_test``
-the first N test images (file order); both are for smoke runs (the pre-flight refuses a subset larger than
-the official split, :mod:`sparse_exp.config.preflight`; the loaders clamp to what a smaller copy on disk holds).
-Validation images always get the evaluation transform, never the training augmentation.
-
-Determinism. Epoch ``e`` of the training loader is ordered (and augmented) from a
-``torch.Generator`` seeded with ``seed * 100003 + e`` only, so it never depends on which epochs ran
-before (bitwise resume). Validation and test loaders never shuffle. Iterating never touches the
-global torch RNG.
-
-Where the data is (:func:`resolve_root`), first match wins:
-
-1. ``dataset.root`` if set;
-2. else ``$SPARSE_EXP_DATA``;
-3. else ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``) and then
-   ``./data/fashion_mnist`` for Fashion-MNIST, ``./data/<name>`` for the others.
-
-Within such a directory the data may also sit in a conventional subfolder: ``fashion-mnist/``,
-``fashion_mnist/`` or ``FashionMNIST/raw/`` (where torchvision's downloader puts it) for
-Fashion-MNIST, ``<name>/`` (and ``cifar-10/``, ``cifar-100/``, ``tiny-imagenet-200/``) for the
-others. Nothing is downloaded unless ``dataset.download=true`` (Fashion-MNIST and CIFAR only); a
-download goes into ``dataset.root``, else ``$SPARSE_EXP_DATA``, else ``./data/<name>``.
+Data sets (:data:`DATASETS`: ``fashion_mnist``, ``cifar10``, ``cifar100``, ``tiny_imagenet``, ``imagenet``) are
+:class:`~sparse_exp.data.spec.DataSource` objects registered by :mod:`.fashion_mnist` and :mod:`.vision`.
+:func:`build_data` turns the ``dataset`` config into a :class:`DataBundle` of three loaders whose ``iterate(epoch)``
+yields float32 ``(B, C, H, W)`` normalized images and int64 ``(B,)`` labels, on the device. ``val_size`` training
+images are held out for validation by a permutation with the fixed seed 0 (the same for every run seed) and always
+get the eval transform; ``subset_train`` / ``subset_test`` keep the first N (smoke runs). Training epoch ``e`` depends
+on ``seed * 100003 + e`` only (bitwise resume); the global RNG is never touched. No download without
+``dataset.download=true``. Data root (:func:`resolve_root`): ``dataset.root``, else ``$SPARSE_EXP_DATA``, else
+``./data/<name>`` (Fashion-MNIST: ``/usr/share/datasets/fashion-mnist`` first). More: ``docs/design-notes.md``.
 """
 
 from __future__ import annotations

@@ -1,21 +1,14 @@
 """Device-resident image loader: a whole split as uint8 on the training device, augmented in batches.
 
-:class:`DeviceImageLoader` holds ``(N, C, H, W)`` uint8 images and int64 labels on the device (CIFAR-10's
-50k training images are 150 MiB), and builds each batch with one gather: the random crop with zero padding
-(torchvision's ``RandomCrop(size, padding=pad)``) and the horizontal flip (``RandomHorizontalFlip``) are
-folded into the gather's row / column indices, then ``x / 255`` and ``(x - mean) / std`` (the same
-operations, in the same order, as torchvision's ``ToTensor`` + ``Normalize``, so an un-augmented batch is
-bit-identical to the torchvision path's). No worker processes, no per-sample Python, no host round trip.
-
-Determinism: epoch ``e`` is ordered by ``torch.randperm(n, generator=G)`` with ``G`` seeded by
-``epoch_seed(seed, e)`` -- the same order as :class:`~sparse_exp.data.loaders.TorchLoader` and
-:class:`~sparse_exp.data.loaders.TensorLoader` -- and its crop offsets and flips are drawn once at the epoch's
-start from a second CPU generator seeded from ``(seed, e)``, so an epoch is a function of ``(seed, e)`` on
-every device, resuming in the middle of an epoch replays it exactly, and the global RNG is never touched.
-The augmentation *draws* differ from torchvision's per-sample PIL ones (same distribution, other numbers).
-
-Used for CIFAR-10/100 by default (``dataset.loader=auto``); ``dataset.loader=torchvision`` keeps the
-per-sample PIL pipeline, which ImageFolder data (Tiny-ImageNet, ImageNet) always use.
+:class:`DeviceImageLoader` holds ``(N, C, H, W)`` uint8 images and int64 labels on the device (CIFAR-10's training
+images: 150 MiB) and builds each batch with one gather: ``RandomCrop(size, padding=pad)`` (zero padding) and
+``RandomHorizontalFlip`` are folded into the gather's indices, then ``ToTensor`` + ``Normalize``'s operations in
+their order (an un-augmented batch is bit-identical to the torchvision path's). Epoch ``e`` is ordered by
+``torch.randperm(n, generator=G)``, ``G`` seeded by ``epoch_seed(seed, e)`` (as
+:class:`~sparse_exp.data.loaders.TorchLoader`); its crops and flips are drawn at the epoch's start from a CPU generator
+seeded from ``(seed, e)``: a function of ``(seed, e)`` on every device, resumable mid-epoch, global RNG untouched; the
+draws differ from torchvision's (same distribution). The default for CIFAR (``dataset.loader=auto``);
+``dataset.loader=torchvision`` keeps the per-sample PIL pipeline, which ImageFolder data always use.
 """
 
 from __future__ import annotations

@@ -1,25 +1,13 @@
 """CIFAR-10/100 and ImageFolder data sets (Tiny-ImageNet, ImageNet) through torchvision.
 
-Layouts (``root`` = the resolved data directory):
-
-* ``cifar10``: ``root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``, i.e. the
-  extracted ``cifar-10-python.tar.gz`` (torchvision's ``CIFAR10`` layout; its md5 checks apply).
-* ``cifar100``: ``root/cifar-100-python/{train, test, meta}`` (torchvision's ``CIFAR100``).
-* ``tiny_imagenet`` / ``imagenet``: ``root/train/<class>/...`` and ``root/val/<class>/...``; the
-  official validation images, sorted into class subfolders, are the test set.
-
-Transforms (per-channel ``Normalize`` with the data set's mean / std last):
-
-* CIFAR train (``augment``): ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``; eval: none.
-* Tiny-ImageNet train: ``RandomCrop(64, padding=8)`` + flip; eval: none.
-* ImageNet train: ``RandomResizedCrop(224)`` + flip; eval: ``Resize(256)`` + ``CenterCrop(224)``.
-
-Validation images come from the training files but always get the EVAL transform: they are read
-through a shallow copy of the training data set object whose transform is replaced.
-
-Each data set is one source object in :data:`sparse_exp.registry.DATASETS`: a :class:`CifarSource`
-(served by :class:`~sparse_exp.data.device_loader.DeviceImageLoader` unless ``dataset.loader=torchvision``) or
-an :class:`ImageFolderSource` (always :class:`~sparse_exp.data.loaders.TorchLoader`).
+Layouts under the data root: ``cifar-10-batches-py/`` and ``cifar-100-python/`` (the extracted torchvision archives;
+its md5 checks apply); ``train/<class>/...`` and ``val/<class>/...`` for Tiny-ImageNet / ImageNet (the official
+validation images, in class folders, are the test set). Training transforms, then ``Normalize`` with the data set's
+mean / std: CIFAR ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip``; Tiny-ImageNet ``RandomCrop(64,
+padding=8)`` + flip; ImageNet ``RandomResizedCrop(224)`` + flip. Eval: ImageNet ``Resize(256)`` + ``CenterCrop(224)``,
+the others none; validation images (from the training files) always get it. Sources in
+:data:`sparse_exp.registry.DATASETS`: :class:`CifarSource` (:class:`~sparse_exp.data.device_loader.DeviceImageLoader`
+unless ``dataset.loader=torchvision``), :class:`ImageFolderSource` (:class:`~sparse_exp.data.loaders.TorchLoader`).
 """
 
 from __future__ import annotations

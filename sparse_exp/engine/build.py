@@ -1,17 +1,13 @@
 """Build a run from a validated config: ``build_run(cfg) -> Run``, everything a run is made of.
 
-Data flows one way: config -> :func:`build_run` -> :class:`sparse_exp.engine.loop.Trainer` (the epoch loop)
--> ``summary.json``. Order matters for bitwise reproducibility (the global RNG is seeded first and
-consumed by the model's initialisation only):
-
-1. seed, device, distributed environment, data;
-2. callbacks from the config (the training tweaks, then the superposer group), then the model, which
-   each callback may transform (``transform_model``), then the optimizer with the callbacks'
-   parameter groups, the masks, the FLOP meter (itself a callback);
-3. the run context (:mod:`sparse_exp.engine.context`: the plan from the config and the loaded data's sizes,
-   the state), the sparsifier built on it, the callbacks' ``setup``;
-4. the LR schedule: the phases the sparsifier declares (``lr_phases``), each a full base schedule, then
-   the main phase, whose multiplier a callback may replace (``lr_schedule``) or scale (``lr_multiplier``).
+config -> :func:`build_run` -> :class:`sparse_exp.engine.loop.Trainer` (the epoch loop) -> ``summary.json``. The
+order is fixed for bitwise reproducibility (the global RNG is seeded first and consumed by the model's initialisation
+only): (1) seed, device, distributed environment, data; (2) the callbacks (the training tweaks, then the superposer
+group), the model (each callback may ``transform_model`` it), the optimizer with the callbacks' ``param_groups``, the
+masks, the FLOP meter (a callback); (3) the run context (:mod:`sparse_exp.engine.context`: the plan and the state),
+the sparsifier built on it, the callbacks' ``setup``; (4) the LR schedule: the sparsifier's ``lr_phases``, each a full
+base schedule, then the main phase, whose multiplier a callback may replace (``lr_schedule``) or scale
+(``lr_multiplier``).
 """
 
 from __future__ import annotations

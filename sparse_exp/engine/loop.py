@@ -1,4 +1,5 @@
-"""The training loop: epochs of the train step (:mod:`sparse_exp.engine.fast_step`), callbacks at fixed points, a checkpoint every epoch.
+"""The training loop: epochs of the train step (:mod:`sparse_exp.engine.fast_step`), callbacks at fixed points, a
+checkpoint every epoch.
 
 ``Trainer(cfg, run_dir).fit()`` builds the run (:func:`sparse_exp.engine.build.build_run`), resumes from
 ``checkpoint.pt`` if there is one, trains, and writes ``summary.json`` (:mod:`sparse_exp.engine.summary`).
@@ -178,8 +179,8 @@ class Trainer:
         r, s, cfg = self.run, self.state, self.cfg
         r.train_model.train()
         # DDP: rank 0's BN statistics after every step, so callbacks (tickets), evaluation and checkpoints
-        # see the same model on every rank
-        buffers = [b for b in r.model.buffers() if b.is_floating_point()] if r.dist.enabled else []  # same dtype: one flat tensor
+        # see the same model on every rank (same dtype: one flat tensor)
+        buffers = [b for b in r.model.buffers() if b.is_floating_point()] if r.dist.enabled else []
         start = self.batch_in_epoch
         loss_sum = torch.full((), self._acc[0], device=r.device)
         correct = torch.full((), self._acc[1], device=r.device, dtype=torch.long)

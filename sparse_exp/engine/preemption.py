@@ -1,22 +1,13 @@
 """Checkpoint promptly when SLURM (or anyone) asks the run to stop, then let submitit requeue it.
 
-:class:`PreemptionGuard` catches submitit's requeue signal (``$SUBMITIT_PREEMPT_SIGNAL``, default ``SIGUSR2``:
-the time limit is near, or a preemption) and ``SIGTERM`` (cancel, plain preemption, ``kill``), and only records
-them. The engine polls ``guard.requested`` after every optimizer step (DDP: every ``log_every`` steps, all ranks
-agreeing), writes ``checkpoint.pt`` (mid-epoch too) and calls :meth:`PreemptionGuard.finish`, which hands the
-signal to the handler installed before the guard (submitit's checkpoint-and-requeue) or raises
-``SystemExit(128 + signum)`` where that handler does not end the process (plain runs: exit code 143 on
-``SIGTERM``; re-running resumes). Source: submitit ``submitit/core/job_environment.py``. Engine contract::
-
-    guard = PreemptionGuard()                 # start of fit(), in the main thread
-    try:
-        ... after every optimizer step (and the step's bookkeeping):
-        if guard.requested:
-            rd.save_checkpoint(self.state_dict())          # includes the position in the epoch
-            rd.write_summary({"status": "stopped", ...})
-            guard.finish()                    # requeues + exits; never returns if a signal arrived
-    finally:
-        guard.uninstall()
+:class:`PreemptionGuard` (made at the start of ``fit()`` in the main thread; ``uninstall()`` in a ``finally``) only
+records submitit's requeue signal (``$SUBMITIT_PREEMPT_SIGNAL``, default ``SIGUSR2``: the time limit is near, or a
+preemption) and ``SIGTERM`` (cancel, plain preemption, ``kill``). The engine polls ``guard.requested`` after every
+optimizer step (DDP: every ``log_every`` steps, all ranks agreeing); if set, it writes ``checkpoint.pt`` (mid-epoch
+too) and ``summary.json`` (``"status": "stopped"``) and calls :meth:`PreemptionGuard.finish`, which never returns: it
+hands the signal to the handler installed before the guard (submitit's checkpoint-and-requeue) or raises
+``SystemExit(128 + signum)`` where that does not end the process (plain runs: exit code 143 on ``SIGTERM``; re-running
+resumes). Source: submitit ``submitit/core/job_environment.py``; what it does alone: ``docs/design-notes.md``.
 """
 
 from __future__ import annotations

@@ -1,32 +1,14 @@
 """Model zoo: every architecture the experiments use, by config name (``model.name``).
 
-Every constructor is ``fn(in_channels, num_classes, image_size) -> nn.Module`` (keyword-callable), mapping a
-float batch ``(N, in_channels, image_size, image_size)`` to logits ``(N, num_classes)``. What the sparse core
-(:mod:`sparse_exp.sparse.masking`) and the tweaks rely on: weight layers are only ``nn.Conv2d`` / ``nn.Linear``
-(their ``.weight`` is pruned), normalisation only ``nn.BatchNorm2d`` / ``nn.BatchNorm1d``; modules are
-registered in forward order (first Conv2d/Linear = input layer, last = classifier); every activation is its own
-``nn.ReLU`` module (:mod:`sparse_exp.tweaks.soft_neurons` swaps them); ``ghost_units`` optionally lists the
-``(conv, bn)`` child paths of ``conv -> BN -> activation`` units (:mod:`sparse_exp.tweaks.ghost_skip`).
-
-=====================  =======================================================================
-name                   architecture (source)
-=====================  =======================================================================
-``lenet5``             LeNet-5 (LeCun et al. 1998), :mod:`.lenet`
-``lenet_300_100``      LeNet-300-100 MLP (LeCun et al. 1998; Han et al. 2015), :mod:`.lenet`
-``vgg16``              CIFAR VGG-16 with BN, "VGG-D" (Simonyan & Zisserman 2015;
-                       TimDettmers/sparse_learning), :mod:`.vgg`
-``resnet18``           CIFAR ResNet-18 (He et al. 2016; kuangliu/pytorch-cifar, GraNet),
-                       :mod:`.resnet_cifar`
-``resnet32``           CIFAR ResNet-32 (He et al. 2016 Sec. 4.2; open_lth ``cifar_resnet_32``),
-                       :mod:`.resnet_cifar`
-``resnet50``           CIFAR ResNet-50 (He et al. 2016; kuangliu/pytorch-cifar, GraNet,
-                       Sup-tickets), :mod:`.resnet_cifar`
-``wrn28_10``           WRN-28-10 (Zagoruyko & Komodakis 2016; xternalz/WideResNet-pytorch),
-                       :mod:`.wrn`
-``mobilenet_v2``       CIFAR MobileNetV2 (Sandler et al. 2018; kuangliu/pytorch-cifar),
-                       :mod:`.mobilenet_v2`
-``resnet50_imagenet``  ImageNet ResNet-50 (He et al. 2016; torchvision), :mod:`.imagenet`
-=====================  =======================================================================
+Constructors: ``fn(in_channels, num_classes, image_size) -> nn.Module`` (keyword-callable), float ``(N, in_channels,
+image_size, image_size)`` -> logits ``(N, num_classes)``. For :mod:`sparse_exp.sparse.masking` and the tweaks: weight
+layers only ``nn.Conv2d`` / ``nn.Linear``, normalisation only ``nn.BatchNorm2d`` / ``1d``, modules in forward order
+(first Conv2d/Linear = input layer, last = classifier), each activation its own ``nn.ReLU``, optional ``ghost_units``
+(``(conv, bn)`` child paths). Models (sources: each constructor): ``lenet5``, ``lenet_300_100`` (LeCun et al. 1998;
+Han et al. 2015), ``vgg16`` ("VGG-D" with BN, Simonyan & Zisserman 2015; TimDettmers/sparse_learning), ``resnet18`` /
+``resnet50`` (He et al. 2016; kuangliu/pytorch-cifar, GraNet, Sup-tickets), ``resnet32`` (He et al. 2016 Sec. 4.2;
+open_lth ``cifar_resnet_32``), ``wrn28_10`` (Zagoruyko & Komodakis 2016; xternalz/WideResNet-pytorch),
+``mobilenet_v2`` (Sandler et al. 2018; kuangliu/pytorch-cifar), ``resnet50_imagenet`` (He et al. 2016; torchvision).
 """
 
 from __future__ import annotations
@@ -46,7 +28,7 @@ from sparse_exp.models.wrn import wrn28_10
 from sparse_exp.registry import MODELS
 
 #: config name -> constructor ``fn(in_channels, num_classes, image_size) -> nn.Module``; each model
-#: module registers its constructors (``@MODELS.register(name)``), imported above in the table's order
+#: module registers its constructors (``@MODELS.register(name)``), imported above
 __all__ = ["MODELS", "build_model", "lenet5", "lenet_300_100", "mobilenet_v2", "resnet18", "resnet32", "resnet50",
            "resnet50_imagenet", "vgg16", "wrn28_10"]
 

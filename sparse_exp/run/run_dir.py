@@ -1,19 +1,14 @@
 """The run directory: resolved config, git SHA, metrics, summary and checkpoints.
 
-Layout (one directory per run, named from its overrides, see ``conf/config.yaml``)::
-
-    config.yaml        resolved config (written once the config is valid)
-    git.json           {"sha": ..., "dirty": bool} of the code that ran
-    metrics.jsonl      one JSON object per epoch
-    summary.json       the result; ``status`` is "completed" only when the run finished
-    checkpoint.pt      latest state, written atomically at the end of every epoch (and on preemption):
-                       {"format": "sparse_exp.checkpoint/v2", "model", "optimizer", "scheduler", "masking",
-                       "sparsifier", "callbacks": {name: state}, "rng", "epoch", "step", "elapsed",
-                       "batch_in_epoch", "epoch_accumulators"}; v1 (no "format", a subset of these keys) is
-                       read through :func:`migrate_checkpoint`
-    masks.pt           final masks: {"format": "sparse_exp.masks/v1", "masks": {name: bool tensor}}
-    wandb_id.txt       the W&B run id, reused on resume
-    .lock              held (``flock``) by the process training into the directory; says its pid and host
+One directory per run, named from its overrides (``conf/config.yaml``): ``config.yaml`` (the resolved config, written
+once it is valid), ``git.json`` (``{"sha": ..., "dirty": bool}`` of the code that ran), ``metrics.jsonl`` (one JSON
+object per epoch), ``summary.json`` (the result; ``status`` is "completed" only when the run finished),
+``checkpoint.pt`` (the latest state, written atomically at the end of every epoch and on preemption:
+``{"format": "sparse_exp.checkpoint/v2", "model", "optimizer", "scheduler", "masking", "sparsifier", "callbacks":
+{name: state}, "rng", "epoch", "step", "elapsed", "batch_in_epoch", "epoch_accumulators"}``; v1, without "format", is
+read through :func:`migrate_checkpoint`), ``masks.pt`` (final masks: ``{"format": "sparse_exp.masks/v1", "masks":
+{name: bool tensor}}``), ``wandb_id.txt`` (the W&B run id, reused on resume) and ``.lock`` (held with ``flock`` by the
+process training into the directory; it says its pid and host).
 """
 
 from __future__ import annotations

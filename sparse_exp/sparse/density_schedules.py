@@ -1,13 +1,9 @@
 """The sparsifiers' schedules as plain objects, so that the sparsifiers and the FLOP estimator query the same ones.
 
-Units: ``step`` = optimizer step of the main training phase, from 1 (what ``Sparsifier.after_step`` receives);
-``*_fraction`` = fraction of ``total_steps``; densities = fractions of non-zero prunable weights.
-:class:`UpdateInterval` (every ``delta_t`` steps until a stop step: RigL Alg. 1, GraNet Sec. 3.2);
-:class:`CosineDecay` / :class:`ConstantFraction` (drop fraction per update: RigL Eq. 1, GraNet ``CosineDecay``;
-:func:`drop_fraction_schedule`); :class:`CubicDensity` / :class:`ConstantDensity` (global density: Zhu & Gupta
-2017, Eq. 1); :class:`FlopSchedule` (a sparsifier's training-cost declaration, read by
-:func:`sparse_exp.sparse.flop_counts.expected_training_ratio`). Built with ``total_steps=None``, a schedule
-answers only ``at_fraction`` / ``stop_fraction``; step queries raise ``ValueError``. No model needed::
+``step``: main-phase optimizer step, from 1; ``*_fraction``: of ``total_steps``. :class:`UpdateInterval` (RigL
+Alg. 1, GraNet Sec. 3.2), :class:`CosineDecay` / :class:`ConstantFraction` (drop fraction: RigL Eq. 1, GraNet),
+:class:`CubicDensity` / :class:`ConstantDensity` (Zhu & Gupta 2017, Eq. 1), :class:`FlopSchedule` (read by
+:func:`~sparse_exp.sparse.flop_counts.expected_training_ratio`); with ``total_steps=None`` step queries raise::
 
     >>> CosineDecay(0.3, end_step=750).at(375)
     0.15

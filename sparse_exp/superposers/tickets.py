@@ -3,21 +3,12 @@
     python -m sparse_exp.train superposer.save_tickets=true
     python -m sparse_exp.superpose runs/superposer.save_tickets=true --averaging cima --beta 0.5
 
-In Sup-tickets (Yin et al., UAI 2022, Alg. 1) the superposed model never feeds back into training, so runs that
-differ only in a :class:`Variant` field (``averaging``, ``beta``, ``reprune``, ``count_normal_phase_ticket``,
-``prune_running_average``, ``bn``) have the same tickets (``tests/test_ticket_store.py``, bitwise), and each
-variant is an offline computation on them. Store: ``<run>/tickets/ticket_<index>.pt``, written when the ticket is
-taken (1..M: the cycles; 0: the model at the end of the normal phase, always saved)::
-
-    {"format": "sparse_exp.ticket/v1", "index": int, "step": int (global optimizer step),
-     "state": {key: tensor} (the individual model's state_dict, CPU), "masks": {layer: bool tensor},
-     "target_counts": {layer: int} (weights each layer keeps: the re-pruning budget),
-     "metrics": {"val/acc", "val/nll", "val/ece", "test/acc", "test/nll", "test/ece"},
-     "meta": {"model_class": the model's class name, "num_params": int, "sparsity": target sparsity}}
-
-Result of variant ``v``: ``<run>/superposed/<v.name>.json`` (validation and test metrics,
-:func:`sparse_exp.training.metrics.metrics_from_logits`) and ``<v.name>.pt``
-(``{"format": "sparse_exp.superposed/v1", "state": ..., "masks": ...}``).
+Runs that differ only in a :class:`Variant` field (``averaging``, ``beta``, ``reprune``, ``count_normal_phase_ticket``,
+``prune_running_average``, ``bn``) have the same tickets (Sup-tickets, Yin et al., UAI 2022, Alg. 1), so each variant
+is computed offline from ``<run>/tickets/ticket_<index>.pt`` (1..M: the cycles; 0: the end of the normal phase,
+always saved; format ``sparse_exp.ticket/v1``: ``docs/design-notes.md``). Variant ``v`` writes
+``<run>/superposed/<v.name>.json`` (val / test metrics, :func:`sparse_exp.training.metrics.metrics_from_logits`)
+and ``<v.name>.pt`` (``{"format": "sparse_exp.superposed/v1", "state": ..., "masks": ...}``).
 """
 
 from __future__ import annotations

@@ -1,24 +1,14 @@
 """Any-mask training tweaks (``tweaks=[...]``): Jaiswal et al., "Training Your Sparse Neural Network
 Better with Any Mask", ICML 2022 (reference code VITA-Group/ToST).
 
-Any subset of the four, each a callback registered in :data:`sparse_exp.registry.TWEAKS` with its
-schema and checks beside it, composable with every sparsifier and with ``superposer=sup_tickets``:
-
-=====================  ==================================================  ===============================
-option                 what                                                 module
-=====================  ==================================================  ===============================
-``ghost_skip``         dense 1x1 conv + BN paths beside conv -> BN units    :mod:`.ghost_skip`
-``soft_neurons``       ReLU -> swish / mish / ... (constant or annealed)    :mod:`.soft_neurons`
-``lrsi``               GradInit layer-wise rescaling of the initial weights  :mod:`.lrsi`, :mod:`.gradinit`
-``label_smoothing``    smoothed training labels (alpha 0.1)                 :mod:`.label_smoothing`
-``tost`` (preset)      all four with the released code's settings           ``conf/tweaks/tost.yaml``
-=====================  ==================================================  ===============================
-
-They run in the table's order whatever the command's order (the note's order for "all": insert
-ghosts, swap activations, mask and rescale, train with smoothed labels): each declares its ``priority``
-(10, 20, 30, 40; :attr:`~sparse_exp.callbacks.protocol.BaseCallback.priority`), which
-:class:`~sparse_exp.callbacks.protocol.CallbackList` sorts by, so neither the imports below nor the config's
-list decide it. Schedules count epochs of the run's own training (:mod:`.base`).
+Any subset, composable with every sparsifier and with ``superposer=sup_tickets``; each is a callback registered in
+:data:`sparse_exp.registry.TWEAKS` with its schema and checks: ``ghost_skip`` (dense 1x1 conv + BN paths beside
+conv -> BN units, :mod:`.ghost_skip`), ``soft_neurons`` (ReLU -> swish / mish / ..., :mod:`.soft_neurons`), ``lrsi``
+(GradInit rescaling of the initial weights, :mod:`.lrsi`, :mod:`.gradinit`), ``label_smoothing`` (alpha 0.1,
+:mod:`.label_smoothing`); preset ``tweaks=tost``: all four with the released code's settings. They run in that order
+whatever the config's list order: ``priority`` 10, 20, 30, 40
+(:attr:`~sparse_exp.callbacks.protocol.BaseCallback.priority`), which
+:class:`~sparse_exp.callbacks.protocol.CallbackList` sorts by. Schedules count epochs of the run's own training.
 """
 
 from __future__ import annotations

@@ -1,39 +1,14 @@
 """Ghost skip connections (GSC): extra dense 1x1 conv + BN paths beside every conv -> BN -> activation unit.
 
-    python -m sparse_exp.train model=resnet32 sparsifier=snip sparsity=0.95 tweaks=[ghost_skip]
-    python -m sparse_exp.train model=resnet32 tweaks=[ghost_skip] tweaks.ghost_skip.alpha.end=0 \\
-        tweaks.ghost_skip.alpha.end_epoch=30 tweaks.ghost_skip.remove_at_end=true
-
-Source: Jaiswal et al., ICML 2022 (ghost skip connections "at the early stage of training"); reference code
-VITA-Group/ToST (ResNet BasicBlock only). For a unit ``conv -> BN -> (+ shortcut) -> activation`` the
-ghost path is ``conv1x1(C_in -> C_out, stride of conv) -> BN`` on the conv's *input*, added (times
-``alpha``) to the BN's output. On a BasicBlock this is exactly the code's placement: G1 on the block
-input added to ``bn1``'s output, G2 on the first activation's output added to ``bn2``'s (before the
-shortcut's addition, which commutes). Where a model has these units is declared by the model itself
-(class attribute ``ghost_units``: ``(conv, bn)`` child paths): the ResNet blocks (Basic and Bottleneck;
-like the code, never the stem), every VGG conv, the MobileNetV2 expand and depthwise convs plus its stem
-and last conv, the WRN blocks' ``conv1 -> bn2``. A model without such units (LeNets: no BatchNorm) is
-refused, never a silent no-op (the code is a no-op on Bottleneck). A depthwise conv gets a grouped 1x1
-ghost by default (``depthwise=grouped``; ``dense`` is the costly alternative).
-
-* Init as the code: 1x1 weights filled with ``init`` (1e-4), BN gamma 1 / beta 0. The train-mode BN makes
-  the branch far from zero at init (on input {+1, -1} a 1 -> 1 ghost gives +-1e-4 / sqrt(1e-8 + 1e-5) =
-  +-0.031607); ``zero_init=true`` sets the ghost BN's gamma to 0, an exactly-zero start.
-* ``alpha`` (a :class:`~sparse_exp.tweaks.tweak.RampConfig`): constant 1 is the code; ``alpha.end=0`` with
-  ``alpha.end_epoch`` anneals to 0 (the paper's "early stage" intent; no published length). At alpha 0 the
-  paths are skipped, so outputs equal the plain model's exactly. ``remove_at_end=true`` (needs
-  ``alpha.end=0``) then deletes the ghost modules from the model, the optimizer and the LR scheduler, so
-  the final network, its ``masks.pt`` and its FLOPs are the original architecture's.
-* Pruning-at-init scores (SNIP, GraSP, SynFlow) see the plain network (``scores_network=plain``, the
-  paths skipped while the initial mask is chosen), as the code, which scored separate plain models: a
-  mask is the method's own, whatever is trained on it. ``scores_network=trained`` scores with the paths
-  (then the mask differs: the paths offer a second route, measured: SNIP then prunes ResNet-32's middle
-  layers to 97-99 % instead of 84-95 %).
-* Ghost convs are ``sparse_exempt``: never in the mask, never ranked (LTH / SNIP / GraSP / SynFlow /
-  magnitude), dropped or grown (SET / RigL / GraNet), never counted in the density, the ERK allocation or
-  the sparse FLOPs. ``summary.json`` reports them: ``ghost/params`` (while present), ``ghost/removed``,
-  ``ghost/forward_flops`` (per sample, dense) and ``ghost/flops_train`` (their training FLOPs relative to
-  the dense base model's training FLOPs, the unit of ``flops/train``: add the two for the true cost).
+Source: Jaiswal et al., ICML 2022; reference code VITA-Group/ToST (ResNet BasicBlock only). For a unit's
+``conv -> BN`` the ghost path ``conv1x1(C_in -> C_out, stride of conv) -> BN`` on the conv's input is added, times
+``alpha``, to the BN's output. The model lists its units (``ghost_units``); a model without any (LeNets) is refused.
+Depthwise convs get a grouped ghost (``depthwise=grouped``; ``dense``). Defaults are the code's: 1x1 weights ``init``
+1e-4, ghost BN gamma 1 (``zero_init=true``: 0), ``alpha`` constant 1 (``alpha.end=0`` + ``alpha.end_epoch``: annealed;
+``remove_at_end=true`` then deletes the ghosts), pruning-at-init scores on the plain network (``scores_network=plain``;
+``trained``). Ghost convs are ``sparse_exempt`` (never masked, ranked, grown or counted in densities / sparse FLOPs);
+``summary.json``: ``ghost/params``, ``ghost/removed``, ``ghost/forward_flops``, ``ghost/flops_train`` (relative to
+the dense training FLOPs, like ``flops/train``: add the two). Placement, init and scoring: ``docs/design-notes.md``.
 """
 
 from __future__ import annotations

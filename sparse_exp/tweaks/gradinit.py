@@ -1,19 +1,13 @@
 """GradInit: learn one scale per parameter tensor so that the first optimizer step works well.
 
-Source: Zhu et al., "GradInit: Learning to Initialize Neural Networks for Stable and Efficient
-Training", NeurIPS 2021, Sec. 3 (objective, gradient-norm constraint, scale-only parametrisation);
-reference code github zhuchen03/gradinit, ``gradinit_utils.py`` (``gradinit``, ``take_opt_step``)
-and ``gradinit_optimizers.py`` (``RescaleAdam``). Used as "layer-wise rescaled initialization"
-(LRsI) by Jaiswal et al., ICML 2022 (VITA-Group/ToST, ``LRsI/``, same two files);
-``../shared/notes/any-mask-tweaks.md`` section 4 is the specification.
-
-Each iteration (``gradinit_``): S = two batches concatenated, g = grad of loss(S) w.r.t. theta.
-If ||g|| > gamma, one Adam step on the scales lowers ||g|| (constraint step, through a
-double backward); otherwise theta' = theta - eta * g / ||g|| and one Adam step lowers
-loss(S'; theta') / eta with S' = [first batch of S, a new batch] (objective step). As in the
-reference, the step eta * g / ||g|| is a constant in that backward (``gstep.data`` there): the
-objective's gradient reaches the scales through theta' = a * theta0 - step, not through g
-(``GradInitSettings.second_order=True`` keeps g in the graph instead).
+Source: Zhu et al., "GradInit: Learning to Initialize Neural Networks for Stable and Efficient Training", NeurIPS
+2021, Sec. 3 (objective, gradient-norm constraint, scale-only parametrisation); reference code zhuchen03/gradinit,
+``gradinit_utils.py`` (``gradinit``, ``take_opt_step``) and ``gradinit_optimizers.py`` (``RescaleAdam``); used as LRsI
+by Jaiswal et al., ICML 2022 (VITA-Group/ToST, ``LRsI/``); specification: ``../shared/notes/any-mask-tweaks.md`` Sec. 4.
+Each iteration (``gradinit_``): S = two batches, g = grad of loss(S). If ||g|| > gamma, one Adam step on the scales
+lowers ||g|| (double backward); else, with theta' = theta - eta * g / ||g||, one lowers loss(S'; theta') / eta, S' =
+[first batch of S, a new batch]. As in the reference, the step eta * g / ||g|| is a constant there (``gstep.data``);
+``GradInitSettings.second_order=True`` keeps g in the graph.
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
 """Label smoothing (LS) as a training tweak: the training loss against smoothed labels.
 
     python -m sparse_exp.train sparsifier=snip sparsity=0.95 tweaks=[label_smoothing]
-    python -m sparse_exp.train tweaks=[label_smoothing] tweaks.label_smoothing.convention=pytorch
 
-Source: Jaiswal et al., ICML 2022 (label changes); reference code VITA-Group/ToST: ``alpha = 0.1`` for the
-whole run, the true class gets ``1 - alpha`` and each other class ``alpha / (C - 1)``
-(``convention=code``, the default). ``convention=pytorch`` is ``F.cross_entropy(label_smoothing=alpha)``
-(``alpha / C`` to every class). The code's convention equals PyTorch's with ``alpha * C / (C - 1)``, which
-is how it is computed here. Check (``C = 10``, logits ``[2, 0, ..., 0]``, true class 0, alpha 0.1): code
-0.996614 nats, PyTorch 0.976614.
-
-``start_epoch`` / ``end_epoch`` (main-phase epochs, ``end_epoch: null`` = to the end) optionally limit it
-to a window; outside it the loss is plain cross-entropy. Evaluation (NLL, ECE) always uses the plain
-labels. Pruning-at-init scores (SNIP, GraSP, SynFlow) use plain cross-entropy unless
+Source: Jaiswal et al., ICML 2022; reference code VITA-Group/ToST: ``alpha = 0.1`` for the whole run, the true class
+gets ``1 - alpha`` and each other class ``alpha / (C - 1)`` (``convention=code``, the default); ``convention=pytorch``
+is ``F.cross_entropy(label_smoothing=alpha)`` (``alpha / C`` to every class). ``start_epoch`` / ``end_epoch``
+(main-phase epochs, ``end_epoch: null`` = to the end) optionally limit it to a window, plain cross-entropy outside.
+Evaluation (NLL, ECE) always uses the plain labels; pruning-at-init scores (SNIP, GraSP, SynFlow) too, unless
 ``in_pruning_scores=true``.
 """
 

@@ -1,24 +1,14 @@
 """Layer-wise rescaled initialization (LRsI): GradInit once, before training, on the masked (or dense) network.
 
-    python -m sparse_exp.train model=resnet32 sparsifier=snip sparsity=0.95 tweaks=[lrsi]
-    python -m sparse_exp.train tweaks=[lrsi] tweaks.lrsi.when=before_mask tweaks.lrsi.mask_lookahead=true
-
-Source: Jaiswal et al., ICML 2022 (initialization changes), reference code VITA-Group/ToST, which runs
-GradInit (Zhu et al., NeurIPS 2021; :mod:`sparse_exp.tweaks.gradinit`) with the README's settings (the
-defaults here: 180 iterations, lr 1e-2, eta 0.1, gamma 1, normalised look-ahead, minimum scale 0.01,
-gradient clip 1). One learned scalar per parameter tensor; a scalar rescale keeps masked weights exactly 0.
-
-* ``when=after_mask`` (default; the code's after-mask variant): on the masked network, once, at the start
-  of the run's own training (after the initial mask; with ``sparsifier=lth``, after the last IMP round's
-  rewinding, on the ticket). ``mask_lookahead=false`` is the code: the look-ahead step uses the dense
-  gradient, so pruned positions are temporarily non-zero inside GradInit's objective; ``true`` masks it.
-* ``when=before_mask``: on the dense network before the sparsifier chooses the initial mask (pruning-at-init
-  scores then see the rescaled network).
-
-The main optimizer has no state yet when it runs (``after_mask`` with LTH: the run's optimizer keeps its
-state across rounds; GradInit does not touch it). Batches come from a training-loader epoch that training
-never uses, so the run's data order and RNG are unchanged; it adds ``~3 x iterations`` forward/backward
-passes on two batches each (``summary.json``: ``tweaks/lrsi/seconds``).
+Source: Jaiswal et al., ICML 2022; reference code VITA-Group/ToST runs GradInit (Zhu et al., NeurIPS 2021;
+:mod:`sparse_exp.tweaks.gradinit`) with the README's settings, the defaults here: 180 iterations, lr 1e-2, eta 0.1,
+gamma 1, normalised look-ahead, minimum scale 0.01, gradient clip 1. One learned scalar per parameter tensor (masked
+weights stay exactly 0). ``when=after_mask`` (default, the code's variant): once at the start of the run's own
+training, after the initial mask (``sparsifier=lth``: on the ticket, after the last round's rewinding);
+``mask_lookahead=false`` (the code) takes the look-ahead step with the dense gradient, ``true`` masks it.
+``when=before_mask``: on the dense network, before the initial mask is chosen. The run's data order and RNG are
+unchanged; cost: ``~3 x iterations`` forward/backward passes on two batches each (``tweaks/lrsi/seconds`` in
+``summary.json``). Example: ``tweaks=[lrsi] tweaks.lrsi.when=before_mask``. Details: ``docs/design-notes.md``.
 """
 
 from __future__ import annotations

@@ -1,29 +1,14 @@
 """Ghost soft neurons (GSN): every ReLU becomes a smooth activation, for the whole run or early only.
 
-    python -m sparse_exp.train model=resnet32 sparsifier=snip sparsity=0.95 tweaks=[soft_neurons]
-    python -m sparse_exp.train tweaks=[soft_neurons] tweaks.soft_neurons.schedule=linear_blend \\
-        tweaks.soft_neurons.start_epoch=0 tweaks.soft_neurons.end_epoch=10
-
-Source: Jaiswal et al., ICML 2022 ("ghost" soft neurons at the early stage of training); reference code
-VITA-Group/ToST, where every ``nn.ReLU`` is replaced by Swish (or mish / gelu / elu / pswish / lisht /
-softplus) for all 182 epochs (``schedule=constant``, the default here). The paper's "early stage" has no
-published length, so the other schedules need their end epoch set (``end_epoch`` is required):
-
-* ``constant``: the soft activation for the whole run, training and evaluation (the code);
-* ``step``: soft until main-phase epoch ``end_epoch``, then the original ReLU modules;
-* ``linear_blend``: ``(1 - lambda) * soft(x) + lambda * relu(x)``, ``lambda`` rising linearly 0 -> 1
-  from ``start_epoch`` to ``end_epoch`` (per step), then the original ReLU modules, so the final network
-  is bit-identical to the ReLU network.
-
-``pswish`` is ``x * sigmoid(beta * x)`` (the code fixes ``beta = 2``); sup over x of
-``|x sigmoid(beta x) - relu(x)|`` is ``0.27846 / beta``. The code's in-place Softplus crashes; here
-Softplus is out of place. Pruning-at-init scores (SNIP, GraSP, SynFlow) see the ReLU network by default
-(``scores_network=plain``: the ReLU modules are back while the initial mask is chosen), as the code, which
-scored separate ReLU models (SynFlow's linearisation also assumes ReLU's homogeneity); ``trained`` scores
-the soft network. ``summary.json`` records it (``tweaks/soft_neurons/scores_network``).
-
-A model that applies ReLU functionally (``F.relu`` / ``torch.relu`` / ``Tensor.relu`` in ``forward``)
-cannot be converted by swapping modules: it is refused before the run starts (:func:`functional_relu_calls`).
+Source: Jaiswal et al., ICML 2022; reference code VITA-Group/ToST replaces every ``nn.ReLU`` by Swish (or mish /
+gelu / elu / pswish / lisht / softplus) for the whole run: ``schedule=constant``, the default. ``step``: soft until
+main-phase epoch ``end_epoch``, then the original ReLU modules; ``linear_blend``: ``(1 - lambda) * soft(x) + lambda *
+relu(x)``, ``lambda`` 0 -> 1 per step from ``start_epoch`` to ``end_epoch``, then the ReLU modules (a bit-identical
+final network); both require ``end_epoch``. ``pswish`` is ``x * sigmoid(beta * x)`` (code: ``beta = 2``).
+Pruning-at-init scores see the ReLU network (``scores_network=plain``, as the code; ``trained``: the soft one;
+recorded as ``tweaks/soft_neurons/scores_network``). A model applying ReLU functionally (``F.relu`` in ``forward``) is
+refused before the run (:func:`functional_relu_calls`). Example: ``tweaks=[soft_neurons]
+tweaks.soft_neurons.schedule=linear_blend tweaks.soft_neurons.end_epoch=10``. Rationale: ``docs/design-notes.md``.
 """
 
 from __future__ import annotations

@@ -1,32 +1,14 @@
 """The sparsifier interface: how a sparse topology is chosen and evolved.
 
-Life cycle, driven by :mod:`sparse_exp.engine.build` and :mod:`sparse_exp.engine.loop`:
-
-1. ``sparsifier = build_sparsifier(cfg.sparsifier, ctx)``
-2. ``sparsifier.init_masks()`` once before the first step (pruning-at-init methods may draw
-   batches through ``ctx.batches``); it sets ``masking.target_counts`` and the masks.
-3. every step: ``loss.backward(); optimizer.step(); masking.apply_(optimizer);
-   sparsifier.after_step(step)``. ``after_step`` sees the step's dense gradients in
-   ``p.grad`` (gradients are never masked) and may change masks in place; if it does it must
-   re-apply them (weights and optimizer buffers zeroed off the new mask) and return ``True``.
-4. ``state_dict()`` / ``load_state_dict()`` hold everything needed to resume bitwise.
-
-What a sparsifier declares, so that the loop and the FLOP accounting never ask for it by name:
-
-* ``growth`` -- its regrowth criterion (``"random"`` / ``"gradient"``, or None for methods that never
-  regrow); Sup-tickets' exploration uses it (``explore_growth=auto``).
-* :meth:`Sparsifier.dense_gradient_at` -- whether its mask update at a step reads the dense weight
-  gradient (RigL, GraNet regeneration), which costs ``f_D`` instead of ``f_S`` in training FLOPs.
-* :meth:`Sparsifier.lr_phases` -- epochs it trains before the run's own ``epochs``, each phase
-  restarting the LR schedule (LTH's IMP rounds).
-* :meth:`Sparsifier.flop_schedule` / :meth:`Sparsifier.flop_allocation` -- its training-cost model for the
-  FLOP estimate without training (``python -m sparse_exp.flops``): the global density per step and the
-  dense-gradient steps (a :class:`~sparse_exp.sparse.density_schedules.FlopSchedule`, built from the schedule
-  objects the sparsifier itself runs on), and how its layer densities are estimated.
-
-A new sparsifier is one module that subclasses :class:`Sparsifier` and registers itself with its schema
-and checks (``@SPARSIFIERS.register(name, schema=..., checks=...)``, :mod:`sparse_exp.registry`), plus
-``conf/sparsifier/<name>.yaml``.
+Life cycle (:mod:`sparse_exp.engine.build`, :mod:`sparse_exp.engine.loop`): ``build_sparsifier(cfg.sparsifier, ctx)``;
+``init_masks()`` once (may draw ``ctx.batches``; sets ``masking.target_counts`` and the masks); every step
+``loss.backward(); optimizer.step(); masking.apply_(optimizer); sparsifier.after_step(step)``, where ``after_step``
+sees the dense ``p.grad`` and, if it changes masks, re-applies them and returns ``True``; ``state_dict()`` /
+``load_state_dict()`` resume bitwise. Declared, never asked by name: ``growth`` (``"random"`` / ``"gradient"`` / None;
+Sup-tickets' ``explore_growth=auto``), :meth:`Sparsifier.dense_gradient_at` (steps costing ``f_D``),
+:meth:`Sparsifier.lr_phases` (LTH's IMP rounds), :meth:`Sparsifier.flop_schedule` / :meth:`Sparsifier.flop_allocation`
+(``python -m sparse_exp.flops``). A new sparsifier: a :class:`Sparsifier` subclass registered with its schema and
+checks (``@SPARSIFIERS.register(name, schema=..., checks=...)``, :mod:`sparse_exp.registry`) + ``conf/sparsifier/``.
 """
 
 from __future__ import annotations
