@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import compose_cfg, needs_data
 
-from sparse_exp.config.errors import ConfigError
+from sparse_exp.config.errors import ConfigError, UserError
 from sparse_exp.run.run_dir import MASKS_FORMAT, RunDir
 from sparse_exp.train import run
 
@@ -49,3 +49,31 @@ def test_a_mask_of_another_sparsity_is_refused(tmp_path):
                        "sparsity=0.95", "epochs=1"])
     with pytest.raises(ConfigError, match="sparsity"):
         run(cfg, tmp_path / "run")
+
+
+class _Payload:
+    """Unpickling it would run code: it creates the file named by ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_file_that_would_run_code_is_refused_without_running_it(tmp_path):
+    """Mask files, tickets and checkpoints may come from other people: they load with ``weights_only=True``."""
+    from sparse_exp.sparse.sparsifiers.mask_file import load_mask_file
+
+    marker = tmp_path / "ran"
+    bad = tmp_path / "masks.pt"
+    torch.save({"format": MASKS_FORMAT, "masks": {"fc.weight": torch.ones(2, 2, dtype=torch.bool)},
+                "extra": _Payload(marker)}, bad)
+    with pytest.raises(ConfigError, match="is not a readable torch file"):
+        load_mask_file(bad)
+    run_dir = RunDir(tmp_path / "run")
+    run_dir.path.mkdir()
+    torch.save({"format": "sparse_exp.checkpoint/v2", "extra": _Payload(marker)}, run_dir.checkpoint_path)
+    with pytest.raises(UserError, match="is unreadable"):
+        run_dir.load_checkpoint()
+    assert not marker.exists(), "unpickling ran code from the file"

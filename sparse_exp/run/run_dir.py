@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -109,6 +110,13 @@ def check_checkpoint_file(path: Path) -> None:
     if problem:
         raise UserError(f"{path} is unreadable ({problem}): move it aside (mv {path} {path}.bad) to retrain this "
                         "run from scratch, or restore it; nothing was changed")
+
+
+def _checkpoint_globals() -> list:
+    """What ``checkpoint.pt`` holds beyond tensors and plain containers: NumPy's RNG state (a ``uint32`` array,
+    :mod:`sparse_exp.engine.seeding`), allowed by name for ``torch.load(weights_only=True)``."""
+    reconstruct = np.zeros(1, dtype=np.uint32).__reduce__()[0]  # numpy._core.multiarray._reconstruct (any NumPy)
+    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def migrate_checkpoint(state: Any, path: str | os.PathLike) -> Dict[str, Any]:
@@ -328,7 +336,9 @@ class RunDir:
         """
         check_checkpoint_file(self.checkpoint_path)
         try:
-            state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+            # weights_only with an allow-list: a checkpoint copied from elsewhere cannot run code when resumed
+            with torch.serialization.safe_globals(_checkpoint_globals()):
+                state = torch.load(self.checkpoint_path, map_location=map_location, weights_only=True)
         except Exception as exc:  # unpickling can fail in many ways
             raise UserError(f"{self.checkpoint_path} is unreadable ({type(exc).__name__}: "
                             f"{(str(exc).splitlines() or [''])[0][:160]}): move it aside (mv {self.checkpoint_path} "

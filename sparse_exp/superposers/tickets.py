@@ -206,7 +206,7 @@ def load_tickets(run_dir: Path, model: Optional[torch.nn.Module] = None) -> List
     out = []
     for f in files:
         try:
-            t = torch.load(f, map_location="cpu", weights_only=False)
+            t = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as exc:  # unpickling can fail in many ways
             raise UserError(f"{f} is unreadable ({type(exc).__name__}); retrain the run to write it again") from None
         if not isinstance(t, dict) or t.get("format") != TICKET_FORMAT:

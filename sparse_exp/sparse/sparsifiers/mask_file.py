@@ -49,7 +49,7 @@ def load_mask_file(path: str | Path) -> Dict[str, torch.Tensor]:
     if not p.is_file():
         raise ConfigError("sparsifier.path", str(path), "must be an existing mask file (e.g. runs/<run>/masks.pt)")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=False)
+        obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many kinds (EOFError, UnpicklingError, RuntimeError, ...)
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise ConfigError("sparsifier.path", str(path), f"is not a readable torch file ({type(exc).__name__}: "
