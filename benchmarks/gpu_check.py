@@ -446,12 +446,14 @@ def step_kill_resume(ctx: Ctx) -> Result:
     rows_b = [json.loads(x) for x in (db / "metrics.jsonl").read_text().splitlines() if x.strip()]
     la, lb = np.array([x["train/loss"] for x in rows_a]), np.array([x["train/loss"] for x in rows_b])
     fig["train_loss"] = [la.tolist(), lb.tolist()]
-    ma = torch.load(da / "masks.pt", map_location="cpu")["masks"]
-    mb = torch.load(db / "masks.pt", map_location="cpu")["masks"]
+    from sparse_exp.run.run_dir import RunDir  # the project's loaders: weights_only=True (+ the checkpoint allow-list)
+    from sparse_exp.sparse.sparsifiers.mask_file import load_mask_file
+
+    ma, mb = load_mask_file(da / "masks.pt"), load_mask_file(db / "masks.pt")
     kept = sum(int(v.sum()) for v in ma.values())
     fig["mask_overlap"] = sum(int((ma[k] & mb[k]).sum()) for k in ma) / max(kept, 1)
-    wa = torch.load(da / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
-    wb = torch.load(db / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    wa = RunDir(da, writable=False).load_checkpoint()["model"]
+    wb = RunDir(db, writable=False).load_checkpoint()["model"]
     fig["max_abs_weight_diff"] = max(float((wa[k].float() - wb[k].float()).abs().max()) for k in wa
                                      if wa[k].is_floating_point())
     fig["bitwise_equal"] = all(torch.equal(wa[k], wb[k]) for k in wa) and fig["mask_overlap"] == 1.0

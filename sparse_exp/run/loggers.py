@@ -2,7 +2,9 @@
 
 W&B runs offline by default (``logger.mode``; the ``WANDB_MODE`` environment variable wins) so
 nothing needs an account. The run id is stored in the run directory (``wandb_id.txt``) and
-reused with ``resume="allow"``, so a resumed or requeued run is one W&B run, not two.
+reused with ``resume="allow"``: online, a resumed or requeued run is one W&B run. Offline, wandb ignores
+``resume`` (no release honours it): each process start writes its own ``wandb/offline-run-*`` folder, which
+``wandb sync`` uploads as a separate run (docs/reliability.md, "W&B offline and resume").
 """
 
 from __future__ import annotations
