@@ -65,7 +65,7 @@ def run(cfg: DictConfig, run_path: str) -> dict:
             raise busy or UserError(f"run directory {rd.path} is in use by another process (refused on rank 0)")
         if any_rank(rd.is_completed(), dist, device):  # finished while this one started
             return rd.summary()
-        rd.prepare(cfg)
+        rd.prepare(cfg, HydraConfig.get().job.override_dirname if HydraConfig.initialized() else None)
         summary = trainer.fit()
     if summary.get("status") == "completed":
         print("\n" + format_summary(summary, trainer.summary_lines(summary)), flush=True)

@@ -12,6 +12,7 @@ ConfigStore (``schema/<group>/<name>``) and registers the ``run_name`` resolver 
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 from typing import Any, Sequence, Union
@@ -30,9 +31,31 @@ from sparse_exp.registry import load_components
 _HYDRA_LOCK = threading.RLock()
 
 
+#: the longest run-directory name (bytes of UTF-8): NAME_MAX of ext4, XFS, Btrfs, NFS, Lustre and GPFS
+MAX_NAME_BYTES = 255
+#: between a long name's readable prefix and its hash
+HASH_SEPARATOR = "--"
+#: hex digits of SHA-1 kept in a long name (48 bits)
+HASH_HEX = 12
+
+
 def run_name(override_dirname: str) -> str:
-    """Run-directory name from Hydra's ``override_dirname`` (``default`` for no overrides)."""
-    return override_dirname.replace("/", "_") or "default"
+    """Run-directory name from Hydra's ``override_dirname`` (``default`` for no overrides).
+
+    A name of at most :data:`MAX_NAME_BYTES` bytes is the overrides with ``/`` made ``_`` (so every directory
+    that could be created before keeps its name). A longer one is its first bytes, :data:`HASH_SEPARATOR` and the
+    first :data:`HASH_HEX` hex digits of the SHA-1 of the full ``override_dirname``, exactly
+    :data:`MAX_NAME_BYTES` bytes: the same command maps to the same directory, and ``config.yaml`` inside keeps
+    the full overrides (docs/architecture.md, "Run directories").
+    """
+    name = override_dirname.replace("/", "_") or "default"
+    data = name.encode("utf-8")
+    if len(data) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha1(override_dirname.encode("utf-8")).hexdigest()[:HASH_HEX]
+    keep = MAX_NAME_BYTES - len(HASH_SEPARATOR) - HASH_HEX
+    prefix = data[:keep].decode("utf-8", errors="ignore")  # never half a multi-byte character
+    return f"{prefix}{HASH_SEPARATOR}{digest}"
 
 
 def setup() -> None:

@@ -7,8 +7,9 @@ composition), then :func:`sparse_exp.config.validate.validate`; (2) this machine
 readable (:func:`sparse_exp.data.check_data_available`, file names only), the split sizes against the official ones;
 (3) the run from metadata (:class:`~sparse_exp.engine.context.RunPlan`: steps, prunable weight shapes of a model built
 on the ``meta`` device, dense layers), seen by each group's registered pre-flight checks (ΔT, pruning windows,
-Sup-tickets cycles, distribution feasibility, mask files); (4) the run directory (:func:`check_run_dir`): writable,
-its ``summary.json`` / ``checkpoint.pt`` readable. A failure is a one-line :class:`sparse_exp.config.errors.UserError`.
+Sup-tickets cycles, distribution feasibility, mask files); (4) the run directory (:func:`check_run_dir`): a path the
+file system can hold (:func:`check_path_fits`), writable, its ``summary.json`` / ``checkpoint.pt`` readable. A
+failure is a one-line :class:`sparse_exp.config.errors.UserError`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,45 @@ from sparse_exp.engine.fast_step import preflight_fast
 from sparse_exp.registry import load_components
 from sparse_exp.run.run_dir import check_checkpoint_file, read_summary
 
+#: bytes of path kept free below ``PATH_MAX`` for what a run writes inside its directory (``tickets/ticket_000.pt``,
+#: ``superposed/<variant>.json``, ``wandb/offline-run-<time>-<id>/files/...``, temporaries)
+RUN_FILES_MARGIN = 200
+
+
+def _fs_limit(path: Path, name: str, default: int) -> int:
+    """``os.pathconf(path, name)``, or ``default`` where the system does not say (``-1``, unsupported)."""
+    try:
+        value = os.pathconf(path, name)
+    except (OSError, ValueError, AttributeError):
+        return default
+    return value if value and value > 0 else default
+
+
+def check_path_fits(path: Path) -> None:
+    """Refuse a run directory the file system cannot hold: a component over ``NAME_MAX`` bytes, or a path that
+    leaves fewer than :data:`RUN_FILES_MARGIN` bytes below ``PATH_MAX`` (both from ``os.pathconf`` of the nearest
+    existing ancestor; 255 and 4096 where it does not say).
+
+    Raises:
+        UserError: one line naming the too-long component or the path's length, and the limit.
+    """
+    path = Path(os.path.abspath(path))
+    existing = next((p for p in (path, *path.parents) if os.path.exists(p)), Path("/"))  # False on ENAMETOOLONG
+    name_max = _fs_limit(existing, "PC_NAME_MAX", 255)
+    path_max = _fs_limit(existing, "PC_PATH_MAX", 4096)
+    for part in path.relative_to(existing).parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            short = part if len(part) <= 60 else f"{part[:40]}...{part[-12:]}"
+            raise UserError(f"run directory cannot be created: its component {short!r} is {size} bytes, over this "
+                            f"file system's NAME_MAX of {name_max} (at {existing}); choose a shorter $SPARSE_EXP_RUNS "
+                            "or hydra.sweep.dir")
+    size = len(os.fsencode(str(path)))
+    if size + RUN_FILES_MARGIN > path_max:
+        raise UserError(f"run directory {path} cannot be created: its path is {size} bytes, and with "
+                        f"{RUN_FILES_MARGIN} for the run's files over this file system's PATH_MAX of {path_max}; "
+                        "choose a shorter $SPARSE_EXP_RUNS or hydra.sweep.dir")
+
 
 def _probe_writable(path: Path) -> None:
     """Refuse a run directory that could not be created or written (nothing is left behind)."""
@@ -48,9 +88,10 @@ def check_run_dir(path: Path) -> Optional[Dict[str, Any]]:
 
     Raises:
         UserError: see :func:`sparse_exp.run.run_dir.read_summary`,
-            :func:`sparse_exp.run.run_dir.check_checkpoint_file`, and unwritable paths.
+            :func:`sparse_exp.run.run_dir.check_checkpoint_file`, :func:`check_path_fits`, and unwritable paths.
     """
     path = Path(path)
+    check_path_fits(path)
     _probe_writable(path)
     summary = read_summary(path / "summary.json")
     if summary is None or summary.get("status") != "completed":

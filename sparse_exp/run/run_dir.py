@@ -278,12 +278,19 @@ class RunDir:
             f.close()
 
     # -------------------------------------------------------------- writing
-    def prepare(self, cfg: Any) -> None:
-        """Create the directory and write the resolved config and git SHA."""
+    def prepare(self, cfg: Any, overrides: Optional[str] = None) -> None:
+        """Create the directory and write the resolved config and git SHA.
+
+        Args:
+            overrides: Hydra's ``override_dirname`` the directory is named from, kept in full as the first
+                line of ``config.yaml`` (a YAML comment, ``# overrides: ...``), also where the name was shortened.
+        """
         if not self.writable:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         text = OmegaConf.to_yaml(cfg, resolve=True)
+        if overrides:
+            text = f"# overrides: {overrides.replace(chr(10), ' ')}\n{text}"
         _atomic_write_bytes(self.config_path, lambda f: f.write(text.encode()))
         info = json.dumps(git_info(), indent=2)
         _atomic_write_bytes(self.path / "git.json", lambda f: f.write(info.encode()))
