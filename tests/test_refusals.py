@@ -159,6 +159,8 @@ CASES = {
     "data-env-missing": ([], "dataset-fashion-mnist", {"SPARSE_EXP_DATA": "/nonexistent/data"}, None),
     # 8. run directories and corrupt files
     "runs-dir-not-writable": (RUN, "/proc/x", {"SPARSE_EXP_RUNS": "/proc/x"}, None),
+    "runs-dir-name-too-long": (RUN, "NAME_MAX", {"SPARSE_EXP_RUNS": "/tmp/" + "x" * 300 + "/runs"}, None),
+    "runs-dir-path-too-long": (RUN, "PATH_MAX", {"SPARSE_EXP_RUNS": "/tmp/" + "/".join(["y" * 250] * 17)}, None),
     "checkpoint-truncated": (RUN, "checkpoint.pt", {},
                              _run_dir_with({"checkpoint.pt": GOOD_CKPT_PREFIX + b"\x00" * 50,
                                             "summary.json": b'{"status": "running"}'}, with_base(RUN))),

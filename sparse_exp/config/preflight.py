@@ -44,6 +44,11 @@ def _fs_limit(path: Path, name: str, default: int) -> int:
     return value if value and value > 0 else default
 
 
+def _shorten(text: str, head: int = 60, tail: int = 40) -> str:
+    """``text`` with its middle elided where it is long (a refusal stays readable)."""
+    return text if len(text) <= head + tail + 3 else f"{text[:head]}...{text[-tail:]}"
+
+
 def check_path_fits(path: Path) -> None:
     """Refuse a run directory the file system cannot hold: a component over ``NAME_MAX`` bytes, or a path that
     leaves fewer than :data:`RUN_FILES_MARGIN` bytes below ``PATH_MAX`` (both from ``os.pathconf`` of the nearest
@@ -59,13 +64,12 @@ def check_path_fits(path: Path) -> None:
     for part in path.relative_to(existing).parts:
         size = len(os.fsencode(part))
         if size > name_max:
-            short = part if len(part) <= 60 else f"{part[:40]}...{part[-12:]}"
-            raise UserError(f"run directory cannot be created: its component {short!r} is {size} bytes, over this "
-                            f"file system's NAME_MAX of {name_max} (at {existing}); choose a shorter $SPARSE_EXP_RUNS "
-                            "or hydra.sweep.dir")
+            raise UserError(f"run directory cannot be created: its component {_shorten(part)!r} is {size} bytes, "
+                            f"over this file system's NAME_MAX of {name_max} (at {existing}); choose a shorter "
+                            "$SPARSE_EXP_RUNS or hydra.sweep.dir")
     size = len(os.fsencode(str(path)))
     if size + RUN_FILES_MARGIN > path_max:
-        raise UserError(f"run directory {path} cannot be created: its path is {size} bytes, and with "
+        raise UserError(f"run directory {_shorten(str(path))} cannot be created: its path is {size} bytes, and with "
                         f"{RUN_FILES_MARGIN} for the run's files over this file system's PATH_MAX of {path_max}; "
                         "choose a shorter $SPARSE_EXP_RUNS or hydra.sweep.dir")
 
