@@ -8,7 +8,8 @@
 * Figure 5: ECE and NLL of RigL vs. RigL + Sup-tickets.
 
 Points: mean ± std over seeds, selected as for the tables; a panel without runs says so, and the files are
-still written. Reproducible: matplotlib's defaults, no timestamps or versions in the files.
+still written. Reproducible: matplotlib's defaults, no timestamps or versions in the files. Drawn with matplotlib's
+object API (``Figure`` + ``savefig``, no pyplot): importing this module changes no backend.
 """
 
 from __future__ import annotations
@@ -19,19 +20,17 @@ from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from omegaconf import OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from sparse_exp.config.compose import compose
+from sparse_exp.superposers.cyclic_lr import collect_fraction, make_budget, sup_tickets_lr_factor
+from sparse_exp.training.lr_schedules import lr_factor_fn
 
-from sparse_exp.config.compose import compose  # noqa: E402
-from sparse_exp.superposers.cyclic_lr import collect_fraction, make_budget, sup_tickets_lr_factor  # noqa: E402
-from sparse_exp.training.lr_schedules import lr_factor_fn  # noqa: E402
-
-from .labels import ds_label, model_label, pct  # noqa: E402
-from .selection import finite_values, mean_std, method_filters, numeric, pick_variant, select  # noqa: E402
+from .labels import ds_label, model_label, pct
+from .selection import finite_values, mean_std, method_filters, numeric, pick_variant, select
 
 PNG_META = {"Software": None}
 PDF_META = {"Creator": None, "Producer": None, "CreationDate": None}
@@ -41,14 +40,13 @@ FIGURE_FILES = [f"figure{n}.{ext}" for n in (2, 3, 4, 5) for ext in ("png", "pdf
 
 
 def save(fig: Any, out: Path, name: str, title: Optional[str] = None) -> List[Path]:
-    """Write ``fig`` as ``name.png`` and ``name.pdf`` (with ``title`` above the panels) and close it."""
+    """Write ``fig`` as ``name.png`` and ``name.pdf`` (with ``title`` above the panels)."""
     if title is not None:
         fig.suptitle(title)
         fig.tight_layout()
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     fig.savefig(paths[0], metadata=PNG_META)
     fig.savefig(paths[1], metadata=PDF_META)
-    plt.close(fig)
     return paths
 
 
@@ -124,7 +122,8 @@ def lr_curve(cfg: Any, num_train: int = 50_000) -> Dict[str, Any]:
 def figure2(out: Path) -> List[Path]:
     names = {"fge": "FGE [Garipov et al., 2018]", "triangle": "Sup-tickets (triangle, Eq. 3)",
              "swa": "SWA [Izmailov et al., 2018]"}
-    fig, axes = plt.subplots(3, 2, figsize=(9, 6.6), gridspec_kw={"width_ratios": [1, 1.6]})
+    fig = Figure(figsize=(9, 6.6))
+    axes = fig.subplots(3, 2, gridspec_kw={"width_ratios": [1, 1.6]})
     for row, schedule in enumerate(("fge", "triangle", "swa")):
         cfg = protocol_config(schedule)
         c = lr_curve(cfg)
@@ -161,7 +160,8 @@ def _avg_filters(avg: str, beta: Optional[float]) -> Dict[str, Any]:
 def figure3(runs: pd.DataFrame, out: Path) -> List[Path]:
     sel = {lab: _of(runs, _avg_filters(a, b)) for a, b, lab in AVERAGING}
     groups = sorted(set().union(*[_groups(d) for d in sel.values()]))
-    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4.2 * max(1, len(groups)), 3.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * max(1, len(groups)), 3.4))
+    axes = fig.subplots(1, max(1, len(groups)), squeeze=False)
     if not groups:
         _empty(axes[0][0], "no RigL+Sup-tickets runs")
     for ax, (ds, model) in zip(axes[0], groups):
@@ -195,7 +195,8 @@ def _offline(df: pd.DataFrame) -> bool:
 # ---------------------------------------------------------------------------- Figure 4
 def figure4(runs: pd.DataFrame, out: Path) -> List[Path]:
     d = _of(runs, method_filters("rigl+sup/any_tickets"))
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    fig = Figure(figsize=(8, 3.4))
+    axes = fig.subplots(1, 2)
     titles = (("test/acc", "ultimate ticket"), ("tickets/mean/test/acc", "mean of the individual cheap tickets"))
     if d.empty or "tickets/count" not in d.columns:
         for ax in axes:
@@ -223,7 +224,8 @@ def figure5(runs: pd.DataFrame, out: Path) -> List[Path]:
     base = _of(runs, method_filters("rigl"))
     sup = _of(runs, method_filters("rigl+sup"))
     both = pd.concat([base, sup])
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.4))
+    fig = Figure(figsize=(8, 3.4))
+    axes = fig.subplots(1, 2)
     if both.empty:
         for ax in axes:
             _empty(ax, "no RigL / RigL+Sup-tickets runs")
