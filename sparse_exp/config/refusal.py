@@ -5,7 +5,8 @@
 :func:`preflight_cli` checks the training command line before Hydra runs (Hydra reports composition errors in
 several lines with exit code 1, and creates the run directory before the task function): the overrides
 (:func:`check_overrides`: a key given twice, a ``+key`` no schema has), the composition (Hydra's errors
-translated by :func:`explain`), then for a single run the whole :func:`sparse_exp.config.preflight.preflight`.
+translated by :func:`explain` from the exceptions' fields, their messages only as a fallback), then for a single
+run the whole :func:`sparse_exp.config.preflight.preflight`.
 With ``-m`` the fixed overrides are checked here and every cell by the sweeper (``hydra_plugins/sparse_exp_sweeper``).
 """
 
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import OmegaConf, open_dict, read_write
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from sparse_exp import CONF_DIR
 from sparse_exp.config.compose import compose
@@ -63,10 +64,10 @@ def check_overrides(overrides: Sequence[str]) -> None:
     for text in overrides:
         try:
             parser.parse_override(text)
+        except OverrideParseException as exc:
+            raise UserError(_parse_refusal(exc.override or text, exc.message)) from None
         except HydraException as exc:
-            why = one_line(str(exc).split("See https")[0])
-            raise UserError(f"{text} is not allowed: it does not parse ({why}); allowed: key=value, "
-                            "group=option, key=[a,b] for a list, 'quoted' strings") from None
+            raise UserError(_parse_refusal(text, str(exc))) from None
     parsed = parser.parse_overrides(list(overrides))
     seen = {}
     for o in parsed:
@@ -82,6 +83,13 @@ def check_overrides(overrides: Sequence[str]) -> None:
             raise UserError(f"{o.input_line} is not allowed: '+' adds a key that no schema has, so nothing would "
                             f"read it; allowed: key=value for an existing key, +group=option for a config group "
                             f"(--help lists them)")
+
+
+def _parse_refusal(override: str, message: str) -> str:
+    """The refusal of an override that does not parse (Hydra's ``OverrideParseException``)."""
+    why = one_line(str(message).split("See https")[0])
+    return (f"{override} is not allowed: it does not parse ({why}); allowed: key=value, group=option, key=[a,b] "
+            "for a list, 'quoted' strings")
 
 
 def _option_list(text: str) -> List[str]:
@@ -102,8 +110,79 @@ def _node_keys(overrides: Sequence[str], path: str) -> Tuple[str, Optional[List[
     return label, sorted(str(k) for k in node.keys())
 
 
+def _chain(exc: BaseException) -> List[BaseException]:
+    """``exc`` and the exceptions it was raised from (``__cause__``, else ``__context__``), outermost first."""
+    out: List[BaseException] = []
+    while exc is not None and all(exc is not e for e in out):
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def _override_for(key: str, overrides: Sequence[str]) -> str:
+    """The override (as typed) that sets ``key`` (``+key=``, ``++key=`` and ``~key`` included); ``key`` if none."""
+    return next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
+
+
+def _type_why(msg: str) -> Optional[str]:
+    """What a value of the key must be, from an OmegaConf ``ValidationError.msg`` (its first line)."""
+    return next((why for pat, why in _TYPES if pat.search(msg)), None)
+
+
+def _unknown_key(key: str, overrides: Sequence[str]) -> str:
+    """The refusal of an override of ``key``, a key the composed config does not have: its node's keys allowed."""
+    override = _override_for(key, overrides)
+    parent, _, leaf = key.rpartition(".")
+    label, keys = _node_keys(overrides, parent)
+    where = f"{label} has no key {leaf!r}" if parent else f"there is no top-level key {leaf!r}"
+    if key in MOVED_KEYS:
+        moved = MOVED_KEYS[key]
+        also = f" (or superposer.{moved.rsplit('.', 1)[1]})" if moved.startswith("superposer.") else ""
+        return f"{override} is not allowed: {where}; it moved to {moved}{also}"
+    return f"{override} is not allowed: {where}" + (f"; allowed: {', '.join(keys)}" if keys else "")
+
+
+def _no_such_option(missing_cfg_file: str, options: Optional[Sequence[str]]) -> str:
+    """The refusal of ``group=option`` for a config file Hydra did not find; ``options`` from Hydra, else listed
+    from ``conf/<group>/`` (Hydra gives none for an option of a list-valued group, ``tweaks=[x]``)."""
+    group, _, option = missing_cfg_file.rpartition("/")
+    if options is None:
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if group else []
+    return f"{group}={option} is not allowed: no such option" + (
+        f"; allowed: {', '.join(options)}" if options else "")
+
+
+def _explain_fields(exc: BaseException, overrides: Sequence[str]) -> Optional[str]:
+    """One line from the exceptions' own fields (module doc); None where no exception of the chain carries them."""
+    for e in _chain(exc):
+        if isinstance(e, MissingConfigException) and e.missing_cfg_file:
+            return _no_such_option(str(e.missing_cfg_file), None if e.options is None else list(e.options))
+        if isinstance(e, OverrideParseException) and e.override:
+            return _parse_refusal(str(e.override), str(e.message))
+        if isinstance(e, (ConfigKeyError, ConfigAttributeError)) and e.full_key:
+            return _unknown_key(str(e.full_key), overrides)
+        if isinstance(e, ValidationError) and e.full_key:
+            msg = str(e.msg or "").splitlines()[0] if e.msg else ""
+            why = _type_why(msg) or one_line(msg) or "has the wrong type"
+            override = _override_for(str(e.full_key), overrides)
+            return f"{override if '=' in override else f'{override} (set in a config file)'} is not allowed: {why}"
+    return None
+
+
 def explain(exc: BaseException, overrides: Sequence[str]) -> str:
-    """One line for a Hydra / OmegaConf composition error, naming the override and what is allowed."""
+    """One line for a Hydra / OmegaConf composition error, naming the override and what is allowed.
+
+    Reads the exceptions' fields, walking ``__cause__`` / ``__context__``: Hydra's ``MissingConfigException``
+    (``missing_cfg_file``, ``options``), ``OverrideParseException`` (``override``, ``message``), OmegaConf's
+    ``ConfigKeyError`` / ``ConfigAttributeError`` / ``ValidationError`` (``full_key``, ``msg``). Hydra's message
+    text is parsed only where no exception carries them (an ambiguous sweep value without ``-m``, or an exception
+    built from a bare message).
+    """
+    return _explain_fields(exc, overrides) or explain_message(exc, overrides)
+
+
+def explain_message(exc: BaseException, overrides: Sequence[str]) -> str:
+    """The fallback of :func:`explain`: one line from the text of ``exc`` (and of its ``__cause__``)."""
     text = str(exc)
     head = one_line(text.split("Config search path")[0])
     m = re.match(r"Error merging override (.+)", text)
@@ -114,28 +193,13 @@ def explain(exc: BaseException, overrides: Sequence[str]) -> str:
         return f"{override} is not allowed: {why}"
     m = re.match(r"Could not override '([^']+)'", text)
     if m:
-        key = m.group(1)
-        override = next((o for o in overrides if o.split("=", 1)[0] == key), key)
-        parent, _, leaf = key.rpartition(".")
-        label, keys = _node_keys(overrides, parent)
-        where = f"{label} has no key {leaf!r}" if parent else f"there is no top-level key {leaf!r}"
-        if key in MOVED_KEYS:
-            moved = MOVED_KEYS[key]
-            also = f" (or superposer.{moved.rsplit('.', 1)[1]})" if moved.startswith("superposer.") else ""
-            return f"{override} is not allowed: {where}; it moved to {moved}{also}"
-        return f"{override} is not allowed: {where}" + (f"; allowed: {', '.join(keys)}" if keys else "")
+        return _unknown_key(m.group(1), overrides)
     m = re.search(r"Could not find '([^']+)'", text)
     if m:
-        group, _, option = m.group(1).rpartition("/")
-        options = _option_list(text)
-        return f"{group}={option} is not allowed: no such option" + (
-            f"; allowed: {', '.join(options)}" if options else "")
+        return _no_such_option(m.group(1), _option_list(text) or None)
     m = re.search(r"Could not load '([^']+)'", text)  # an unknown option of a list-valued group (tweaks=[x])
     if m:
-        group, _, option = m.group(1).rpartition("/")
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if group else []
-        return f"{group}={option} is not allowed: no such option" + (
-            f"; allowed: {', '.join(options)}" if options else "")
+        return _no_such_option(m.group(1), None)
     m = re.match(r"Ambiguous value for argument '([^']+)'", text)
     if m:
         return (f"{m.group(1)} is not allowed without -m: a comma-separated value is a sweep; allowed: add -m to run "
