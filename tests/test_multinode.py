@@ -25,7 +25,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import ROOT, cli_run_dir, needs_data
+from conftest import ROOT, needs_data
 from test_slurm import (
     _assert_same_result,
     _job_ids,
@@ -199,7 +199,7 @@ def torchrun_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("torchrun")
     t0 = time.time()
     res = _launch_torchrun(runs)
-    return res, cli_run_dir(runs, NODES_RUN), time.time() - t0
+    return res, _run_dir(runs, NODES_RUN), time.time() - t0
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def slurm_style_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("slurm_style")
     t0 = time.time()
     rcs, outs = _launch_as_slurm_tasks(runs)
-    return rcs, outs, cli_run_dir(runs, NODES_RUN), time.time() - t0
+    return rcs, outs, _run_dir(runs, NODES_RUN), time.time() - t0
 
 
 def _weights_and_masks(run_dir):
