@@ -67,7 +67,7 @@ def run(cfg: DictConfig, run_path: str) -> dict:
             return rd.summary()
         rd.prepare(cfg, HydraConfig.get().job.override_dirname if HydraConfig.initialized() else None)
         summary = trainer.fit()
-    if summary.get("status") == "completed":
+    if summary.get("status") == "completed" and dist.is_main:  # once, not once per rank
         print("\n" + format_summary(summary, trainer.summary_lines(summary)), flush=True)
     return summary
 

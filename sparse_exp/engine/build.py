@@ -25,7 +25,7 @@ from sparse_exp.callbacks.flop_meter import FlopMeter
 from sparse_exp.callbacks.protocol import CallbackList, LRFactor
 from sparse_exp.data import build_data
 from sparse_exp.engine.context import LossFn, RunState, plan_run
-from sparse_exp.engine.distributed import DistEnv, ShardedLoader, init_distributed
+from sparse_exp.engine.distributed import DistEnv, ShardedLoader, init_distributed, quiet_other_ranks, rank_device
 from sparse_exp.engine.seeding import seed_everything
 from sparse_exp.models import build_model, reinitialize_
 from sparse_exp.registry import SPARSIFIERS, SUPERPOSERS, TWEAKS
@@ -149,8 +149,9 @@ def build_run(cfg: Any) -> Run:
     if os.environ.get("SLURM_CPUS_PER_TASK"):  # use the CPUs SLURM gave us, not the node's count
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
     dist = init_distributed(device.type)
+    quiet_other_ranks(dist)  # one console line per epoch under torchrun, rank 0's
+    device = rank_device(dist, device)  # cuda:LOCAL_RANK when several ranks train on GPUs
     if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)

@@ -5,19 +5,24 @@
         hydra.launcher.gpus_per_node=2 -m                                     # SLURM: one task per GPU
 
 The world comes from ``torchrun``'s variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` /
-``MASTER_PORT``) or, in a SLURM job with several tasks, from submitit's ``TorchDistributedEnvironment``.
+``MASTER_PORT``) or, in a SLURM job step with several tasks (``hydra.launcher.nodes=N tasks_per_node=G``: N x G
+ranks), from submitit's ``TorchDistributedEnvironment`` (:func:`slurm_torch_env`). Each rank trains on
+``cuda:LOCAL_RANK`` (:func:`rank_device`). Details and the multi-node commands: ``docs/grids.md``.
 Contract: masks are identical on every rank; ``batch_size`` is the global batch (rank r trains on rows r,
 r + W, ... of each global batch); only rank 0 writes files and logs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator, Tuple
+from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
+
+from sparse_exp.config.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -37,25 +42,111 @@ class DistEnv:
         return self.world_size > 1
 
 
+#: the variables of torch.distributed's ``env://`` rendezvous that :func:`slurm_torch_env` computes
+TORCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def slurm_step_tasks(environ: Optional[Mapping[str, str]] = None) -> int:
+    """Tasks of the SLURM job step this process is one of (``$SLURM_STEP_NUM_TASKS``; 1 outside a step).
+
+    Only ``srun`` (as submitit's job script runs it) sets it: the batch script of an ``sbatch -n 8`` job, or a
+    shell in ``salloc -n 8``, is one process although ``$SLURM_NTASKS`` says 8, and must not wait for 7 more.
+    """
+    environ = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" not in environ:
+        return 1
+    return int(environ.get("SLURM_STEP_NUM_TASKS") or 1)
+
+
+def slurm_torch_env() -> Dict[str, str]:
+    """The ``env://`` variables (:data:`TORCH_VARS`) of this SLURM task, from submitit's public
+    ``submitit.helpers.TorchDistributedEnvironment`` reading this process's ``SLURM_*`` variables.
+
+    ``MASTER_ADDR``: the first host of ``$SLURM_JOB_NODELIST``; ``MASTER_PORT``: ``$MASTER_PORT`` if set, else a
+    port in [20000, 60000] drawn from the job id (``<array job>_<task>`` for an array task), so every task of
+    the job computes the same one; ``RANK`` = ``$SLURM_PROCID``, ``WORLD_SIZE`` = ``$SLURM_NTASKS``,
+    ``LOCAL_RANK`` = ``$SLURM_LOCALID``, ``LOCAL_WORLD_SIZE`` = tasks // ``$SLURM_JOB_NUM_NODES``.
+    Works under ``srun`` without submitit too (``$SUBMITIT_EXECUTOR`` is set to ``slurm`` while it is read).
+    """
+    import submitit
+
+    had = os.environ.get("SUBMITIT_EXECUTOR")
+    os.environ["SUBMITIT_EXECUTOR"] = had or "slurm"  # how submitit's JobEnvironment() knows it is in SLURM
+    try:
+        env = submitit.helpers.TorchDistributedEnvironment()
+    finally:
+        if had is None:
+            del os.environ["SUBMITIT_EXECUTOR"]
+    return {"MASTER_ADDR": str(env.master_addr), "MASTER_PORT": str(env.master_port), "RANK": str(env.rank),
+            "WORLD_SIZE": str(env.world_size), "LOCAL_RANK": str(env.local_rank),
+            "LOCAL_WORLD_SIZE": str(env.local_world_size)}
+
+
+def export_slurm_torch_env() -> bool:
+    """Export :func:`slurm_torch_env` into ``os.environ`` if this process is one of several tasks of a SLURM step
+    and no launcher (``torchrun``: ``$WORLD_SIZE``) described the world already; returns whether it did.
+
+    ``MASTER_ADDR`` / ``MASTER_PORT`` already set are kept (a user's choice, the same on every task).
+    """
+    if "WORLD_SIZE" in os.environ or slurm_step_tasks() <= 1:
+        return False
+    for key, value in slurm_torch_env().items():
+        if key in ("MASTER_ADDR", "MASTER_PORT"):
+            os.environ.setdefault(key, value)
+        else:
+            os.environ[key] = value
+    return True
+
+
 def init_distributed(device_type: str) -> DistEnv:
     """Join the process group if the environment describes more than one process.
+
+    ``torchrun``'s variables are used as they are; a task of a multi-task SLURM step exports its own first
+    (:func:`export_slurm_torch_env`). ``WORLD_SIZE=1`` (``torchrun --nproc_per_node 1``) is plain
+    single-process training, without a process group.
 
     Args:
         device_type: ``cuda`` (NCCL backend) or anything else (gloo).
     """
     if dist.is_available() and dist.is_initialized():
         return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and int(os.environ.get("SLURM_NTASKS", "1")) > 1 \
-            and "SLURM_JOB_ID" in os.environ:
-        import submitit
-
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    export_slurm_torch_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistEnv()
     backend = "nccl" if device_type == "cuda" else "gloo"
     dist.init_process_group(backend=backend)
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def quiet_other_ranks(env: DistEnv) -> None:
+    """Log only warnings and errors from the ``sparse_exp`` loggers on ranks other than 0, so that a ``torchrun``
+    console shows each epoch line once (rank 0's; the ranks train the same model)."""
+    if not env.is_main:
+        logging.getLogger("sparse_exp").setLevel(logging.WARNING)
+
+
+def rank_device(env: DistEnv, device: torch.device, cuda_count: Optional[int] = None) -> torch.device:
+    """The device this rank trains on: ``cuda:LOCAL_RANK`` for a CUDA run of several ranks, else ``device``.
+
+    A task that sees one GPU only (a cluster binding one GPU per task) uses ``cuda:0``.
+
+    Args:
+        cuda_count: GPUs this process sees (default ``torch.cuda.device_count()``).
+
+    Raises:
+        sparse_exp.config.errors.UserError: ``LOCAL_RANK`` names a GPU this process does not see.
+    """
+    if not env.enabled or device.type != "cuda":
+        return device
+    count = torch.cuda.device_count() if cuda_count is None else cuda_count
+    if env.local_rank < count:
+        return torch.device("cuda", env.local_rank)
+    if count == 1:
+        return torch.device("cuda", 0)
+    raise UserError(f"rank {env.rank} has LOCAL_RANK={env.local_rank} but sees {count} GPU(s) "
+                    f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); allowed: one GPU per "
+                    "task on a node (hydra.launcher.gpus_per_node = hydra.launcher.tasks_per_node)")
 
 
 class ShardedLoader:
