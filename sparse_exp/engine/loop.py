@@ -308,6 +308,7 @@ class Trainer:
         if self.preemption is None:  # SLURM USR2 / TERM -> checkpoint at the next step, then submitit requeues
             self.preemption = current() or PreemptionGuard().__enter__()
         logger = None
+        training = False  # set-up errors propagate as before; only a stop request is recorded during set-up
         try:
             if rd.has_checkpoint():
                 self.load_state_dict(rd.load_checkpoint(map_location=r.device))
@@ -323,6 +324,7 @@ class Trainer:
             rd.write_summary({"status": "running", **ident})
             logger = self.logger = build_logger(cfg.logger if r.dist.is_main else OmegaConf.create({"name": "none"}),
                                                 rd, OmegaConf.to_container(cfg, resolve=True), name=rd.path.name)
+            training = True
             stop_at = cfg.stop_after_epochs or r.total_epochs
             while s.epoch < r.total_epochs:
                 row = self._epoch()
@@ -356,7 +358,7 @@ class Trainer:
                 self.preemption.finish(done)  # hands the signal to submitit: requeue and exit
             raise
         except BaseException as exc:
-            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if training and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 rd.write_summary({"status": "failed", **ident, "error": f"{type(exc).__name__}: {exc}"})
             raise
         finally:
