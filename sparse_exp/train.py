@@ -8,12 +8,15 @@ Contract: trains into Hydra's run directory (:mod:`sparse_exp.run.run_dir`), or 
 run already completed there. Exit code 2: a refused command line, config, data or run directory, one line
 and nothing written (:mod:`sparse_exp.config.refusal`, :mod:`sparse_exp.config.preflight`); exit code 1: a
 single run that failed (non-finite loss; its last good checkpoint is kept); a grid goes on with its other cells.
+Stop signals are honoured in every phase (:mod:`sparse_exp.engine.preemption`, ``docs/reliability.md``): Ctrl-C prints
+one line saying how to resume and exits with code 130; SIGTERM exits with 143; SIGUSR2 under submitit requeues the job.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
 
 import hydra
@@ -27,7 +30,8 @@ from sparse_exp.config.errors import UserError
 from sparse_exp.config.preflight import preflight
 from sparse_exp.config.refusal import one_line, preflight_cli
 from sparse_exp.engine.distributed import any_rank
-from sparse_exp.engine.loop import Trainer
+from sparse_exp.engine.loop import Preempted, Trainer
+from sparse_exp.engine.preemption import PreemptionGuard, StopRequested, default_signals, poll
 from sparse_exp.engine.summary import format_summary
 from sparse_exp.run.run_dir import RunDir
 
@@ -40,11 +44,39 @@ setup()  # schemas and the run_name resolver, before Hydra composes
 def run(cfg: DictConfig, run_path: str) -> dict:
     """Pre-flight-check ``cfg`` and ``run_path``, then train into ``run_path``; returns the summary.
 
+    Stop signals (SIGUSR2, SIGTERM, SIGINT) are caught from the pre-flight on; each phase polls them
+    (:mod:`sparse_exp.engine.preemption`). On one, the run records it (``summary.json``: ``stopped`` /
+    ``interrupted``, once the run directory is ours) and ends: SIGINT prints one line and raises ``SystemExit(130)``;
+    SIGUSR2 / SIGTERM go to the handler installed before (submitit's requeue) or raise ``SystemExit(128 + signum)``.
+
     Raises:
         UserError: anything :func:`sparse_exp.config.preflight.preflight` refuses (nothing is written then), or
             another process is training into ``run_path`` (see :meth:`RunDir.exclusive`).
     """
+    with PreemptionGuard(default_signals(interrupt=True)) as guard:
+        try:
+            return _run(cfg, run_path, guard)
+        except (Preempted, StopRequested) as exc:
+            hint = getattr(exc, "hint", "") or _setup_stop_line(exc, RunDir(run_path))
+            if guard.signum == signal.SIGINT:
+                print(hint, file=sys.stderr, flush=True)
+            elif not getattr(exc, "hint", ""):  # stopped before training began: nothing was recorded yet
+                log.info("stopped during %s: %s", getattr(exc, "phase", "set-up"), hint)
+            guard.finish("checkpoint written" if isinstance(exc, Preempted) else f"{exc.phase} left")
+            raise  # finish() does not return while a signal was received
+
+
+def _setup_stop_line(exc: BaseException, rd: RunDir) -> str:
+    """The stop line of a run stopped before :meth:`Trainer.fit` (set-up): resume or start again."""
+    where = f"interrupted during {getattr(exc, 'phase', 'set-up')}"
+    if rd.has_checkpoint():
+        return f"{where}; run the same command to resume from its checkpoint"
+    return f"{where}; run the same command to start again; no checkpoint was written yet"
+
+
+def _run(cfg: DictConfig, run_path: str, guard: PreemptionGuard) -> dict:
     preflight(cfg, run_path)
+    poll("pre-flight")
     rd = RunDir(run_path)
     if rd.is_completed():
         summary = rd.summary()
@@ -52,7 +84,10 @@ def run(cfg: DictConfig, run_path: str) -> dict:
                  "the overrides to train again.", rd.path, summary.get("test/acc", float("nan")))
         return summary
 
+    log.info("set-up: loading the data and building the run")
     trainer = Trainer(cfg, rd)  # loads the data and builds the run (the pre-flight checked what it could)
+    poll("set-up")
+    trainer.preemption = guard
     dist, device = trainer.run.dist, trainer.run.device
     with contextlib.ExitStack() as stack:
         busy = None

@@ -674,3 +674,64 @@ def test_packed_grid_shares_one_job_is_requeued_and_resumes(slurm, tmp_path, ref
         assert [r["epoch"] for r in _metrics(run_dir)] == [1, 2, 3, 4, 5], "the epoch counter continued"
         _assert_same_result(run_dir, ref)
     print(f"\npacked 2-run grid through SLURM, preempted and requeued: {elapsed:.0f} s", file=sys.stderr)
+
+
+#: one run whose GradInit (LRsI, before the first step and the first checkpoint) lasts several seconds on a CPU
+SETUP_RUN = ["+sweep=smoke", "seed=0", "sparsifier=rigl", "tweaks=[lrsi]", "tweaks.lrsi.iterations=800", "epochs=1",
+             "device=cpu"]
+
+
+@needs_data
+@pytest.mark.slow
+def test_job_signalled_during_set_up_is_requeued_and_completes(slurm, tmp_path):
+    """`scancel --signal=USR2` while GradInit runs (no checkpoint yet): GradInit is left at its next iteration and the
+    signal handed to submitit within 10 s, submitit requeues the job, and the requeued job starts the run again
+    and completes (before issue 24 the signal waited for GradInit's end and the first step)."""
+    name = "sx_setup"
+    env = _env(tmp_path, slurm)
+    sweep_dir = tmp_path / "smoke"
+    run_dir = _run_dir(tmp_path, SETUP_RUN)
+    launcher_log = tmp_path / "launcher.log"
+
+    def logs():
+        return launcher_log.read_text()[-3000:] + _submitit_logs(sweep_dir)[-6000:]
+
+    cmd = _train_cmd(*SETUP_RUN, "hydra/launcher=slurm", f"hydra.launcher.name={name}")
+    t0 = time.time()
+    with open(launcher_log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            while "LRsI: GradInit" not in _submitit_logs(sweep_dir):
+                if proc.poll() is not None or time.time() - t0 > 300:
+                    pytest.fail(f"the job did not reach GradInit (rc {proc.poll()})\n{logs()}")
+                time.sleep(0.1)
+            (job_id,) = _job_ids(name, env)
+            assert not (run_dir / "checkpoint.pt").exists()
+            subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
+            t_signal = time.time()
+            while "PreemptionGuard: SIGUSR2" not in _submitit_logs(sweep_dir):
+                if time.time() - t_signal > 60:
+                    pytest.fail(f"no hand-over 60 s after the signal\n{logs()}")
+                time.sleep(0.1)
+            handover = time.time() - t_signal
+            rc = proc.wait(timeout=420)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the signalled job did not finish in time\n{logs()}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                subprocess.run(["scancel", "--name", name], env=env)
+    text = logs()
+    assert rc == 0, text
+    assert handover < 10, f"{handover:.1f} s from the signal to the hand-over"
+    job_log = _submitit_logs(sweep_dir)
+    assert "GradInit left, handing over to" in job_log and "Requeued job" in job_log, text
+    show = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True).stdout
+    assert re.search(r"Restarts=1\b", show), show
+    assert "resumed from" not in job_log, "there was no checkpoint to resume from"
+    assert job_log.count("LRsI: GradInit") == 2, "the requeued job runs GradInit again"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed", summary
+    assert [r["epoch"] for r in _metrics(run_dir)] == [1]
+    print(f"\nSLURM job signalled during GradInit: hand-over {handover:.1f} s, requeued and completed in "
+          f"{time.time() - t0:.0f} s", file=sys.stderr)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -26,7 +27,7 @@ from sparse_exp.config.identity import identity
 from sparse_exp.engine.build import build_run
 from sparse_exp.engine.distributed import any_rank, broadcast_buffers_
 from sparse_exp.engine.fast_step import current_lr, make_train_step, optimizer_state_dict
-from sparse_exp.engine.preemption import PreemptionGuard
+from sparse_exp.engine.preemption import PreemptionGuard, StopRequested, current
 from sparse_exp.engine.seeding import rng_state, set_rng_state
 from sparse_exp.engine.summary import final_summary
 from sparse_exp.run.curves import lr_trace, plot_curves
@@ -45,7 +46,11 @@ def show_progress(cfg: Any, is_main: bool) -> bool:
 
 
 class Preempted(Exception):
-    """Training stopped on request (SLURM preemption / time limit); a checkpoint was written."""
+    """Training stopped on request (SLURM preemption / time limit / Ctrl-C); a checkpoint was written.
+
+    ``hint`` (set by :meth:`Trainer.fit`): the one line saying where the run stopped and how to resume."""
+
+    hint = ""
 
 
 class Diverged(Exception):
@@ -67,7 +72,9 @@ class Trainer:
 
     Attributes:
         run: the built :class:`~sparse_exp.engine.build.Run` (model, masking, sparsifier, callbacks, ...).
-        preemption: polled after every step; ``requested`` -> checkpoint and raise :class:`Preempted`.
+        preemption: polled after every step; ``requested`` -> checkpoint and raise :class:`Preempted`. Phases
+            outside the step loop poll the guard of the active ``with PreemptionGuard()`` block
+            (:func:`~sparse_exp.engine.preemption.poll`) and leave by ``StopRequested``.
     """
 
     def __init__(self, cfg: Any, run_dir: RunDir) -> None:
@@ -84,6 +91,8 @@ class Trainer:
         self._acc = (0.0, 0, 0)  # loss sum, correct, seen of the current epoch (for mid-epoch resume)
         self._resume_rng: Optional[Dict[str, Any]] = None
         self.preemption: Any = None
+        self._epoch_in_progress = 0  # 1-based epoch being trained / evaluated (for the stop message)
+        self._saved: Optional[Tuple[int, int, int]] = None  # (epoch, step, batch_in_epoch) of checkpoint.pt
 
     # ------------------------------------------------------------------ views
     @property
@@ -217,7 +226,7 @@ class Trainer:
             if self.preemption is not None and self._preempt_now(i):
                 self._raise_if_diverged(nonfinite, loss_sum)  # never checkpoint a diverged model
                 self.batch_in_epoch, self._acc = i + 1, (loss_sum.item(), int(correct.item()), seen)
-                self.run_dir.save_checkpoint(self.state_dict())
+                self._save_checkpoint()
                 bar.close()
                 raise Preempted(f"preempted at epoch {s.epoch} batch {i + 1} (step {s.step})")
         bar.close()
@@ -225,6 +234,23 @@ class Trainer:
         self.batch_in_epoch, self._acc, self._resume_rng = 0, (0.0, 0, 0), None
         return {"train/loss": loss_sum.item() / max(seen, 1), "train/acc": 100.0 * correct.item() / max(seen, 1),
                 "lr": current_lr(r.optimizer)}
+
+    def _save_checkpoint(self) -> None:
+        self.run_dir.save_checkpoint(self.state_dict())
+        self._saved = (self.state.epoch, self.state.step, self.batch_in_epoch)
+
+    def stop_line(self, phase: str = "") -> str:
+        """One line: where the run stopped and what the same command does next (resume from which checkpoint,
+        or start again)."""
+        s = self.state
+        where = f"interrupted{f' during {phase}' if phase else ''} at epoch {max(self._epoch_in_progress, 1)}, " \
+                f"step {s.step}"
+        if self._saved is None:
+            return f"{where}; run the same command to start again; no checkpoint was written yet"
+        epoch, step, batch = self._saved
+        if batch:
+            return f"{where}; run the same command to resume from the checkpoint written at step {step}"
+        return f"{where}; run the same command to resume from the checkpoint of epoch {epoch}"
 
     def _raise_if_diverged(self, nonfinite: torch.Tensor, loss_sum: torch.Tensor) -> None:
         """Raise :class:`Diverged` if a batch of this epoch had a non-finite loss (one host sync)."""
@@ -253,6 +279,7 @@ class Trainer:
         """Train one epoch, run the epoch-end hooks and validation; returns the metrics row."""
         r, s = self.run, self.state
         t0 = time.perf_counter()
+        self._epoch_in_progress = s.epoch + 1
         phase = r.phase_at(s.epoch)
         row = self.train_epoch()
         s.epoch += 1
@@ -266,31 +293,43 @@ class Trainer:
         return row
 
     def fit(self) -> Dict[str, Any]:
-        """Train (resuming from ``checkpoint.pt`` if present) and write ``summary.json``."""
+        """Train (resuming from ``checkpoint.pt`` if present) and write ``summary.json``.
+
+        A stop request (USR2 / TERM, and Ctrl-C under the command line's guard) writes ``summary.json``
+        (``"status": "stopped"``, or ``"interrupted"`` for ``SIGINT``): in the step loop after a checkpoint at the
+        next step (:class:`Preempted`), in any other phase at its next poll, without a new checkpoint
+        (:class:`~sparse_exp.engine.preemption.StopRequested`). With its own guard (none was active) it then hands
+        the signal over (:meth:`PreemptionGuard.finish`); under a caller's guard it re-raises, ``hint`` set to
+        :meth:`stop_line`.
+        """
         cfg, rd, r, s = self.cfg, self.run_dir, self.run, self.state
         ident = identity(cfg)
-        if rd.has_checkpoint():
-            self.load_state_dict(rd.load_checkpoint(map_location=r.device))
-            r.masking.invalidate_buffer_cache()
-            rd.truncate_metrics(before_epoch=s.epoch + 1)  # rows after the checkpoint are redone
-            log.info("resumed from %s at epoch %d batch %d (step %d)", rd.checkpoint_path, s.epoch,
-                     self.batch_in_epoch, s.step)
-        else:
-            r.callbacks.before_init_masks(s)
-            r.sparsifier.init_masks()
-            rd.truncate_metrics(before_epoch=0)
-        rd.write_summary({"status": "running", **ident})
-        own_guard = self.preemption is None
-        if own_guard:  # SLURM USR2 / TERM -> checkpoint at the next step, then submitit requeues
-            self.preemption = PreemptionGuard()
-        logger = self.logger = build_logger(cfg.logger if r.dist.is_main else OmegaConf.create({"name": "none"}),
-                                            rd, OmegaConf.to_container(cfg, resolve=True), name=rd.path.name)
+        own_guard = self.preemption is None and current() is None
+        if self.preemption is None:  # SLURM USR2 / TERM -> checkpoint at the next step, then submitit requeues
+            self.preemption = current() or PreemptionGuard().__enter__()
+        logger = None
+        training = False  # set-up errors propagate as before; only a stop request is recorded during set-up
         try:
+            if rd.has_checkpoint():
+                self.load_state_dict(rd.load_checkpoint(map_location=r.device))
+                self._saved = (s.epoch, s.step, self.batch_in_epoch)
+                r.masking.invalidate_buffer_cache()
+                rd.truncate_metrics(before_epoch=s.epoch + 1)  # rows after the checkpoint are redone
+                log.info("resumed from %s at epoch %d batch %d (step %d)", rd.checkpoint_path, s.epoch,
+                         self.batch_in_epoch, s.step)
+            else:
+                r.callbacks.before_init_masks(s)
+                r.sparsifier.init_masks()
+                rd.truncate_metrics(before_epoch=0)
+            rd.write_summary({"status": "running", **ident})
+            logger = self.logger = build_logger(cfg.logger if r.dist.is_main else OmegaConf.create({"name": "none"}),
+                                                rd, OmegaConf.to_container(cfg, resolve=True), name=rd.path.name)
+            training = True
             stop_at = cfg.stop_after_epochs or r.total_epochs
             while s.epoch < r.total_epochs:
                 row = self._epoch()
                 rd.append_metrics(row)
-                rd.save_checkpoint(self.state_dict())
+                self._save_checkpoint()
                 logger.log(row, step=s.step)
                 log.info("epoch %d/%d  loss %.4f  train %.2f%%  val %.2f%%  lr %.4g  sparsity %.4f  (%.1fs)",
                          s.epoch, r.total_epochs, row["train/loss"], row["train/acc"], row.get("val/acc", math.nan),
@@ -299,6 +338,7 @@ class Trainer:
                     rd.write_summary({"status": "stopped", **ident, "epoch": s.epoch})
                     log.info("stopped after epoch %d as asked (stop_after_epochs); re-run to resume", s.epoch)
                     return {"status": "stopped", "epoch": s.epoch}
+            self._epoch_in_progress = s.epoch
             summary, label, masks = final_summary(r, ident, rd.path)
             rd.save_masks(masks, {**ident, "sparsity/global": summary["sparsity/global"], "model": label})
             rd.write_summary(summary)
@@ -311,21 +351,43 @@ class Trainer:
             rd.write_summary(failed)
             log.error("%s", exc)
             return failed
-        except Preempted:
-            rd.write_summary({"status": "stopped", **ident, "epoch": s.epoch, "step": s.step, "reason": "preempted"})
-            log.info("preempted: checkpoint written at step %d; the requeued job resumes from it", s.step)
+        except (Preempted, StopRequested) as exc:
+            self._record_stop(exc, ident)
             if own_guard:
-                self.preemption.finish()  # hands the signal to submitit: requeue and exit
+                done = "checkpoint written" if isinstance(exc, Preempted) else f"{exc.phase} left"
+                self.preemption.finish(done)  # hands the signal to submitit: requeue and exit
             raise
         except BaseException as exc:
-            if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if training and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 rd.write_summary({"status": "failed", **ident, "error": f"{type(exc).__name__}: {exc}"})
             raise
         finally:
             if own_guard:
-                self.preemption.uninstall()
+                self.preemption.__exit__(None, None, None)
                 self.preemption = None
-            logger.finish()
+            if logger is not None:
+                logger.finish()
+
+    def _record_stop(self, exc: BaseException, ident: Dict[str, Any]) -> None:
+        """``summary.json`` of a run stopped on request (``stopped``, or ``interrupted`` for Ctrl-C); sets
+        ``exc.hint`` to :meth:`stop_line`."""
+        s = self.state
+        sig = getattr(exc, "signum", None) or getattr(self.preemption, "signum", None)
+        phase = getattr(exc, "phase", "")
+        exc.hint = self.stop_line(phase)
+        body = {**ident, "epoch": s.epoch, "step": s.step}
+        if phase:
+            body["phase"] = phase
+        if sig is not None:
+            body["signal"] = sig.name
+        if sig == signal.SIGINT:
+            self.run_dir.write_summary({"status": "interrupted", **body, "reason": "interrupted (Ctrl-C)"})
+            return
+        self.run_dir.write_summary({"status": "stopped", **body, "reason": "preempted"})
+        if isinstance(exc, Preempted):
+            log.info("preempted: checkpoint written at step %d; the requeued job resumes from it", s.step)
+        else:
+            log.info("preempted during %s (nothing of it can be saved): %s", phase, exc.hint)
 
     def write_curves(self) -> None:
         """``curves.png`` (:mod:`sparse_exp.run.curves`) with the schedule the run trained with; a plotting failure is

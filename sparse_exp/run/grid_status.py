@@ -1,8 +1,8 @@
 """What state each run of a grid is in, and the grid a sweep expands to (``python -m sparse_exp.status``).
 
 A run's state is the ``status`` of its ``summary.json`` (:mod:`sparse_exp.run.run_dir`): ``completed``,
-``running`` (a process holds ``<run>/.lock``), ``interrupted`` (says running, lock free: killed; resumable),
-``stopped`` (preempted / time limit / ``stop_after_epochs``; resumable), ``failed`` (error listed),
+``running`` (a process holds ``<run>/.lock``), ``interrupted`` (Ctrl-C, or says running with the lock free:
+killed; resumable), ``stopped`` (preempted / time limit / ``stop_after_epochs``; resumable), ``failed`` (error listed),
 ``unreadable`` (corrupt ``summary.json``), or ``not started`` (expected by the sweep, no summary yet).
 :func:`expand_sweep` lists the jobs ``python -m sparse_exp.train +sweep=NAME [overrides] -m`` would launch,
 with the directory names Hydra gives them.
@@ -25,7 +25,8 @@ from sparse_exp.config.errors import UserError
 from sparse_exp.config.hydra_adapter import overrides_dirname, parse_overrides, split_sweep
 from sparse_exp.run.run_dir import lock_is_held, read_summary
 
-#: ``interrupted``: the summary says running, but no process holds the run's lock (killed; resumable);
+#: ``interrupted``: stopped by Ctrl-C, or the summary says running but no process holds the run's lock (killed);
+#: resumable either way;
 #: ``unreadable``: ``summary.json`` is corrupt (move it aside to resume)
 STATES = ("completed", "running", "interrupted", "stopped", "failed", "unreadable", "not started")
 RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "checkpoint.pt")

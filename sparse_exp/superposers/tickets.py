@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from torch.optim.swa_utils import update_bn
 
 from sparse_exp.config.errors import UserError
+from sparse_exp.engine.preemption import poll, polled
 from sparse_exp.superposers.averaging import AVERAGING, REPRUNE, TicketAverager, reprune
 from sparse_exp.training.metrics import metrics_from_logits, predict
 
@@ -122,7 +123,7 @@ def load_ultimate(model: torch.nn.Module, state: State, bn: str, train_loader: A
     model.load_state_dict(state)
     if bn == "recompute" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         was_training = model.training
-        update_bn(train_loader.iterate(BN_PASS_EPOCH), model)
+        update_bn(polled(train_loader.iterate(BN_PASS_EPOCH), "BN pass"), model)  # a stop leaves the pass
         model.train(was_training)
     return model
 
@@ -249,6 +250,7 @@ def evaluate_variant(tickets: List[Dict[str, Any]], variant: Variant, model: tor
     Raises:
         UserError: the tickets do not fit ``model`` (another architecture), or :func:`superpose_tickets`' errors.
     """
+    poll("ticket evaluation")
     state, masks = superpose_tickets(tickets, variant)
     ultimate = copy.deepcopy(model)
     try:

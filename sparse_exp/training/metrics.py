@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparse_exp.engine.preemption import poll
+
 
 @torch.no_grad()
 def predict(model: nn.Module, loader) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -20,6 +22,7 @@ def predict(model: nn.Module, loader) -> Tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     logits, labels = [], []
     for x, y in loader.iterate(0):
+        poll("evaluation")  # per batch: a stop request leaves the pass (sparse_exp.engine.preemption)
         logits.append(model(x).float().cpu())
         labels.append(y.cpu())
     model.train(was_training)

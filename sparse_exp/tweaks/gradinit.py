@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from sparse_exp.engine.preemption import poll
+
 #: module types whose ``weight`` / ``bias`` GradInit rescales (reference: Conv2d, Linear, BatchNorm2d)
 SCALED_MODULES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm)
 
@@ -225,6 +227,7 @@ def gradinit_(model: nn.Module, batches: Iterable[Tuple[Tensor, Tensor]], settin
     saved = _modes_for_gradinit(model)
     try:
         for i in range(settings.iterations):
+            poll("GradInit")  # a stop leaves GradInit at once (the requeued run redoes it)
             (x0, y0), (x1, y1) = next_batch(i), next_batch(i)
             a = dict(zip(scaled, scales))
             theta = {n: a[n] * theta0[n] if n in a else theta0[n].clone().requires_grad_(True) for n in names}

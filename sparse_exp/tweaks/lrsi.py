@@ -14,6 +14,7 @@ unchanged; cost: ``~3 x iterations`` forward/backward passes on two batches each
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -24,6 +25,8 @@ from sparse_exp.callbacks.protocol import BaseCallback, RunState
 from sparse_exp.config.errors import one_of, require
 from sparse_exp.registry import TWEAKS
 from sparse_exp.tweaks.gradinit import GradInitSettings, gradinit_
+
+log = logging.getLogger("sparse_exp")
 
 #: first training-loader epoch id GradInit draws batches from (never a training epoch)
 GRADINIT_EPOCH = 2_000_000
@@ -78,6 +81,7 @@ class LRsI(BaseCallback):
 
     def run(self, state: RunState, masked: bool) -> None:
         start = time.perf_counter()
+        log.info("LRsI: GradInit, %d iterations", self.cfg.iterations)
         masks = None
         if masked:
             m = state.masking

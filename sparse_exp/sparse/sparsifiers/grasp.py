@@ -13,6 +13,7 @@ import torch
 
 from sparse_exp.config.errors import require
 from sparse_exp.config.schema import SparsifierConfig
+from sparse_exp.engine.preemption import poll
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.sparsifiers.pai import PruningAtInitSparsifier, _grads, check_pai_target
 
@@ -87,10 +88,12 @@ class GraspSparsifier(PruningAtInitSparsifier):
         batches = self._batches(int(self.cfg.num_batches))
         g = [torch.zeros_like(w) for w in weights]
         for x, y in batches:
+            poll("pruning-at-init scoring")
             gs = _grads(self._loss(model(x) / T, y), weights)
             g = [a + b.detach() for a, b in zip(g, gs)]
         hg = [torch.zeros_like(w) for w in weights]
         for x, y in batches:
+            poll("pruning-at-init scoring")
             gf = _grads(self._loss(model(x) / T, y), weights, create_graph=True)
             z = sum((gi * fi).sum() for gi, fi in zip(g, gf))
             hs = _grads(z, weights)

@@ -15,6 +15,7 @@ pruner with an exact count).
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -24,6 +25,8 @@ from torch import nn
 from sparse_exp.sparse.flop_counts import Allocation
 from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier, check_sparse_target
 from sparse_exp.sparse.topology import global_topk_masks
+
+log = logging.getLogger("sparse_exp")
 
 # ---------------------------------------------------------------------------------------- helpers
 check_pai_target = check_sparse_target  #: every pruning-at-init method needs a sparse target
@@ -135,6 +138,7 @@ class PruningAtInitSparsifier(Sparsifier):
         if budget >= free_total:  # nothing to prune (sparsity 0 or dense layers take the rest)
             chosen = {n: torch.ones(m.shapes[n], dtype=torch.bool) for n in free}
         else:
+            log.info("%s: scoring the weights at initialisation", self.name)
             chosen = self.select(free, budget)
         masks = {n: torch.ones(m.shapes[n], dtype=torch.bool) for n in dense}
         masks.update(chosen)

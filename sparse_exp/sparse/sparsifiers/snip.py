@@ -13,6 +13,7 @@ import torch
 
 from sparse_exp.config.errors import require
 from sparse_exp.config.schema import SparsifierConfig
+from sparse_exp.engine.preemption import poll
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.sparsifiers.pai import PruningAtInitSparsifier, _grads, check_pai_target
 
@@ -58,6 +59,7 @@ class SnipSparsifier(PruningAtInitSparsifier):
         model.train()
         total = [torch.zeros_like(w) for w in weights]
         for x, y in self._batches(int(self.cfg.num_batches)):
+            poll("pruning-at-init scoring")
             gs = _grads(self._loss(model(x), y), weights)
             total = [t + g.detach() for t, g in zip(total, gs)]
         return {n: (g * w.detach()).abs() for n, g, w in zip(m.names, total, weights)}

@@ -14,6 +14,7 @@ import torch
 
 from sparse_exp.config.errors import require
 from sparse_exp.config.schema import SparsifierConfig
+from sparse_exp.engine.preemption import poll
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.sparsifiers.pai import (
     PruningAtInitSparsifier,
@@ -124,6 +125,7 @@ class SynflowSparsifier(PruningAtInitSparsifier):
             shape = self._input_shape()
             keep = {n: torch.ones(m.shapes[n], dtype=torch.bool, device=m.params[n].device) for n in free}
             for r in range(1, rounds + 1):
+                poll("pruning-at-init scoring")  # per round: a stop leaves scoring, the requeued run redoes it
                 kr = budget if r == rounds else int(round(n_free * final_density ** (r / rounds)))
                 kr = min(max(kr, budget, len(free)), sum(int(keep[n].count_nonzero()) for n in free))
                 scores = self._scores(masks=keep, input_shape=shape)
