@@ -209,3 +209,16 @@ def test_two_ranks_equal_one_process_without_bn(tmp_path):
         assert torch.allclose(r["sharded"][0], r["whole"][0], rtol=1e-5, atol=1e-6)
         assert r["metrics"][0]["acc"] == r["metrics"][1]["acc"]
     assert torch.equal(r0["sharded"][0], r1["sharded"][0])
+
+
+def test_sync_bn_is_refused_on_cpu_with_the_key(tmp_path):
+    """SyncBatchNorm's forward raises on CPU tensors in torch 2.x: ``dist.sync_bn=true`` is refused in one line."""
+    from conftest import compose_cfg
+
+    from sparse_exp.config.errors import ConfigError
+    from sparse_exp.engine.build import build_run
+
+    with pytest.raises(ConfigError) as info:
+        build_run(compose_cfg(["dist.sync_bn=true", "model=resnet32"]))
+    assert str(info.value) == ("dist.sync_bn=True is not allowed: SyncBatchNorm needs CUDA (NCCL), but the device is "
+                               "cpu; allowed on this device: false (DDP broadcasts rank 0's BN statistics)")

@@ -150,6 +150,10 @@ def build_run(cfg: Any) -> Run:
     device = resolve_device(cfg.device)
     if os.environ.get("SLURM_CPUS_PER_TASK"):  # use the CPUs SLURM gave us, not the node's count
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+    sync_bn = bool(cfg.dist.sync_bn)
+    if sync_bn and device.type != "cuda":  # SyncBatchNorm's forward raises on CPU tensors
+        raise ConfigError("dist.sync_bn", True, f"SyncBatchNorm needs CUDA (NCCL), but the device is {device.type}; "
+                          "allowed on this device: false (DDP broadcasts rank 0's BN statistics)")
     dist = init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -164,10 +168,6 @@ def build_run(cfg: Any) -> Run:
     # training.metrics.predict); pruning-at-init scores, GradInit and BN re-estimation use the full data on every
     # rank (identical results, identical masks)
     train_loader = ShardedBatches(data.train, dist.rank, dist.world_size) if dist.enabled else data.train
-    sync_bn = bool(cfg.dist.sync_bn)
-    if sync_bn and device.type != "cuda":
-        raise ConfigError("dist.sync_bn", True, f"SyncBatchNorm needs CUDA (NCCL), but the device is {device.type}; "
-                          "allowed on this device: false (DDP broadcasts rank 0's BN statistics)")
 
     callbacks = build_callbacks(cfg)
     hooks = CallbackList(callbacks)
