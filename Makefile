@@ -51,10 +51,12 @@ test: install
 bench: install
 	$(PY) benchmarks/step_time.py --steps 10 --repeats 2
 	$(PY) benchmarks/epoch_time.py $(BENCH_ARGS)
+	$(PY) benchmarks/data_scaling.py
 
 bench-quick: install
 	$(PY) benchmarks/step_time.py --steps 3 --repeats 1 --warmup 1
 	$(PY) benchmarks/epoch_time.py --quick $(BENCH_ARGS)
+	$(PY) benchmarks/data_scaling.py --quick
 
 clean-venv:
 	rm -rf $(VENV)

@@ -150,6 +150,18 @@ class FastConfig:
 
 
 @dataclass
+class DistConfig:
+    """``dist`` block: data-parallel training (:mod:`sparse_exp.engine.distributed`).
+
+    ``sync_bn``: convert BatchNorm to ``torch.nn.SyncBatchNorm`` under DDP (statistics of the global batch; CUDA /
+    NCCL only, refused on CPU); false: each rank normalises by its own rows and DDP broadcasts rank 0's running
+    statistics at every forward. No effect in one process.
+    """
+
+    sync_bn: bool = False
+
+
+@dataclass
 class Config:
     """Top-level config (``conf/config.yaml``).
 
@@ -171,6 +183,8 @@ class Config:
     tweaks: Dict[str, Any] = field(default_factory=dict)
     #: how the train step runs (compile, CUDA graphs, bf16, channels_last): :mod:`sparse_exp.engine.fast_step`
     fast: FastConfig = field(default_factory=FastConfig)
+    #: data-parallel options (SyncBatchNorm): :class:`DistConfig`
+    dist: DistConfig = field(default_factory=DistConfig)
     sparsity: float = 0.9
     seed: int = 0
     epochs: int = 20

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparse_exp.data.spec import epoch_seed
+from sparse_exp.data.spec import batch_spans, check_shard, epoch_seed, shard_slice
 
 #: mixes the epoch seed into the augmentation generator's (decorrelates it from the order generator)
 _AUG_SEED_MIX = 0x5DEECE66D
@@ -97,17 +97,23 @@ class DeviceImageLoader:
         out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
         return out.permute(0, 3, 1, 2)
 
-    def iterate(self, epoch: int) -> Iterator[Tuple[Tensor, Tensor]]:
-        """Yield ``(x, y)``: float32 ``(B, C, H, W)`` normalised images and int64 ``(B,)`` labels on the device."""
+    def iterate(self, epoch: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tuple[Tensor, Tensor]]:
+        """Yield ``(x, y)``: float32 ``(B, C, H, W)`` normalised images and int64 ``(B,)`` labels on the device, from
+        global batch ``start`` on; with ``world > 1`` only rank ``rank``'s rows of each (``spec.shard_slice``). Only
+        those images are gathered and augmented; an image's crop and flip depend on ``(seed, epoch)`` and its
+        position in the epoch, not on ``start``, ``rank`` or ``world``."""
+        check_shard(rank, world)
         if self.num_samples == 0:
             return
         order = self.order(epoch).to(self.device)
         augment = self.pad > 0 or self.flip
         aug = self.augmentation(epoch) if augment else None
-        for start in range(0, self.num_samples, self.batch_size):
-            idx = order[start:start + self.batch_size]
+        for lo, hi in batch_spans(self.num_samples, self.batch_size, start):
+            part = shard_slice(hi - lo, rank, world)
+            a, b = lo + part.start, lo + part.stop
+            idx = order[a:b]
             x = self.images.index_select(0, idx)
             if aug is not None:
-                x = self._augment(x, *(a[start:start + self.batch_size] for a in aug))
+                x = self._augment(x, *(t[a:b] for t in aug))
             x = x.float().div(255).sub_(self.mean).div_(self.std)
             yield x, self.labels.index_select(0, idx)

@@ -4,7 +4,10 @@
   one index operation. Used for Fashion-MNIST: an epoch of 55k images takes a few milliseconds
   of indexing on CPU, no worker processes, no per-sample Python.
 * :class:`TorchLoader` -- a ``torch.utils.data.DataLoader`` over a map-style torchvision data set
-  (per-sample PIL transforms, optional worker processes), re-created for every epoch.
+  (per-sample PIL transforms seeded per sample, optional worker processes), re-created for every epoch.
+
+Both yield, for ``iterate(epoch, start, rank, world)``, rank ``rank``'s rows of global batches ``start, ...`` and
+touch no other sample (per-rank loading and resume fast-forward: ``docs/architecture.md``).
 
 Both order epoch ``e`` of a training loader by ``torch.randperm(n, generator=G)`` with
 ``G = torch.Generator().manual_seed(epoch_seed(seed, e))`` and never shuffle evaluation loaders.
@@ -14,13 +17,13 @@ Neither consumes the global torch RNG, so iterating data never changes model-sid
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from sparse_exp.data.spec import epoch_seed
+from sparse_exp.data.spec import batch_spans, check_shard, epoch_seed, shard_slice
 
 # seeds the augmentation RNG of in-process (num_workers=0) loading; any constant != 0 decorrelates
 # it from the order generator, which is seeded with epoch_seed itself
@@ -73,35 +76,61 @@ class TensorLoader:
         """Source-split indices of the images of epoch ``epoch`` in yield order (int64, CPU)."""
         return self.indices[self.order(epoch)]
 
-    def iterate(self, epoch: int) -> Iterator[Tuple[Tensor, Tensor]]:
-        """Yield ``(x, y)``: float32 ``(B, C, H, W)`` and int64 ``(B,)`` on the loader's device.
+    def iterate(self, epoch: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tuple[Tensor, Tensor]]:
+        """Yield ``(x, y)``: float32 ``(B, C, H, W)`` and int64 ``(B,)`` on the loader's device, from global batch
+        ``start`` on; with ``world > 1`` only rank ``rank``'s rows of each (:func:`~sparse_exp.data.spec.shard_slice`).
 
         Evaluation batches are views into the stored tensors: do not modify them in place.
         """
+        check_shard(rank, world)
         if self.num_samples == 0:
             return
-        b = self.batch_size
-        if not self.shuffle:  # contiguous slices: views, no copy
-            for start in range(0, self.num_samples, b):
-                yield self.x[start:start + b], self.y[start:start + b]
-            return
-        perm = self.order(epoch).to(self.device)
-        for start in range(0, self.num_samples, b):
-            idx = perm[start:start + b]
-            yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+        perm = None if not self.shuffle else self.order(epoch).to(self.device)
+        for lo, hi in batch_spans(self.num_samples, self.batch_size, start):
+            part = shard_slice(hi - lo, rank, world)
+            a, b = lo + part.start, lo + part.stop
+            if perm is None:  # contiguous slices: views, no copy
+                yield self.x[a:b], self.y[a:b]
+            else:
+                idx = perm[a:b]
+                yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of the augmentation RNG of sample ``index`` (its position in the data set) in epoch ``epoch`` of a run with
+    seed ``seed``: a function of ``(seed, epoch, index)`` only, whichever rank or worker process loads the sample."""
+    return ((epoch_seed(seed, epoch) ^ _AUG_SEED_MIX) * 1_000_003 + int(index)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class _EpochSamples(Dataset):
+    """Position ``p`` of one epoch -> ``dataset[order[p]]``; with ``seed`` set, the sample's random transforms draw
+    from the global torch RNG seeded by :func:`sample_seed` inside ``torch.random.fork_rng`` (the caller's RNG state,
+    in this process or a worker, is left as it was)."""
+
+    def __init__(self, dataset: Dataset, order: Tensor, seed: Optional[Tuple[int, int]]) -> None:
+        self.dataset, self.order, self.seed = dataset, order, seed
+
+    def __len__(self) -> int:
+        return int(self.order.shape[0])
+
+    def __getitem__(self, pos: int) -> Any:
+        index = int(self.order[pos])
+        if self.seed is None:
+            return self.dataset[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(*self.seed, index))
+            return self.dataset[index]
 
 
 class TorchLoader:
     """A per-epoch ``DataLoader`` over ``Subset(dataset, indices)``.
 
     Training (``shuffle=True``): epoch ``e`` visits the subset in the order
-    ``torch.randperm(n, generator=G)`` with ``G`` seeded by ``epoch_seed(seed, e)``; the same ``G``
-    then seeds the DataLoader (its worker base seed), so random augmentations in worker processes
-    are a function of ``(seed, e)`` too. With ``num_workers=0`` augmentations run in this process
-    under a private RNG state seeded from ``(seed, e)``, swapped in only while a batch is being
-    built, so the global torch RNG is left as it was. (The augmentations drawn with and without
-    workers differ; both are reproducible.) Workers are not persistent, since persistent workers
-    would carry RNG state from one epoch to the next.
+    ``torch.randperm(n, generator=G)`` with ``G`` seeded by ``epoch_seed(seed, e)``; each sample's random
+    augmentation is seeded by ``(seed, e, index)`` (:func:`sample_seed`), so it is the same with or without worker
+    processes, on any rank, and when an epoch is entered mid-way. ``iterate(epoch, start, rank, world)`` builds
+    the DataLoader over rank ``rank``'s rows of global batches ``start, ...`` only: nothing else is read, decoded
+    or augmented. The global torch RNG is left as it was. Workers are not persistent.
 
     Args:
         dataset: map-style data set yielding ``(tensor image (C, H, W), int label)``.
@@ -122,6 +151,7 @@ class TorchLoader:
         self.num_workers = int(num_workers)
         self.device = torch.device(device)
         self.num_samples = int(self.indices.shape[0])
+        self._sample_shape: Optional[torch.Size] = None
 
     def __len__(self) -> int:
         return _num_batches(self.num_samples, self.batch_size)
@@ -135,35 +165,36 @@ class TorchLoader:
             return self.indices.clone()
         return self.indices[torch.randperm(self.num_samples, generator=self._generator(epoch))]
 
-    def iterate(self, epoch: int) -> Iterator[Tuple[Tensor, Tensor]]:
-        """Yield ``(x, y)``: float32 ``(B, C, H, W)`` and int64 ``(B,)`` on the loader's device."""
+    def _empty(self) -> Tuple[Tensor, Tensor]:
+        """A batch of no rows (a rank's share of a global batch smaller than the world)."""
+        if self._sample_shape is None:
+            self._sample_shape = self.dataset[int(self.indices[0])][0].shape
+        return (torch.empty((0, *self._sample_shape), device=self.device),
+                torch.empty(0, dtype=torch.int64, device=self.device))
+
+    def iterate(self, epoch: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tuple[Tensor, Tensor]]:
+        """Yield ``(x, y)``: float32 ``(B, C, H, W)`` and int64 ``(B,)`` on the loader's device, from global batch
+        ``start`` on; with ``world > 1`` only rank ``rank``'s rows of each (``spec.shard_slice``)."""
+        check_shard(rank, world)
         if self.num_samples == 0:
             return
         g = self._generator(epoch)
-        order = self.indices
-        if self.shuffle:
-            order = self.indices[torch.randperm(self.num_samples, generator=g)]
+        order = self.epoch_indices(epoch)
+        batches: List[List[int]] = []
+        for lo, hi in batch_spans(self.num_samples, self.batch_size, start):
+            part = shard_slice(hi - lo, rank, world)
+            batches.append(list(range(lo + part.start, lo + part.stop)))
         cuda = self.device.type == "cuda"
-        loader = DataLoader(Subset(self.dataset, order.tolist()), batch_size=self.batch_size, shuffle=False,
-                            drop_last=False, num_workers=self.num_workers, pin_memory=cuda, generator=g)
-        aug_state: Optional[Tensor] = None
-        if self.num_workers == 0:
-            aug_state = torch.Generator().manual_seed(
-                (epoch_seed(self.seed, epoch) ^ _AUG_SEED_MIX) & 0x7FFF_FFFF_FFFF_FFFF).get_state()
+        samples = _EpochSamples(self.dataset, order, (self.seed, epoch) if self.shuffle else None)
+        loader = DataLoader(samples, batch_sampler=[b for b in batches if b], num_workers=self.num_workers,
+                            pin_memory=cuda, generator=g)
         it = iter(loader)
-        while True:
-            if aug_state is not None:
-                outer = torch.get_rng_state()
-                torch.set_rng_state(aug_state)
-                try:
-                    batch = next(it, None)
-                finally:
-                    aug_state = torch.get_rng_state()
-                    torch.set_rng_state(outer)
-            else:
-                batch = next(it, None)
-            if batch is None:
-                return
-            x, y = batch
+        for rows in batches:
+            if not rows:
+                yield self._empty()
+                continue
+            x, y = next(it)
+            if self._sample_shape is None:
+                self._sample_shape = x.shape[1:]
             yield (x.to(self.device, non_blocking=cuda),
                    torch.as_tensor(y, dtype=torch.int64).to(self.device, non_blocking=cuda))

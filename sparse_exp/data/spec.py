@@ -131,12 +131,13 @@ class Loader(Protocol):
         """Batches per epoch: ``ceil(num_samples / batch_size)`` (the last batch may be short; 0 if empty)."""
         ...
 
-    def iterate(self, epoch: int) -> Iterator[Tuple[Tensor, Tensor]]:
-        """Yield ``(x, y)`` batches of epoch ``epoch``.
+    def iterate(self, epoch: int, start: int = 0, rank: int = 0, world: int = 1) -> Iterator[Tuple[Tensor, Tensor]]:
+        """Yield ``(x, y)`` batches of epoch ``epoch``, from batch ``start`` on (nothing before it is loaded).
 
         ``x`` is float32 ``(B, C, H, W)``, normalized per channel; ``y`` is int64 ``(B,)``; both on
         the loader's device. The order (and, for training, the augmentation) depends only on the
-        run seed and ``epoch``, never on what was iterated before.
+        run seed and ``epoch``, never on what was iterated before. With ``world > 1`` only rank ``rank``'s
+        rows of each global batch (:func:`shard_slice`) are loaded and yielded (possibly none: ``B = 0``).
         """
         ...
 
@@ -152,6 +153,59 @@ class DataBundle:
     num_train: int
     num_val: int
     num_test: int
+
+
+def check_shard(rank: int, world: int) -> None:
+    """Raise ValueError unless ``world >= 1`` and ``0 <= rank < world``."""
+    if int(world) < 1 or not 0 <= int(rank) < int(world):
+        raise ValueError(f"rank {rank} of world {world}: need world >= 1 and 0 <= rank < world")
+
+
+def shard_slice(rows: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s rows of a global batch of ``rows`` rows: the contiguous block
+    ``[rows * rank // world, rows * (rank + 1) // world)``. Blocks differ in size by at most one row, may be empty
+    (``rows < world``), and their union in rank order is the whole batch in its order.
+
+    Raises:
+        ValueError: ``rank`` / ``world`` out of range (:func:`check_shard`).
+    """
+    check_shard(rank, world)
+    return slice(rows * rank // world, rows * (rank + 1) // world)
+
+
+def batch_spans(num_samples: int, batch_size: int, start: int = 0) -> Iterator[Tuple[int, int]]:
+    """``(lo, hi)`` epoch positions of global batches ``start, start + 1, ...`` (the last may be short)."""
+    for lo in range(int(start) * batch_size, num_samples, batch_size):
+        yield lo, min(lo + batch_size, num_samples)
+
+
+class ShardedBatches:
+    """Rank ``rank`` of ``world``'s view of a :class:`Loader`: ``iterate(epoch, start)`` yields only this rank's
+    rows (:func:`shard_slice`) of global batches ``start, start + 1, ...``; the loader loads and augments only
+    those rows. :meth:`global_rows` gives the size of a global batch (to scale the rank's loss).
+
+    Raises:
+        ValueError: ``rank`` / ``world`` out of range.
+    """
+
+    def __init__(self, loader: "Loader", rank: int, world: int) -> None:
+        check_shard(rank, world)
+        self.loader, self.rank, self.world = loader, int(rank), int(world)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def num_samples(self) -> int:
+        return self.loader.num_samples
+
+    def global_rows(self, batch: int) -> int:
+        """Rows of global batch ``batch`` (0-based) summed over all ranks."""
+        b = self.loader.batch_size
+        return max(0, min(b, self.loader.num_samples - batch * b))
+
+    def iterate(self, epoch: int, start: int = 0) -> Iterator[Tuple[Tensor, Tensor]]:
+        return self.loader.iterate(epoch, start=start, rank=self.rank, world=self.world)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

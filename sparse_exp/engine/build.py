@@ -23,9 +23,11 @@ from torch import nn
 from sparse_exp.callbacks.best_val import BestValReport
 from sparse_exp.callbacks.flop_meter import FlopMeter
 from sparse_exp.callbacks.protocol import CallbackList, LRFactor
+from sparse_exp.config.errors import ConfigError
 from sparse_exp.data import build_data
+from sparse_exp.data.spec import ShardedBatches
 from sparse_exp.engine.context import LossFn, RunState, plan_run
-from sparse_exp.engine.distributed import DistEnv, ShardedLoader, init_distributed, quiet_other_ranks, rank_device
+from sparse_exp.engine.distributed import DistEnv, init_distributed, quiet_other_ranks, rank_device
 from sparse_exp.engine.seeding import seed_everything
 from sparse_exp.models import build_model, reinitialize_
 from sparse_exp.registry import SPARSIFIERS, SUPERPOSERS, TWEAKS
@@ -148,6 +150,10 @@ def build_run(cfg: Any) -> Run:
     device = resolve_device(cfg.device)
     if os.environ.get("SLURM_CPUS_PER_TASK"):  # use the CPUs SLURM gave us, not the node's count
         torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+    sync_bn = bool(cfg.dist.sync_bn)
+    if sync_bn and device.type != "cuda":  # SyncBatchNorm's forward raises on CPU tensors
+        raise ConfigError("dist.sync_bn", True, f"SyncBatchNorm needs CUDA (NCCL), but the device is {device.type}; "
+                          "allowed on this device: false (DDP broadcasts rank 0's BN statistics)")
     dist = init_distributed(device.type)
     quiet_other_ranks(dist)  # one console line per epoch under torchrun, rank 0's
     device = rank_device(dist, device)  # cuda:LOCAL_RANK when several ranks train on GPUs
@@ -159,9 +165,10 @@ def build_run(cfg: Any) -> Run:
     data = build_data(cfg.dataset, seed=cfg.seed, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                       device=device)
     spec = data.spec
-    # DDP: each rank trains on its rows of every global batch; evaluation, pruning-at-init scores and
-    # BN re-estimation use the full data on every rank (identical results)
-    train_loader = ShardedLoader(data.train, dist) if dist.enabled else data.train
+    # DDP: each rank loads and trains on only its rows of every global batch (evaluation is sharded in
+    # training.metrics.predict); pruning-at-init scores, GradInit and BN re-estimation use the full data on every
+    # rank (identical results, identical masks)
+    train_loader = ShardedBatches(data.train, dist.rank, dist.world_size) if dist.enabled else data.train
 
     callbacks = build_callbacks(cfg)
     hooks = CallbackList(callbacks)
@@ -172,8 +179,11 @@ def build_run(cfg: Any) -> Run:
     train_model = model
     if dist.enabled:
         ids = [device.index] if device.type == "cuda" else None
-        # buffers are broadcast after every step instead (sparse_exp.engine.distributed.broadcast_buffers_)
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        if sync_bn:  # BN statistics of the global batch (in place: the optimizer's parameters are unchanged)
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # broadcast_buffers: every forward starts from rank 0's BN running statistics; before the model is read
+        # (evaluation, tickets, epoch end) they are broadcast once more (engine.distributed.sync_buffers_)
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
     plan = plan_run(cfg, sizes=(data.num_train, data.num_val, data.num_test))
     steps_per_epoch = plan.steps_per_epoch
     assert steps_per_epoch == len(data.train), (steps_per_epoch, len(data.train))

@@ -8,8 +8,11 @@ The world comes from ``torchrun``'s variables (``RANK``, ``WORLD_SIZE``, ``LOCAL
 ``MASTER_PORT``) or, in a SLURM job step with several tasks (``hydra.launcher.nodes=N tasks_per_node=G``: N x G
 ranks), from submitit's ``TorchDistributedEnvironment`` (:func:`slurm_torch_env`). Each rank trains on
 ``cuda:LOCAL_RANK`` (:func:`rank_device`). Details and the multi-node commands: ``docs/grids.md``.
-Contract: masks are identical on every rank; ``batch_size`` is the global batch (rank r trains on rows r,
-r + W, ... of each global batch); only rank 0 writes files and logs.
+Contract: masks are identical on every rank; ``batch_size`` is the global batch and rank r loads and trains on only
+its contiguous block of rows of each global batch (:func:`sparse_exp.data.spec.shard_slice`), its loss scaled so that
+DDP's averaged gradient is the global batch's mean gradient; evaluation is sharded the same way and gathered
+(:func:`sparse_exp.training.metrics.predict`); BatchNorm: DDP's buffer broadcast, or ``dist.sync_bn=true``
+(SyncBatchNorm, CUDA only); only rank 0 writes files and logs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterator, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -149,31 +152,32 @@ def rank_device(env: DistEnv, device: torch.device, cuda_count: Optional[int] = 
                     "task on a node (hydra.launcher.gpus_per_node = hydra.launcher.tasks_per_node)")
 
 
-class ShardedLoader:
-    """Rank ``rank`` of ``world`` gets rows ``rank::world`` of every global batch of ``loader``."""
-
-    def __init__(self, loader, env: DistEnv) -> None:
-        self.loader, self.env = loader, env
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def iterate(self, epoch: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        r, w = self.env.rank, self.env.world_size
-        for x, y in self.loader.iterate(epoch):
-            yield x[r::w], y[r::w]
+def process_world() -> Tuple[int, int]:
+    """``(rank, world_size)`` of this process's default process group; ``(0, 1)`` when none is initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
-def broadcast_buffers_(buffers: "list[torch.Tensor]", env: DistEnv) -> None:
-    """Copy rank 0's ``buffers`` (BatchNorm running statistics) to every rank, in place (no-op for one
-    process or no buffers). Each rank's BN sees only its shard of a batch, so without this the ranks'
-    running statistics drift apart after every step (DDP's own broadcast happens only at the next forward)."""
-    if not env.enabled or not buffers:
+def sync_buffers_(model: torch.nn.Module) -> None:
+    """Copy rank 0's floating-point buffers (BatchNorm running statistics) into ``model`` on every rank, in place
+    (one broadcast; no-op for one process or no buffers). Called before the model is read -- evaluation
+    (:func:`sparse_exp.training.metrics.predict`), a ticket, the end of an epoch -- not per step: during training
+    DDP's own buffer broadcast (``broadcast_buffers=True``) gives every forward rank 0's statistics, and each rank
+    then updates them with its own rows until the next forward."""
+    if process_world()[1] <= 1:
         return
-    flat = torch._utils._flatten_dense_tensors(buffers)  # one collective per step, not one per buffer
-    dist.broadcast(flat, src=0)
-    for b, synced in zip(buffers, torch._utils._unflatten_dense_tensors(flat, buffers)):
-        b.copy_(synced)
+    by_dtype: "dict[torch.dtype, list[torch.Tensor]]" = {}
+    for b in model.buffers():
+        if b.is_floating_point():
+            by_dtype.setdefault(b.dtype, []).append(b)
+    for buffers in by_dtype.values():  # one broadcast per dtype (usually one)
+        flat = torch.cat([b.detach().reshape(-1) for b in buffers])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for b in buffers:
+            b.copy_(flat[offset:offset + b.numel()].view_as(b))
+            offset += b.numel()
 
 
 def any_rank(flag: bool, env: DistEnv, device: torch.device) -> bool:

@@ -185,6 +185,8 @@ class TrainStep:
 
     ``step(x, y) -> (loss, logits)``: ``x`` the input batch ``(B, C, H, W)`` on the run's device, ``y`` labels
     ``(B,)``; returns the batch's mean training loss (fp32 scalar) and the logits ``(B, classes)``, detached.
+    ``step(x, y, weight)`` (DDP, eager only): the gradient is that of ``weight * loss``; a rank with no rows
+    (``B = 0``) backpropagates a zero loss so that it joins DDP's all-reduce (it returns loss 0).
     Free of Python bookkeeping (no counters, no host synchronisation), so that it can be compiled or captured as
     a whole; mask updates, tickets and evaluation happen outside it. ``fast.dtype=bf16``: forward and loss under
     bf16 autocast; ``fast.channels_last``: inputs in NHWC memory format.
@@ -199,7 +201,7 @@ class TrainStep:
         self.autocast_cache = not fast.cuda_graphs
         self.device_type = run.device.type
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> StepOut:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, weight: Optional[float] = None) -> StepOut:
         r = self.run
         model, loss_fn, opt, masking = r.train_model, r.loss_fn, r.optimizer, r.masking
         if self.channels_last and x.dim() == 4:
@@ -207,9 +209,13 @@ class TrainStep:
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16,
                             cache_enabled=self.autocast_cache):
             logits = model(x)
-            loss = loss_fn(logits, y)
+            if weight is not None and y.numel() == 0:  # DDP: no rows on this rank, still in the all-reduce
+                loss, backward = logits.float().sum() * 0, logits.sum() * 0
+            else:
+                loss = loss_fn(logits, y)
+                backward = loss if weight is None else loss * weight
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        backward.backward()
         opt.step()
         masking.apply_(opt)
         return loss.detach().float(), logits.detach()

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from sparse_exp.config.identity import identity
 from sparse_exp.engine.build import build_run
-from sparse_exp.engine.distributed import any_rank, broadcast_buffers_
+from sparse_exp.engine.distributed import any_rank, sync_buffers_
 from sparse_exp.engine.fast_step import current_lr, make_train_step, optimizer_state_dict
 from sparse_exp.engine.preemption import PreemptionGuard, StopRequested, current
 from sparse_exp.engine.seeding import rng_state, set_rng_state
@@ -175,11 +175,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def train_epoch(self) -> Dict[str, float]:
-        """One pass over the training split; returns mean loss, accuracy (%) and final LR.
+        """One pass over the training split; returns mean loss, accuracy (%) and final LR (over the global batch).
 
-        Resumes mid-epoch after a preemption checkpoint: the first ``batch_in_epoch`` batches are
-        skipped and the RNG state of the checkpoint is restored after skipping them, so the rest of
-        the epoch is what the uninterrupted run would have done.
+        Resumes mid-epoch after a preemption checkpoint: iteration starts at batch ``batch_in_epoch`` of the epoch's
+        order (the loader recomputes it from ``(seed, epoch)``; nothing before it is loaded or augmented), and the
+        RNG state is the checkpoint's, so the rest of the epoch is what the uninterrupted run would have done.
+
+        Under DDP each rank trains on its rows of every global batch with its loss scaled by
+        ``rows * world / global_rows`` (DDP's mean gradient is then the global batch's); the loss / accuracy
+        accumulators are summed over the ranks at the end of the epoch and at a preemption checkpoint.
 
         Raises:
             Preempted: a preemption was requested (``self.preemption.requested``); a mid-epoch
@@ -187,25 +191,26 @@ class Trainer:
         """
         r, s, cfg = self.run, self.state, self.cfg
         r.train_model.train()
-        # DDP: rank 0's BN statistics after every step, so callbacks (tickets), evaluation and checkpoints
-        # see the same model on every rank (same dtype: one flat tensor)
-        buffers = [b for b in r.model.buffers() if b.is_floating_point()] if r.dist.enabled else []
         start = self.batch_in_epoch
-        loss_sum = torch.full((), self._acc[0], device=r.device)
-        correct = torch.full((), self._acc[1], device=r.device, dtype=torch.long)
-        seen = self._acc[2]
+        # a resumed DDP epoch: the checkpoint holds the sum over ranks; rank 0 carries it, the others start at 0
+        acc = self._acc if r.dist.is_main else (0.0, 0, 0)
+        loss_sum = torch.full((), acc[0], device=r.device)
+        correct = torch.full((), acc[1], device=r.device, dtype=torch.long)
+        seen = acc[2]
         nonfinite = torch.zeros(s.steps_per_epoch, dtype=torch.bool, device=r.device)  # per batch, no host sync
         r.callbacks.on_epoch_start(s)
         self.train_step.refresh()
-        bar = tqdm(r.train_loader.iterate(s.epoch), total=s.steps_per_epoch, leave=False,
+        if self._resume_rng is not None:  # undo what on_epoch_start drew: the checkpoint's state was mid-epoch
+            set_rng_state(self._resume_rng)
+        batches = r.train_loader.iterate(s.epoch, start=start)
+        bar = tqdm(batches, total=s.steps_per_epoch, initial=start, leave=False,
                    disable=not show_progress(cfg, r.dist.is_main), desc=f"epoch {s.epoch + 1}/{r.total_epochs}")
-        for i, (x, y) in enumerate(bar):
-            if i < start:
-                if i + 1 == start and self._resume_rng is not None:
-                    set_rng_state(self._resume_rng)  # undo what skipping the batches drew
-                continue
-            loss, logits = self.train_step(x, y)
-            broadcast_buffers_(buffers, r.dist)
+        for i, (x, y) in enumerate(bar, start):
+            if r.dist.enabled:  # this rank's share of the global batch's mean gradient
+                loss, logits = self.train_step(x, y, weight=y.shape[0] * r.dist.world_size
+                                               / r.train_loader.global_rows(i))
+            else:
+                loss, logits = self.train_step(x, y)
             nonfinite[i] = ~torch.isfinite(loss)
             s.step += 1
             changed = False
@@ -225,14 +230,16 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
             if self.preemption is not None and self._preempt_now(i):
                 self._raise_if_diverged(nonfinite, loss_sum)  # never checkpoint a diverged model
-                self.batch_in_epoch, self._acc = i + 1, (loss_sum.item(), int(correct.item()), seen)
+                self.batch_in_epoch, self._acc = i + 1, self._global_acc(loss_sum, correct, seen)
                 self._save_checkpoint()
                 bar.close()
                 raise Preempted(f"preempted at epoch {s.epoch} batch {i + 1} (step {s.step})")
         bar.close()
         self._raise_if_diverged(nonfinite, loss_sum)
+        total_loss, total_correct, total_seen = self._global_acc(loss_sum, correct, seen)
+        sync_buffers_(r.model)  # DDP: rank 0's BN statistics on every rank before callbacks, evaluation, checkpoint
         self.batch_in_epoch, self._acc, self._resume_rng = 0, (0.0, 0, 0), None
-        return {"train/loss": loss_sum.item() / max(seen, 1), "train/acc": 100.0 * correct.item() / max(seen, 1),
+        return {"train/loss": total_loss / max(total_seen, 1), "train/acc": 100.0 * total_correct / max(total_seen, 1),
                 "lr": current_lr(r.optimizer)}
 
     def _save_checkpoint(self) -> None:
@@ -251,6 +258,17 @@ class Trainer:
         if batch:
             return f"{where}; run the same command to resume from the checkpoint written at step {step}"
         return f"{where}; run the same command to resume from the checkpoint of epoch {epoch}"
+
+    def _global_acc(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple:
+        """``(loss sum, correct, seen)`` of the epoch so far, summed over the ranks (one all-reduce under DDP)."""
+        if not self.run.dist.enabled:
+            return loss_sum.item(), int(correct.item()), seen
+        import torch.distributed as dist
+
+        t = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=loss_sum.device,
+                                                                           dtype=torch.float64)])
+        dist.all_reduce(t)
+        return float(t[0]), int(t[1]), int(t[2])
 
     def _raise_if_diverged(self, nonfinite: torch.Tensor, loss_sum: torch.Tensor) -> None:
         """Raise :class:`Diverged` if a batch of this epoch had a non-finite loss (one host sync)."""

@@ -23,6 +23,7 @@ from omegaconf import MISSING
 from sparse_exp.callbacks.protocol import BaseCallback, LRFactor, RunState
 from sparse_exp.config.errors import one_of, require
 from sparse_exp.config.schema import SuperposerConfig
+from sparse_exp.engine.distributed import sync_buffers_
 from sparse_exp.registry import SUPERPOSERS
 from sparse_exp.sparse.topology import drop_and_grow
 from sparse_exp.superposers.averaging import AVERAGING, REPRUNE, TicketAverager, reprune
@@ -259,6 +260,7 @@ class SupTickets(BaseCallback):
         """Take the individual model as cheap ticket ``index``, superpose it and re-prune; evaluate what
         ``ticket_eval`` asks for."""
         t = self.state
+        sync_buffers_(t.model)  # DDP: every rank superposes rank 0's BN statistics (no-op in one process)
         splits = TICKET_EVAL[self.cfg.ticket_eval]
         start = time.perf_counter()
         metrics, probs = self.ticket_metrics(splits)
