@@ -54,6 +54,18 @@ NODES_RUN = ["+sweep=smoke", "seed=0", "sparsifier=rigl", f"epochs={EPOCHS}", "d
              "device=cpu"]
 
 
+@pytest.fixture(autouse=True)
+def _environ_restored():
+    """``os.environ`` as it was before each test: ``export_slurm_torch_env`` writes ``RANK`` / ``WORLD_SIZE`` /
+    ``MASTER_ADDR`` itself (not through ``monkeypatch``), and a leaked world would make every later CLI run in this
+    pytest process wait for a rendezvous that never comes. (Autouse: set up before ``monkeypatch``, torn down after
+    it.)"""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def _slurm_task(monkeypatch, **variables):
     """This process as one SLURM task: no ``SLURM_*`` / torch variables but ``variables``."""
     for key in list(os.environ):
