@@ -115,6 +115,7 @@ CASES = {
     "gamma-zero": (["schedule.gamma=0"], "schedule.gamma=0", {}, None),
     "device-unknown": (["device=tpu"], "device='tpu'", {}, None),
     "device-absent": (["device=cuda:99"], "device='cuda:99'", {}, None),
+    "sync-bn-on-cpu": (["device=cpu", "dist.sync_bn=true"], "dist.sync_bn=True", {}, None),
     "fewer-weights-than-layers": (["sparsity=0.99995"], "sparsity=0.99995", {}, None),
     "logger-mode": (["logger.mode=sometimes"], "logger.mode='sometimes'", {}, None),
     "model-init": (["model.init=xavier"], "model.init='xavier'", {}, None),

@@ -115,7 +115,8 @@ def check_device(cfg: Any) -> None:
     """The configured device exists on this machine (``auto`` always does).
 
     Raises:
-        ConfigError: ``device=cuda`` / ``cuda:N`` without (that many) CUDA devices, ``device=mps`` without MPS.
+        ConfigError: ``device=cuda`` / ``cuda:N`` without (that many) CUDA devices, ``device=mps`` without MPS,
+            ``dist.sync_bn=true`` on a device that is not CUDA.
     """
     device = str(cfg.device)
     if device.startswith("cuda"):
@@ -128,6 +129,10 @@ def check_device(cfg: Any) -> None:
     if device == "mps":
         require(torch.backends.mps.is_available(), "device", device, "MPS is not available on this machine; "
                 "allowed here: auto, cpu")
+    if bool(cfg.dist.sync_bn):  # SyncBatchNorm's forward raises on CPU tensors (engine/build.py refuses it too)
+        on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        require(on_cuda, "dist.sync_bn", True, f"SyncBatchNorm needs CUDA (NCCL), but device={device} trains on "
+                f"{'MPS' if device == 'mps' else 'the CPU'} here; allowed on this device: false")
 
 
 def preflight(cfg: Any, run_dir: Optional[Path] = None, local: bool = True) -> RunPlan:
