@@ -159,6 +159,17 @@ def process_world() -> Tuple[int, int]:
     return 0, 1
 
 
+def epoch_totals(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> Tuple[float, int, int]:
+    """``(loss sum, correct, seen)`` of an epoch so far (0-d tensors on the training device, ``seen`` in samples),
+    summed over the ranks: one all-reduce under DDP, two host syncs for one process."""
+    if process_world()[1] <= 1:
+        return loss_sum.item(), int(correct.item()), seen
+    t = torch.stack([loss_sum.double(), correct.double(),
+                     torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64)])
+    dist.all_reduce(t)
+    return float(t[0]), int(t[1]), int(t[2])
+
+
 def sync_buffers_(model: torch.nn.Module) -> None:
     """Copy rank 0's floating-point buffers (BatchNorm running statistics) into ``model`` on every rank, in place
     (one broadcast; no-op for one process or no buffers). Called before the model is read -- evaluation

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from sparse_exp.config.identity import identity
 from sparse_exp.engine.build import build_run
-from sparse_exp.engine.distributed import any_rank, sync_buffers_
+from sparse_exp.engine.distributed import any_rank, epoch_totals, sync_buffers_
 from sparse_exp.engine.fast_step import current_lr, make_train_step, optimizer_state_dict
 from sparse_exp.engine.preemption import PreemptionGuard, StopRequested, current
 from sparse_exp.engine.seeding import rng_state, set_rng_state
@@ -230,13 +230,13 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
             if self.preemption is not None and self._preempt_now(i):
                 self._raise_if_diverged(nonfinite, loss_sum)  # never checkpoint a diverged model
-                self.batch_in_epoch, self._acc = i + 1, self._global_acc(loss_sum, correct, seen)
+                self.batch_in_epoch, self._acc = i + 1, epoch_totals(loss_sum, correct, seen)
                 self._save_checkpoint()
                 bar.close()
                 raise Preempted(f"preempted at epoch {s.epoch} batch {i + 1} (step {s.step})")
         bar.close()
         self._raise_if_diverged(nonfinite, loss_sum)
-        total_loss, total_correct, total_seen = self._global_acc(loss_sum, correct, seen)
+        total_loss, total_correct, total_seen = epoch_totals(loss_sum, correct, seen)
         sync_buffers_(r.model)  # DDP: rank 0's BN statistics on every rank before callbacks, evaluation, checkpoint
         self.batch_in_epoch, self._acc, self._resume_rng = 0, (0.0, 0, 0), None
         return {"train/loss": total_loss / max(total_seen, 1), "train/acc": 100.0 * total_correct / max(total_seen, 1),
@@ -258,17 +258,6 @@ class Trainer:
         if batch:
             return f"{where}; run the same command to resume from the checkpoint written at step {step}"
         return f"{where}; run the same command to resume from the checkpoint of epoch {epoch}"
-
-    def _global_acc(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple:
-        """``(loss sum, correct, seen)`` of the epoch so far, summed over the ranks (one all-reduce under DDP)."""
-        if not self.run.dist.enabled:
-            return loss_sum.item(), int(correct.item()), seen
-        import torch.distributed as dist
-
-        t = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=loss_sum.device,
-                                                                           dtype=torch.float64)])
-        dist.all_reduce(t)
-        return float(t[0]), int(t[1]), int(t[2])
 
     def _raise_if_diverged(self, nonfinite: torch.Tensor, loss_sum: torch.Tensor) -> None:
         """Raise :class:`Diverged` if a batch of this epoch had a non-finite loss (one host sync)."""
