@@ -170,6 +170,21 @@ def epoch_totals(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> Tu
     return float(t[0]), int(t[1]), int(t[2])
 
 
+def rank_accumulators(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> "list[Tuple[float, int, int]]":
+    """Every rank's own ``(loss sum, correct, seen)`` of the epoch so far, in rank order (one all-gather under DDP).
+
+    A mid-epoch checkpoint keeps these, not their sum: each resumed rank then adds its remaining batches to its own
+    float32 sum, in the uninterrupted run's order, so the epoch's ``train/loss`` stays bitwise the same."""
+    rank_world = process_world()
+    if rank_world[1] <= 1:
+        return [(loss_sum.item(), int(correct.item()), seen)]
+    mine = torch.stack([loss_sum.double(), correct.double(),
+                        torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64)])
+    every = [torch.empty_like(mine) for _ in range(rank_world[1])]
+    dist.all_gather(every, mine)
+    return [(float(t[0]), int(t[1]), int(t[2])) for t in every]
+
+
 def sync_buffers_(model: torch.nn.Module) -> None:
     """Copy rank 0's floating-point buffers (BatchNorm running statistics) into ``model`` on every rank, in place
     (one broadcast; no-op for one process or no buffers). Called before the model is read -- evaluation

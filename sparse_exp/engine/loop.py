@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from sparse_exp.config.identity import identity
 from sparse_exp.engine.build import build_run
-from sparse_exp.engine.distributed import any_rank, epoch_totals, sync_buffers_
+from sparse_exp.engine.distributed import any_rank, epoch_totals, rank_accumulators, sync_buffers_
 from sparse_exp.engine.fast_step import current_lr, make_train_step, optimizer_state_dict
 from sparse_exp.engine.preemption import PreemptionGuard, StopRequested, current
 from sparse_exp.engine.seeding import rng_state, set_rng_state
@@ -170,7 +170,7 @@ class Trainer:
         set_rng_state(state["rng"])
         s.epoch, s.step, s.elapsed = state["epoch"], state["step"], state["elapsed"]
         self.batch_in_epoch = state["batch_in_epoch"]
-        self._acc = tuple(state["epoch_accumulators"])
+        self._acc = tuple(state["epoch_accumulators"])  # a triple, or one triple per rank (DDP)
         self._resume_rng = state["rng"] if self.batch_in_epoch else None
 
     # ------------------------------------------------------------------ training
@@ -193,7 +193,11 @@ class Trainer:
         r.train_model.train()
         start = self.batch_in_epoch
         # a resumed DDP epoch: the checkpoint holds the sum over ranks; rank 0 carries it, the others start at 0
-        acc = self._acc if r.dist.is_main else (0.0, 0, 0)
+        acc = self._acc  # (loss sum, correct, seen), or under DDP one such triple per rank
+        if acc and isinstance(acc[0], (list, tuple)):
+            acc = acc[r.dist.rank]
+        elif not r.dist.is_main:  # a checkpoint of one process, or an older DDP one holding the global totals
+            acc = (0.0, 0, 0)
         loss_sum = torch.full((), acc[0], device=r.device)
         correct = torch.full((), acc[1], device=r.device, dtype=torch.long)
         seen = acc[2]
@@ -230,7 +234,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
             if self.preemption is not None and self._preempt_now(i):
                 self._raise_if_diverged(nonfinite, loss_sum)  # never checkpoint a diverged model
-                self.batch_in_epoch, self._acc = i + 1, epoch_totals(loss_sum, correct, seen)
+                per_rank = rank_accumulators(loss_sum, correct, seen)
+                self.batch_in_epoch, self._acc = i + 1, per_rank[0] if len(per_rank) == 1 else per_rank
                 self._save_checkpoint()
                 bar.close()
                 raise Preempted(f"preempted at epoch {s.epoch} batch {i + 1} (step {s.step})")
