@@ -124,9 +124,10 @@ def migrate_checkpoint(state: Any, path: str | os.PathLike) -> Dict[str, Any]:
 
     v1 -> v2 fills what v1 checkpoints of older engines lack with what those engines meant: no ``callbacks``
     (before the callback protocol): ``{"flops": flops, <superposer>: superposer}``, the superposer named by the
-    run's ``config.yaml`` next to ``path``; ``batch_in_epoch`` 0 and ``epoch_accumulators`` (0.0, 0, 0) (one triple per rank under DDP; before
-    mid-epoch checkpoints); ``masking.ever_active`` the masks; ``sparsifier.updates`` 0; the ``sup_tickets``
-    callback's ``ticket_seconds`` [] (before ``ticket_eval``). Then adds ``format``.
+    run's ``config.yaml`` next to ``path``; ``batch_in_epoch`` 0 and ``epoch_accumulators`` (0.0, 0, 0) (before
+    mid-epoch checkpoints; under DDP one such triple per rank); ``masking.ever_active`` the masks;
+    ``sparsifier.updates`` 0; the ``sup_tickets`` callback's ``ticket_seconds`` [] (before ``ticket_eval``).
+    Then adds ``format``.
 
     Raises:
         UserError: not a dict, an unknown (e.g. newer) format, or a pre-callback checkpoint without a readable
