@@ -57,20 +57,28 @@ def watch_mask_updates(trainer) -> list:
     return checked
 
 
-def worker(rank, world, port, out_dir, overrides):
-    sys.path.insert(0, str(TESTS))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _trainer(out: Path, overrides, rank: int = 0, world: int = 1, port: int = 0):
+    """A prepared :class:`Trainer` for ``overrides`` in ``out``; with ``world > 1`` this process first joins the
+    ``env://`` world as rank ``rank`` (one thread, as each spawned worker)."""
+    if world > 1:
+        sys.path.insert(0, str(TESTS))
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                          LOCAL_RANK=str(rank))
+        torch.set_num_threads(1)
     from conftest import compose_cfg
 
     from sparse_exp.engine.loop import Trainer
     from sparse_exp.run.run_dir import RunDir
 
     cfg = compose_cfg(overrides)
-    rd = RunDir(Path(out_dir) / "run")
+    rd = RunDir(out)
     trainer = Trainer(cfg, rd)
     rd.prepare(cfg)
+    return cfg, trainer
+
+
+def worker(rank, world, port, out_dir, overrides):
+    cfg, trainer = _trainer(Path(out_dir) / "run", overrides, rank, world, port)
     checked = watch_mask_updates(trainer)
     summary = trainer.fit()
     state = {"model": trainer.model.state_dict(), "masks": dict(trainer.masking.masks),
@@ -153,20 +161,9 @@ def test_every_rank_is_refused_when_another_process_holds_the_run(tmp_path):
 
 
 def equivalence_worker(rank, world, port, out_dir, overrides):
-    sys.path.insert(0, str(TESTS))
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from conftest import compose_cfg
-
-    from sparse_exp.engine.loop import Trainer
-    from sparse_exp.run.run_dir import RunDir
+    _, trainer = _trainer(Path(out_dir) / "ddp", overrides, rank, world, port)
     from sparse_exp.training.metrics import metrics_from_logits, predict
 
-    cfg = compose_cfg(overrides)
-    rd = RunDir(Path(out_dir) / "ddp")
-    trainer = Trainer(cfg, rd)
-    rd.prepare(cfg)
     summary = trainer.fit()
     test = trainer.data.test
     sharded = predict(trainer.model, test)  # each rank its rows, gathered
@@ -184,18 +181,10 @@ def equivalence_worker(rank, world, port, out_dir, overrides):
 def test_two_ranks_equal_one_process_without_bn(tmp_path):
     """LeNet-5 (no BN), static masks: 2 ranks (rows 31 and 32 of every global batch of 63; the last global
     batch has 1 row, so rank 0 trains on none there) end where one process ends with the same global batch."""
-    from conftest import compose_cfg
-
-    from sparse_exp.engine.loop import Trainer
-    from sparse_exp.run.run_dir import RunDir
-
     overrides = ["sparsifier=static", "epochs=2", "batch_size=63", "dataset.subset_train=1009", "eval_batch_size=100"]
     mp.spawn(equivalence_worker, args=(2, free_port(), str(tmp_path), overrides), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"eq{r}.pt", weights_only=False) for r in (0, 1))
-    cfg = compose_cfg(overrides)
-    rd = RunDir(tmp_path / "one")
-    one = Trainer(cfg, rd)
-    rd.prepare(cfg)
+    _, one = _trainer(tmp_path / "one", overrides)
     summary = one.fit()
     for key, value in one.model.state_dict().items():
         assert torch.equal(r0["model"][key], r1["model"][key]), key
