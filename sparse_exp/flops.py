@@ -25,7 +25,7 @@ from sparse_exp.config.errors import UserError
 from sparse_exp.config.preflight import preflight
 from sparse_exp.config.refusal import check_overrides, explain, refuse
 from sparse_exp.data import DATASETS
-from sparse_exp.models import build_model
+from sparse_exp.models import build_configured
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.flop_counts import expected_training_ratio, inference_ratio, layer_forward_profile
 from sparse_exp.sparse.masking import prunable_parameters
@@ -40,8 +40,7 @@ def _input_shape(spec: Any) -> Tuple[int, ...]:
 def compute(cfg: Any) -> Dict[str, Any]:
     """FLOP report of a composed, validated config (see module doc)."""
     spec = DATASETS[cfg.dataset.name].spec
-    model = build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                        image_size=spec.image_size)
+    model = build_configured(cfg.model, spec)
     layer_flops = layer_forward_profile(model, _input_shape(spec)).flops
     shapes = {n: tuple(p.shape) for n, p in prunable_parameters(model)}
     names = list(shapes)

@@ -21,6 +21,8 @@ hook                   when / what                                              
 ``on_epoch_end``       after each epoch's validation; may add keys to the epoch's metrics row  --
 ``final_masks``        at the end: the masks of the model the run reports, if not the         (label,
                        individual model's (a superposer's superposed model)                      masks)
+``reported_model``     at the end: the model the run reports, if not the individual model     (which,
+                       (``which``: ``"ultimate"`` / ``"best_val"``); written to ``model.pt``    model)
 ``final_metrics``      at the end: keys for ``summary.json`` (may override the individual      dict
                        model's ``test/*`` / ``val/*``)
 ``summary_lines``      at the end: lines printed above the run's result table                 lines
@@ -71,6 +73,7 @@ class Callback(Protocol):
     def on_step_end(self, state: RunState, mask_changed: bool) -> None: ...
     def on_epoch_end(self, state: RunState, row: Dict[str, Any]) -> None: ...
     def final_masks(self, state: RunState) -> Optional[Tuple[str, Masks]]: ...
+    def reported_model(self, state: RunState) -> Optional[Tuple[str, nn.Module]]: ...
     def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]: ...
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]: ...
     def plot_marks(self, state: RunState) -> List[Tuple[int, str]]: ...
@@ -124,6 +127,9 @@ class BaseCallback:
         pass
 
     def final_masks(self, state: RunState) -> Optional[Tuple[str, Masks]]:
+        return None
+
+    def reported_model(self, state: RunState) -> Optional[Tuple[str, nn.Module]]:
         return None
 
     def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
@@ -232,6 +238,15 @@ class CallbackList:
         out = None
         for cb in self.callbacks:
             got = cb.final_masks(state)
+            out = got if got is not None else out
+        return out
+
+    def reported_model(self, state: RunState) -> Optional[Tuple[str, nn.Module]]:
+        """The last callback's answer that is not None (``report=best_val`` is built last, so it wins over a
+        superposer's ultimate ticket); None: the run reports its individual (final) model."""
+        out = None
+        for cb in self.callbacks:
+            got = cb.reported_model(state)
             out = got if got is not None else out
         return out
 

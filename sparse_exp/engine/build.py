@@ -29,7 +29,7 @@ from sparse_exp.data.spec import ShardedBatches
 from sparse_exp.engine.context import LossFn, RunState, plan_run
 from sparse_exp.engine.distributed import DistEnv, init_distributed, quiet_other_ranks, rank_device
 from sparse_exp.engine.seeding import seed_everything
-from sparse_exp.models import build_model, reinitialize_
+from sparse_exp.models import build_configured, reinitialize_
 from sparse_exp.registry import SPARSIFIERS, SUPERPOSERS, TWEAKS
 from sparse_exp.sparse.flop_counts import layer_forward_flops
 from sparse_exp.sparse.masking import Masking
@@ -172,8 +172,7 @@ def build_run(cfg: Any) -> Run:
 
     callbacks = build_callbacks(cfg)
     hooks = CallbackList(callbacks)
-    model = reinitialize_(build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                                      image_size=spec.image_size), cfg.model.init)
+    model = reinitialize_(build_configured(cfg.model, spec), cfg.model.init)
     model = hooks.transform_model(model).to(device)
     optimizer = build_optimizer(cfg.optimizer, model, hooks.param_groups(model))
     train_model = model

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sparse_exp.config.errors import ConfigError
-from sparse_exp.models import build_model
+from sparse_exp.models import build_configured
 from sparse_exp.registry import DATASETS
 from sparse_exp.sparse.distributions import layer_counts
 from sparse_exp.sparse.masking import Masking, dense_layer_names, prunable_parameters
@@ -64,8 +64,7 @@ def prunable_shapes(cfg: Any, spec: Any) -> Dict[str, Tuple[int, ...]]:
     """Prunable weight shapes of ``cfg.model`` for ``spec``'s input, built on the ``meta`` device (no
     memory, no RNG draw)."""
     with torch.device("meta"):
-        model = build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                            image_size=spec.image_size)
+        model = build_configured(cfg.model, spec)
     return {n: tuple(p.shape) for n, p in prunable_parameters(model)}
 
 

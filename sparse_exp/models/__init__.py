@@ -14,11 +14,13 @@ open_lth ``cifar_resnet_32``), ``wrn28_10`` (Zagoruyko & Komodakis 2016; xternal
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from dataclasses import fields
+from typing import Any, Dict
 
 from torch import nn
 
 from sparse_exp.config.errors import one_of
+from sparse_exp.config.schema import ModelConfig
 from sparse_exp.models.imagenet import resnet50_imagenet
 from sparse_exp.models.lenet import lenet5, lenet_300_100
 from sparse_exp.models.mobilenet_v2 import mobilenet_v2
@@ -27,13 +29,14 @@ from sparse_exp.models.vgg import vgg16
 from sparse_exp.models.wrn import wrn28_10
 from sparse_exp.registry import MODELS
 
-#: config name -> constructor ``fn(in_channels, num_classes, image_size) -> nn.Module``; each model
-#: module registers its constructors (``@MODELS.register(name)``), imported above
-__all__ = ["MODELS", "build_model", "lenet5", "lenet_300_100", "mobilenet_v2", "resnet18", "resnet32", "resnet50",
-           "resnet50_imagenet", "vgg16", "wrn28_10"]
+#: config name -> constructor ``fn(in_channels, num_classes, image_size, **options) -> nn.Module``; each model
+#: module registers its constructors (``@MODELS.register(name)``, with ``schema=`` when it has own keys: the
+#: ``options``), imported above
+__all__ = ["MODELS", "build_configured", "build_model", "lenet5", "lenet_300_100", "mobilenet_v2", "model_options",
+           "resnet18", "resnet32", "resnet50", "resnet50_imagenet", "vgg16", "wrn28_10"]
 
 
-def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **options: Any) -> nn.Module:
     """Build the model registered as ``name`` in :data:`MODELS` (randomly initialised, on CPU).
 
     Args:
@@ -41,6 +44,7 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int) 
         in_channels: channels ``C`` of the input batch ``(N, C, H, W)``.
         num_classes: number of output logits.
         image_size: input height = width ``H = W``.
+        options: the model's own keys (those its registered schema adds to ``ModelConfig``), passed on.
 
     Returns:
         A module mapping ``(N, in_channels, image_size, image_size)`` to logits
@@ -56,7 +60,25 @@ def build_model(name: str, in_channels: int, num_classes: int, image_size: int) 
     for key, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{key}={value!r} must be an integer >= 1")
-    return MODELS[name](**{key: int(value) for key, value in sizes.items()})
+    return MODELS[name](**{key: int(value) for key, value in sizes.items()}, **options)
+
+
+def model_options(node: Any) -> Dict[str, Any]:
+    """The keys of a ``model`` config node beyond :class:`~sparse_exp.config.schema.ModelConfig`'s (``name``,
+    ``init``), as plain data: what a model registered with its own schema receives as keyword arguments."""
+    from omegaconf import OmegaConf
+
+    base = {f.name for f in fields(ModelConfig)}
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    return {k: v for k, v in plain.items() if k not in base}
+
+
+def build_configured(node: Any, spec: Any) -> nn.Module:
+    """:func:`build_model` for a ``model`` config node and a data set's spec (``in_channels``, ``num_classes``,
+    ``image_size``): every caller that builds the configured network (training, pre-flight on ``meta``, FLOPs, the
+    tweaks' checks) goes through here, so a model's own keys reach its constructor. Not re-initialised."""
+    return build_model(node.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
+                       image_size=spec.image_size, **model_options(node))
 
 
 INITS = ("default", "kaiming_normal")

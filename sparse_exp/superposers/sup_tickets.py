@@ -316,6 +316,10 @@ class SupTickets(BaseCallback):
         return "ultimate ticket", self.ultimate_ticket_masks()
 
     # ------------------------------------------------------------------ results
+    def reported_model(self, state: RunState) -> Optional[Tuple[str, torch.nn.Module]]:
+        """The run reports the ultimate ticket (a separate model; the individual model is left as trained)."""
+        return "ultimate", self.ultimate_model()
+
     def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
         """Summary keys: the ultimate ticket's metrics as the run's result, the last individual
         model's as ``last/*``, per-ticket metrics, diversity, the superposition's cost."""

@@ -168,12 +168,11 @@ def check_ghost_skip(cfg: Any) -> None:
 
 def preflight_ghost_skip(plan: Any) -> None:
     """The model declares units (built on ``meta``); with Sup-tickets, alpha settles before the first ticket."""
-    from sparse_exp.models import build_model
+    from sparse_exp.models import build_configured
 
     cfg, spec = plan.cfg, plan.spec
     with torch.device("meta"):
-        model = build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                            image_size=spec.image_size)
+        model = build_configured(cfg.model, spec)
     if not ghost_units(model):
         raise ConfigError("tweaks", "[ghost_skip]", f"does not apply to model={cfg.model.name}: it has no conv -> "
                           "BatchNorm -> activation unit (allowed: resnet18, resnet32, resnet50, vgg16, mobilenet_v2, "

@@ -180,12 +180,11 @@ def check_soft_neurons(cfg: Any) -> None:
 def preflight_soft_neurons(plan: Any) -> None:
     """The model has ReLU modules and no functional ReLU call (built on ``meta``); with Sup-tickets the
     schedule ends before the first ticket."""
-    from sparse_exp.models import build_model
+    from sparse_exp.models import build_configured
 
     cfg, spec = plan.cfg, plan.spec
     with torch.device("meta"):
-        model = build_model(cfg.model.name, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                            image_size=spec.image_size)
+        model = build_configured(cfg.model, spec)
     shape = (spec.in_channels, spec.image_size, spec.image_size)
     functional = functional_relu_calls(model, shape)
     if functional:
