@@ -22,7 +22,7 @@ hook                   when / what                                              
 ``final_masks``        at the end: the masks of the model the run reports, if not the         (label,
                        individual model's (a superposer's superposed model)                      masks)
 ``reported_model``     at the end: the model the run reports, if not the individual model     (which,
-                       (``which``: ``"ultimate"`` / ``"best_val"``); written to ``model.pt``    model)
+                       (``which``: the callback's label of it); written to ``model.pt``        model)
 ``final_metrics``      at the end: keys for ``summary.json`` (may override the individual      dict
                        model's ``test/*`` / ``val/*``)
 ``summary_lines``      at the end: lines printed above the run's result table                 lines
@@ -243,7 +243,7 @@ class CallbackList:
 
     def reported_model(self, state: RunState) -> Optional[Tuple[str, nn.Module]]:
         """The last callback's answer that is not None (``report=best_val`` is built last, so it wins over a
-        superposer's ultimate ticket); None: the run reports its individual (final) model."""
+        superposer's model); None: the run reports its individual (final) model."""
         out = None
         for cb in self.callbacks:
             got = cb.reported_model(state)
