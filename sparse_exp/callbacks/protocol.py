@@ -21,8 +21,9 @@ hook                   when / what                                              
 ``on_epoch_end``       after each epoch's validation; may add keys to the epoch's metrics row  --
 ``final_masks``        at the end: the masks of the model the run reports, if not the         (label,
                        individual model's (a superposer's superposed model)                      masks)
-``reported_model``     at the end: the model the run reports, if not the individual model     (which,
-                       (``which``: the callback's label of it); written to ``model.pt``        model)
+``reported_model``     at the end, after ``final_metrics``: the model the run reports, if not  (which,
+                       the individual model (``which``: its label; ``masks``, optional: its    model[,
+                       masks if not ``final_masks``'); written to ``model.pt``                 masks])
 ``final_metrics``      at the end: keys for ``summary.json`` (may override the individual      dict
                        model's ``test/*`` / ``val/*``)
 ``summary_lines``      at the end: lines printed above the run's result table                 lines
@@ -41,7 +42,7 @@ skips it). Callbacks see the :class:`~sparse_exp.engine.context.RunState`, never
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, runtime_checkable
+from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Tuple, Union, runtime_checkable
 
 import torch
 from torch import nn
@@ -51,6 +52,8 @@ from sparse_exp.engine.context import LossFn, RunState
 #: ``factor(step) -> LR multiplier`` for the 0-based optimizer step (``LambdaLR`` convention)
 LRFactor = Callable[[int], float]
 Masks = Dict[str, torch.Tensor]
+#: ``reported_model``'s answer: ``(which, model)`` or ``(which, model, masks)``
+Reported = Union[Tuple[str, nn.Module], Tuple[str, nn.Module, Masks]]
 
 
 @runtime_checkable
@@ -73,7 +76,7 @@ class Callback(Protocol):
     def on_step_end(self, state: RunState, mask_changed: bool) -> None: ...
     def on_epoch_end(self, state: RunState, row: Dict[str, Any]) -> None: ...
     def final_masks(self, state: RunState) -> Optional[Tuple[str, Masks]]: ...
-    def reported_model(self, state: RunState) -> Optional[Tuple[str, nn.Module]]: ...
+    def reported_model(self, state: RunState) -> Optional[Reported]: ...
     def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]: ...
     def summary_lines(self, summary: Dict[str, Any]) -> List[str]: ...
     def plot_marks(self, state: RunState) -> List[Tuple[int, str]]: ...
@@ -129,7 +132,7 @@ class BaseCallback:
     def final_masks(self, state: RunState) -> Optional[Tuple[str, Masks]]:
         return None
 
-    def reported_model(self, state: RunState) -> Optional[Tuple[str, nn.Module]]:
+    def reported_model(self, state: RunState) -> Optional[Reported]:
         return None
 
     def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
@@ -241,7 +244,7 @@ class CallbackList:
             out = got if got is not None else out
         return out
 
-    def reported_model(self, state: RunState) -> Optional[Tuple[str, nn.Module]]:
+    def reported_model(self, state: RunState) -> Optional[Reported]:
         """The last callback's answer that is not None (``report=best_val`` is built last, so it wins over a
         superposer's model); None: the run reports its individual (final) model."""
         out = None

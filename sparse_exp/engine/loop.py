@@ -29,7 +29,7 @@ from sparse_exp.engine.distributed import any_rank, epoch_totals, rank_accumulat
 from sparse_exp.engine.fast_step import current_lr, make_train_step, optimizer_state_dict
 from sparse_exp.engine.preemption import PreemptionGuard, StopRequested, current
 from sparse_exp.engine.seeding import rng_state, set_rng_state
-from sparse_exp.engine.summary import final_summary
+from sparse_exp.engine.summary import final_summary, write_model
 from sparse_exp.run.curves import lr_trace, plot_curves
 from sparse_exp.run.loggers import build_logger
 from sparse_exp.run.run_dir import RunDir
@@ -353,6 +353,7 @@ class Trainer:
             self._epoch_in_progress = s.epoch
             summary, label, masks = final_summary(r, ident, rd.path)
             rd.save_masks(masks, {**ident, "sparsity/global": summary["sparsity/global"], "model": label})
+            write_model(r, rd, masks)  # model.pt: the reported model
             rd.write_summary(summary)
             self.write_curves()
             logger.summary(summary)

@@ -4,7 +4,8 @@
 the callbacks report (:meth:`~sparse_exp.callbacks.protocol.Callback.final_metrics`): a booster that reports
 another model replaces ``test/*`` / ``val/*`` with that model's (and keeps the individual model's under
 its own keys), the FLOP meter adds ``flops/*``. The masks written to ``masks.pt`` are those of the
-reported model (a callback's ``final_masks``, else the individual model's).
+reported model (a callback's ``final_masks``, else the individual model's). ``model.pt`` holds the reported model
+(:func:`write_model`; a callback's ``reported_model``, else the individual model).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
-from sparse_exp.run.run_dir import git_info
+from sparse_exp.callbacks.protocol import BaseCallback
+from sparse_exp.run.artifact import model_payload
+from sparse_exp.run.run_dir import RunDir, git_info
 from sparse_exp.training.metrics import evaluate
 
 
@@ -55,6 +58,18 @@ def final_summary(run: Any, ident: Dict[str, Any],
     out["run_dir"] = str(run_dir)
     out["git"] = git_info()["sha"]
     return out, label, masks
+
+
+def write_model(run: Any, rd: RunDir, masks: Dict[str, torch.Tensor]) -> None:
+    """Write ``model.pt`` (:mod:`sparse_exp.run.artifact`) of a run after :func:`final_summary` (whose
+    ``final_metrics`` evaluated the model written here): the callbacks' ``reported_model`` (with its own masks if
+    it gives them), else the individual model labelled ``"final"``; ``masks``: :func:`final_summary`'s."""
+    if not rd.writable:
+        return
+    answer = run.callbacks.reported_model(run.state)
+    which, model, *own = answer if answer is not None else ("final", run.model)
+    changers = [cb.name for cb in run.callbacks if type(cb).transform_model is not BaseCallback.transform_model]
+    rd.save_model(model_payload(which, model, own[0] if own else masks, run.cfg, run.data.spec, changers))
 
 
 def format_summary(summary: Dict[str, Any], lines: Sequence[str] = ()) -> str:

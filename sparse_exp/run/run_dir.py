@@ -7,8 +7,9 @@ object per epoch), ``summary.json`` (the result; ``status`` is "completed" only 
 ``{"format": "sparse_exp.checkpoint/v2", "model", "optimizer", "scheduler", "masking", "sparsifier", "callbacks":
 {name: state}, "rng", "epoch", "step", "elapsed", "batch_in_epoch", "epoch_accumulators"}``; v1, without "format", is
 read through :func:`migrate_checkpoint`), ``masks.pt`` (final masks: ``{"format": "sparse_exp.masks/v1", "masks":
-{name: bool tensor}}``), ``wandb_id.txt`` (the W&B run id, reused on resume) and ``.lock`` (held with ``flock`` by the
-process training into the directory; it says its pid and host).
+{name: bool tensor}}``), ``model.pt`` (the reported model of a completed run, :mod:`sparse_exp.run.artifact`),
+``wandb_id.txt`` (the W&B run id, reused on resume) and ``.lock`` (held with ``flock`` by the process training into the
+directory; it says its pid and host).
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ class RunDir:
     metrics_path = property(lambda self: self.path / "metrics.jsonl")
     checkpoint_path = property(lambda self: self.path / "checkpoint.pt")
     masks_path = property(lambda self: self.path / "masks.pt")
+    model_path = property(lambda self: self.path / "model.pt")
     wandb_id_path = property(lambda self: self.path / "wandb_id.txt")
 
     # -------------------------------------------------------------- state of the run
@@ -368,3 +370,9 @@ class RunDir:
         payload = {"format": MASKS_FORMAT, "masks": {k: v.detach().to("cpu", torch.bool) for k, v in masks.items()},
                    "meta": meta}
         _atomic_write_bytes(self.masks_path, lambda f: torch.save(payload, f))
+
+    def save_model(self, payload: Dict[str, Any]) -> None:
+        """``model.pt``: ``payload`` (:func:`sparse_exp.run.artifact.model_payload`), written atomically."""
+        if not self.writable:
+            return
+        _atomic_write_bytes(self.model_path, lambda f: torch.save(payload, f))

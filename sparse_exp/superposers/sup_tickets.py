@@ -317,8 +317,10 @@ class SupTickets(BaseCallback):
 
     # ------------------------------------------------------------------ results
     def reported_model(self, state: RunState) -> Optional[Tuple[str, torch.nn.Module]]:
-        """The run reports the ultimate ticket (a separate model; the individual model is left as trained)."""
-        return "ultimate", self.ultimate_model()
+        """The run reports the ultimate ticket (a separate model; the individual model is left as trained): the one
+        :meth:`final_metrics` evaluated (no second BN pass), else a fresh :meth:`ultimate_model`."""
+        reported = getattr(self, "reported", None)
+        return "ultimate", reported if reported is not None else self.ultimate_model()
 
     def final_metrics(self, state: RunState, individual: Dict[str, Any]) -> Dict[str, Any]:
         """Summary keys: the ultimate ticket's metrics as the run's result, the last individual
@@ -326,7 +328,7 @@ class SupTickets(BaseCallback):
         t = self.state
         if self.averager.count == 0:
             raise RuntimeError("the run ended before any ticket was collected")
-        ultimate = self.ultimate_model()
+        ultimate = self.reported = self.ultimate_model()  # reported_model gives this one (the metrics' model)
         out: Dict[str, Any] = {f"last/{k}": v for k, v in individual.items()
                                if k.startswith(("test/", "val/", "sparsity/global"))}
         out.update(split_metrics(ultimate, t.data, t.num_classes))
