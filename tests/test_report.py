@@ -50,8 +50,9 @@ class FakeTest:
 
 @pytest.fixture
 def fake(monkeypatch):
-    state = SimpleNamespace(model=None, data=SimpleNamespace(test="test-loader"), num_classes=10, step=0, epoch=0,
-                            pre_steps=0, steps_per_epoch=5)
+    masking = SimpleNamespace(names=["weight"], masks={"weight": torch.ones(2, 3, dtype=torch.bool)})
+    state = SimpleNamespace(model=torch.nn.Linear(3, 2), masking=masking, data=SimpleNamespace(test="test-loader"),
+                            num_classes=10, step=0, epoch=0, pre_steps=0, steps_per_epoch=5)
     test = FakeTest(state)
     monkeypatch.setattr("sparse_exp.callbacks.best_val.evaluate", test)
     cb = BestValReport()
@@ -59,6 +60,7 @@ def fake(monkeypatch):
     def epoch(val, **row):
         state.epoch += 1
         state.step += state.steps_per_epoch
+        torch.nn.init.constant_(state.model.weight, float(state.epoch))  # each epoch's model is recognisable
         row = {"val/acc": val, "val/nll": 0.5, "val/ece": 0.05, "epoch": state.epoch, "phase": "main",
                "sparsity/global": 0.9, **row}
         cb.on_epoch_end(state, row)
@@ -115,6 +117,7 @@ def test_state_round_trips_through_a_checkpoint(fake):
     other = BestValReport()
     other.load_state_dict(torch.load(buf, weights_only=True)["report"], torch.device("cpu"))
     assert other.best == fake.cb.best
+    assert torch.equal(other.snapshot["state"]["weight"], torch.full((2, 3), 2.0)), "the best epoch's weights"
     fresh = BestValReport()
     fresh.load_state_dict(BestValReport().state_dict(), torch.device("cpu"))
     assert fresh.best is None
