@@ -87,7 +87,7 @@ def test_finished_run_is_not_overwritten(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert (run_dir / "config.yaml").exists() and (run_dir / "git.json").exists()
-    assert (run_dir / "masks.pt").exists() and (run_dir / "checkpoint.pt").exists()
+    assert (run_dir / "masks.pt").exists() and (run_dir / "checkpoint.pt").exists() and (run_dir / "model.pt").exists()
     assert (run_dir / "curves.png").exists(), "every completed run draws its learning curves"
     stamps = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
     second = run_cli(args, runs)

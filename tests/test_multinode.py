@@ -249,7 +249,8 @@ def test_torchrun_two_processes(torchrun_run):
     # rank 0 alone writes: one metrics line per epoch (two writers would append two)
     assert [r["epoch"] for r in _metrics(run_dir)] == list(range(1, EPOCHS + 1))
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoint.pt", "config.yaml", "curves.png",
-                                                         "git.json", "masks.pt", "metrics.jsonl", "summary.json"]
+                                                         "git.json", "masks.pt", "metrics.jsonl", "model.pt",
+                                                         "summary.json"]
     # and alone prints: each epoch line and the summary once
     assert len(re.findall(r"^epoch \d+/\d+ ", out, re.M)) == EPOCHS, out[-4000:]
     assert out.count("test accuracy") == 1, out[-4000:]

@@ -7,6 +7,8 @@ import torch
 from conftest import compose_cfg, needs_data
 from test_resume import assert_same_run
 
+import sparse_exp
+from sparse_exp.config.errors import UserError
 from sparse_exp.engine.loop import Trainer
 from sparse_exp.models import build_model
 from sparse_exp.run.run_dir import RunDir
@@ -98,6 +100,8 @@ def test_annealed_tweaks_end_as_the_plain_relu_architecture(tmp_path):
     x = torch.randn(2, 1, 28, 28)
     plain.load_state_dict(trainer.model.state_dict())
     assert torch.equal(plain.eval()(x), trainer.model.eval()(x)), "the final network is the plain ReLU ResNet-32"
+    loaded, meta = sparse_exp.load(tmp_path)  # model.pt: rebuilt as the plain network it ended as
+    assert meta["which"] == "final" and torch.equal(loaded(x), trainer.model(x))
 
 
 @needs_data
@@ -129,3 +133,5 @@ def test_a_pruning_at_init_mask_is_the_methods_own_whatever_is_trained_on_it(tmp
     assert summary["ghost/scores_network"] == scores
     assert summary["tweaks/soft_neurons/scores_network"] == ("relu" if scores == "plain" else "swish")
     assert sum(isinstance(m, torch.nn.ReLU) for m in tweaked.model.modules()) == 0, "trained with soft neurons"
+    with pytest.raises(UserError, match=r"changed by ghost_skip, soft_neurons \(transform_model\)"):
+        sparse_exp.load(tmp_path / "tweaked")  # the network the tweaks keep is not rebuilt from the config
