@@ -111,6 +111,10 @@ def test_ranks_stay_identical(tmp_path, overrides):
     assert abs(r0["summary"]["sparsity/global"] - 0.9) <= 1e-3
     assert r0["summary"]["itop_rate"] > 0.1, "masks did change (and identically)"
     assert r0["mask_updates_checked"] == r1["mask_updates_checked"] > 0, "compared after every mask update"
+    written = torch.load(tmp_path / "run" / "model.pt", weights_only=True)  # rank 0's reported model
+    assert written["which"] == ("ultimate" if "ultimate" in r0 else "final")
+    reported = r0.get("ultimate", r0["model"])
+    assert all(torch.equal(written["state"][k], reported[k].cpu()) for k in reported)
     # only rank 0 wrote: one metrics line per epoch, not two
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == int(overrides[2].split("=")[1])
