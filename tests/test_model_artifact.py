@@ -79,6 +79,7 @@ def test_model_pt_is_plain_data_for_weights_only(runs):
         assert body["format"] == MODEL_FORMAT and body["which"] == CASES[case][1]
         assert body["config"] == OmegaConf.to_container(OmegaConf.load(r.path / "config.yaml"), resolve=True)
         assert body["network"] == {"as_built": True, "transformed_by": []}
+        assert body["input"] == {"in_channels": 1, "num_classes": 10, "image_size": 28}
         assert all(t.device.type == "cpu" for t in body["state"].values())
         assert all(m.dtype == torch.bool for m in body["masks"].values())
         if case != "best_val":  # masks.pt: the final model's, also under report=best_val

@@ -6,17 +6,20 @@ strings, numbers, booleans and CPU tensors, so ``torch.load(path, weights_only=T
 
     {"format": "sparse_exp.model/v1", "state": state_dict, "masks": {param name: bool tensor},
      "which": label of the model ("final", or the reporting callback's), "config": the resolved config,
-     "network": {"as_built": bool, "transformed_by": [callback names]}}
+     "network": {"as_built": bool, "transformed_by": [callback names]},
+     "input": {"in_channels": C, "num_classes": K, "image_size": H}}
 
 ``network.as_built``: the model's module tree is exactly what ``build_configured(config.model, spec)`` builds, so
 :func:`load` can rebuild it without data; otherwise ``transformed_by`` names the callbacks that change the network
-(``transform_model``) and :func:`load` refuses. Format and use: ``docs/artifacts.md``.
+(``transform_model``) and :func:`load` refuses. ``input``: the data set's spec the network was built for (so no data
+set registry is needed to rebuild it). Format and use: ``docs/artifacts.md``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -29,6 +32,8 @@ from sparse_exp.run.run_dir import RunDir, read_summary
 
 MODEL_FORMAT = "sparse_exp.model/v1"
 Masks = Dict[str, torch.Tensor]
+#: the data set spec's fields a network is built from (``build_configured``)
+INPUT_KEYS = ("in_channels", "num_classes", "image_size")
 
 
 def module_tree(model: nn.Module) -> List[Tuple[str, str]]:
@@ -61,7 +66,8 @@ def model_payload(which: str, model: nn.Module, masks: Masks, cfg: Any, spec: An
             "masks": {k: v.detach().to("cpu", torch.bool, copy=True) for k, v in masks.items()},
             "which": str(which),
             "config": OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg),
-            "network": {"as_built": built, "transformed_by": [] if built else list(transformers)}}
+            "network": {"as_built": built, "transformed_by": [] if built else list(transformers)},
+            "input": {k: int(getattr(spec, k)) for k in INPUT_KEYS}}
 
 
 # ----------------------------------------------------------------------------- loading
@@ -170,7 +176,8 @@ def load(run_dir: str | os.PathLike, which: Optional[str] = None,
         raise UserError(f"{rd.path}: the reported network was changed by {changers} (transform_model) and cannot "
                         "be rebuilt from the config without data; read the "
                         f"state from {path} with torch.load(weights_only=True) into the network you build")
-    model = build_configured(cfg.model, DATASETS[cfg.dataset.name].spec)
+    spec = SimpleNamespace(**payload["input"]) if "input" in payload else DATASETS[cfg.dataset.name].spec
+    model = build_configured(cfg.model, spec)
     try:
         model.load_state_dict(payload["state"])
     except RuntimeError as exc:
