@@ -95,6 +95,12 @@ def test_refusals_are_one_clear_line(runs, tmp_path):
         sparse_exp.load(plain.path, which="ultimate")
     assert "reports the 'final' model" in one_line(exc) and "which='final'" in one_line(exc)
     assert sparse_exp.load(runs["best_val"].path, which="best_val")[1]["which"] == "best_val"
+    chose_final = tmp_path / "best-val-chose-final"  # report=best_val, no epoch beat the final model
+    shutil.copytree(plain.path, chose_final)
+    body = torch.load(chose_final / "model.pt", weights_only=True)
+    body["config"]["report"] = "best_val"
+    torch.save(body, chose_final / "model.pt")
+    assert sparse_exp.load(chose_final, which="best_val")[1]["which"] == "final"
 
     tampered = tmp_path / "tampered"
     shutil.copytree(plain.path, tampered)

@@ -169,7 +169,8 @@ def load(run_dir: str | os.PathLike, which: Optional[str] = None,
     chose = held == "best_val" or str(cfg.get("report", "last")) == "best_val"
     if which is not None and which != held and not (which == "best_val" and chose):
         raise UserError(f"{rd.path} reports the {held!r} model (report={cfg.get('report', 'last')}, superposer="
-                        f"{cfg.superposer.name}), not {which!r}: pass which={held!r} or which=None")
+                        f"{OmegaConf.select(cfg, 'superposer.name', default='none')}), not {which!r}: pass "
+                        f"which={held!r} or which=None")
     network = payload["network"]
     if not network["as_built"]:
         changers = ", ".join(network["transformed_by"]) or "a callback"
