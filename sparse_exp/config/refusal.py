@@ -27,6 +27,7 @@ from sparse_exp.config.compose import compose
 from sparse_exp.config.errors import UserError
 from sparse_exp.config.hydra_adapter import overrides_dirname
 from sparse_exp.config.identity import MOVED_KEYS
+from sparse_exp.config.plugins import group_options
 from sparse_exp.config.preflight import preflight
 
 #: flags that make Hydra print something instead of running (left to Hydra)
@@ -144,10 +145,10 @@ def _unknown_key(key: str, overrides: Sequence[str]) -> str:
 
 def _no_such_option(missing_cfg_file: str, options: Optional[Sequence[str]]) -> str:
     """The refusal of ``group=option`` for a config file Hydra did not find; ``options`` from Hydra, else listed
-    from ``conf/<group>/`` (Hydra gives none for an option of a list-valued group, ``tweaks=[x]``)."""
+    from ``conf/<group>/`` and the plugins' (Hydra gives none for an option of a list-valued group, ``tweaks=[x]``)."""
     group, _, option = missing_cfg_file.rpartition("/")
     if options is None:
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if group else []
+        options = group_options(group) if group else []
     return f"{group}={option} is not allowed: no such option" + (
         f"; allowed: {', '.join(options)}" if options else "")
 
