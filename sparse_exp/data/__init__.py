@@ -1,7 +1,9 @@
 """Data layer: locate a data set, split it, and serve deterministic batches.
 
-Data sets (:data:`DATASETS`: ``fashion_mnist``, ``cifar10``, ``cifar100``, ``tiny_imagenet``, ``imagenet``) are
-:class:`~sparse_exp.data.spec.DataSource` objects registered by :mod:`.fashion_mnist` and :mod:`.vision`.
+Data sets (:data:`DATASETS`: ``fashion_mnist``, ``cifar10``, ``cifar100``, ``tiny_imagenet``, ``imagenet``, and
+``external``, the user's callable) are :class:`~sparse_exp.data.spec.DataSource` objects registered by
+:mod:`.fashion_mnist`, :mod:`.vision` and :mod:`.external_data` (plugins add theirs, docs/plugins.md); their facts
+for a config: :func:`dataset_spec`.
 :func:`build_data` turns the ``dataset`` config into a :class:`DataBundle` of three loaders whose ``iterate(epoch)``
 yields float32 ``(B, C, H, W)`` normalized images and int64 ``(B,)`` labels, on the device. ``val_size`` training
 images are held out for validation by a permutation with the fixed seed 0 (the same for every run seed) and always
