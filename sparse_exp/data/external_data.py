@@ -94,8 +94,12 @@ def as_external_data(result: Any, key: str, value: Any) -> ExternalData:
     if result.train_eval is not None and len(result.train_eval) != len(result.train):
         raise ConfigError(key, value, f"returned train_eval of {len(result.train_eval)} items for a train of "
                           f"{len(result.train)}; expected the same pool")
-    x, y = result.train[0]
-    y = int(y)
+    try:
+        x, y = result.train[0]
+        y = int(y)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(key, value, f"returned a train set whose item 0 is not an (x, y) pair with an int label "
+                          f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
     if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape or not x.is_floating_point():
         got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ConfigError(key, value, f"returned a train set whose item 0 holds x = {got}; expected a float tensor "
