@@ -74,6 +74,11 @@ def make(n_train=240, n_test=60, classes=3, size=8):
                         num_classes=classes, input_shape=(1, size, size))
 
 
+def unpaired():
+    d = make()
+    return ExternalData(train=TensorDataset(d.train.tensors[0]), test=d.test, num_classes=3, input_shape=(1, 8, 8))
+
+
 def not_square():
     d = make()
     return {"train": d.train, "test": d.test, "num_classes": 3, "input_shape": (1, 8, 9)}
@@ -303,6 +308,7 @@ def test_external_model_gets_the_data_sets_sizes_and_prunes_like_the_zoo(on_path
     ("dataset.target=null", r"dataset.target=None is not allowed: must name an importable callable"),
     ("dataset.target=sxp_demo.data.not_square", r"dataset.target='sxp_demo.data.not_square' is not allowed: returned "
                                                 r"input_shape=\(1, 8, 9\); expected \(C, H, W\)"),
+    ("dataset.target=sxp_demo.data.unpaired", r"returned a train set whose item 0 is not an \(x, y\) pair"),
     ("dataset.target=sxp_demo.nets.TinyNet", r"dataset.kwargs=.*calling dataset.target=sxp_demo.nets.TinyNet"),
     ("dataset.target=sxp_demo.nets.not_a_module", r"returned a int; expected sparse_exp.data.ExternalData"),
     ("dataset.val_size=240", r"dataset.val_size=240 is not allowed: must be smaller than the 240 training images"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import numbers
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -27,7 +27,7 @@ from sparse_exp.config.errors import ConfigError
 from sparse_exp.config.schema import DatasetConfig
 from sparse_exp.config.targets import call_target, check_kwargs, resolve_target
 from sparse_exp.data.loaders import TorchLoader
-from sparse_exp.data.spec import DataSource, DatasetSpec, Loader
+from sparse_exp.data.spec import DatasetSpec, DataSource, Loader
 from sparse_exp.registry import DATASETS
 
 EXAMPLE = "mypkg.data.make"
