@@ -24,7 +24,7 @@ from sparse_exp.config.compose import compose
 from sparse_exp.config.errors import UserError
 from sparse_exp.config.preflight import preflight
 from sparse_exp.config.refusal import check_overrides, explain, refuse
-from sparse_exp.data import DATASETS
+from sparse_exp.data import dataset_spec
 from sparse_exp.models import build_configured
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.flop_counts import expected_training_ratio, inference_ratio, layer_forward_profile
@@ -39,7 +39,7 @@ def _input_shape(spec: Any) -> Tuple[int, ...]:
 
 def compute(cfg: Any) -> Dict[str, Any]:
     """FLOP report of a composed, validated config (see module doc)."""
-    spec = DATASETS[cfg.dataset.name].spec
+    spec = dataset_spec(cfg.dataset)
     model = build_configured(cfg.model, spec)
     layer_flops = layer_forward_profile(model, _input_shape(spec)).flops
     shapes = {n: tuple(p.shape) for n, p in prunable_parameters(model)}

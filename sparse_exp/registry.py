@@ -239,7 +239,8 @@ def load_components() -> Dict[str, "Registry"]:
     """Import every component package so that each option registers itself; returns :data:`REGISTRIES`.
 
     Idempotent (Python caches the imports). A new built-in component module is imported by its package's
-    ``__init__``; a new package is added to :data:`COMPONENT_PACKAGES`.
+    ``__init__``; a new package is added to :data:`COMPONENT_PACKAGES`. Then the installed packages' plugins
+    (the ``sparse_exp.plugins`` entry points, :mod:`sparse_exp.config.plugins`) register theirs.
     """
     global _LOADING
     if not _LOADING:  # re-entered while a component package is importing: it registers as it goes
@@ -247,6 +248,9 @@ def load_components() -> Dict[str, "Registry"]:
         try:
             for name in COMPONENT_PACKAGES:
                 importlib.import_module(name)
+            from sparse_exp.config.plugins import load_plugins
+
+            load_plugins()
         finally:
             _LOADING = False
     return REGISTRIES

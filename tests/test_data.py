@@ -74,7 +74,7 @@ def fmnist():
 
 
 def test_specs():
-    assert set(DATASETS) == {"fashion_mnist", "cifar10", "cifar100", "tiny_imagenet", "imagenet"}
+    assert set(DATASETS) == {"fashion_mnist", "cifar10", "cifar100", "tiny_imagenet", "imagenet", "external"}
     assert all(DATASETS[n].spec.name == n for n in DATASETS)
     s = DATASETS["fashion_mnist"].spec
     assert (s.in_channels, s.num_classes, s.image_size, s.default_val_size) == (1, 10, 28, 5000)

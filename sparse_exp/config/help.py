@@ -4,7 +4,8 @@ Hydra prints ``hydra.help.template`` for ``--help``; ``conf/hydra/help/sparse_ex
 ``${sparse_exp_help:}``, this module's :func:`help_text` (registered as a resolver by
 :func:`sparse_exp.config.compose.setup`), so the page lists exactly the options ``conf/`` holds. Internal groups are
 hidden: ``schema/*`` (the structured schemas) and the sweeps' private subgroups (``sweep/fig3_averaging``, ...);
-``--hydra-help`` still shows Hydra's own page.
+``--hydra-help`` still shows Hydra's own page. Options of installed plugins (:mod:`sparse_exp.config.plugins`) are
+listed with the built-in ones.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ def _options(conf: Path, group: str) -> List[str]:
     return sorted(p.stem for p in (conf / group).glob("*.yaml"))
 
 
+def _with_plugins(group: str) -> List[str]:
+    """The group's options in ``conf/`` and in the installed plugins' config directories."""
+    from sparse_exp.config.plugins import group_options
+
+    return group_options(group)
+
+
 def help_text() -> str:
     """The ``--help`` page: what the entrypoint does, the groups and their options, the top-level keys, three
     example commands and where results go. No ``$`` other than ``$$`` (Hydra passes the page through
@@ -43,7 +51,7 @@ def help_text() -> str:
              "Config groups (GROUP=OPTION; tweaks take a list: tweaks=[ghost_skip,lrsi]):"]
     width = max(len(g) for g in USER_GROUPS)
     for group in USER_GROUPS:
-        lines.append(f"  {group:<{width}}  {', '.join(_options(CONF_DIR, group))}")
+        lines.append(f"  {group:<{width}}  {', '.join(_with_plugins(group))}")
     sweeps = [s for s in _options(CONF_DIR, "sweep")]
     lines.append(f"  {'+sweep':<{width}}  {', '.join(sweeps)}  (the papers' grids: sweeps/README.md)")
     lines += ["", "Top-level keys (KEY=VALUE; a group's keys as GROUP.KEY=VALUE, e.g. sparsifier.delta_t=100):"]

@@ -27,6 +27,7 @@ from sparse_exp.config.compose import compose
 from sparse_exp.config.errors import UserError
 from sparse_exp.config.hydra_adapter import overrides_dirname
 from sparse_exp.config.identity import MOVED_KEYS
+from sparse_exp.config.plugins import check_plugins, group_options
 from sparse_exp.config.preflight import preflight
 
 #: flags that make Hydra print something instead of running (left to Hydra)
@@ -58,8 +59,10 @@ def check_overrides(overrides: Sequence[str]) -> None:
     Raises:
         UserError: an override that does not parse; a key given twice (Hydra keeps the last one and the
             run directory is named after both); ``+key`` / ``++key`` for a key no config group or schema
-            has (Hydra adds it, nothing reads it); ``~key`` (deleting a key the schema has).
+            has (Hydra adds it, nothing reads it); ``~key`` (deleting a key the schema has). First, a broken
+            installed plugin (:func:`sparse_exp.config.plugins.check_plugins`): its options would be "no such option".
     """
+    check_plugins()
     parser = OverridesParser.create()
     for text in overrides:
         try:
@@ -144,10 +147,10 @@ def _unknown_key(key: str, overrides: Sequence[str]) -> str:
 
 def _no_such_option(missing_cfg_file: str, options: Optional[Sequence[str]]) -> str:
     """The refusal of ``group=option`` for a config file Hydra did not find; ``options`` from Hydra, else listed
-    from ``conf/<group>/`` (Hydra gives none for an option of a list-valued group, ``tweaks=[x]``)."""
+    from ``conf/<group>/`` and the plugins' (Hydra gives none for an option of a list-valued group, ``tweaks=[x]``)."""
     group, _, option = missing_cfg_file.rpartition("/")
     if options is None:
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if group else []
+        options = group_options(group) if group else []
     return f"{group}={option} is not allowed: no such option" + (
         f"; allowed: {', '.join(options)}" if options else "")
 

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Tuple
 from omegaconf import OmegaConf
 
 from sparse_exp.config.errors import ConfigError, one_of, require
+from sparse_exp.config.plugins import check_plugins
 from sparse_exp.engine.fast_step import check_fast
 from sparse_exp.registry import load_components
 
@@ -62,7 +63,9 @@ def validate_top_level(cfg: Any) -> None:
 
 
 def validate(cfg: Any) -> None:
-    """Check every value of a composed config; raise :class:`ConfigError` on the first bad one."""
+    """Check every value of a composed config; raise :class:`ConfigError` on the first bad one (first: a broken
+    installed plugin, :func:`sparse_exp.config.plugins.check_plugins`)."""
+    check_plugins()
     validate_finite(cfg)
     validate_top_level(cfg)
     check_fast(cfg)

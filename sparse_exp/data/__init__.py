@@ -1,7 +1,9 @@
 """Data layer: locate a data set, split it, and serve deterministic batches.
 
-Data sets (:data:`DATASETS`: ``fashion_mnist``, ``cifar10``, ``cifar100``, ``tiny_imagenet``, ``imagenet``) are
-:class:`~sparse_exp.data.spec.DataSource` objects registered by :mod:`.fashion_mnist` and :mod:`.vision`.
+Data sets (:data:`DATASETS`: ``fashion_mnist``, ``cifar10``, ``cifar100``, ``tiny_imagenet``, ``imagenet``, and
+``external``, the user's callable) are :class:`~sparse_exp.data.spec.DataSource` objects registered by
+:mod:`.fashion_mnist`, :mod:`.vision` and :mod:`.external_data` (plugins add theirs, docs/plugins.md); their facts
+for a config: :func:`dataset_spec`.
 :func:`build_data` turns the ``dataset`` config into a :class:`DataBundle` of three loaders whose ``iterate(epoch)``
 yields float32 ``(B, C, H, W)`` normalized images and int64 ``(B,)`` labels, on the device. ``val_size`` training
 images are held out for validation by a permutation with the fixed seed 0 (the same for every run seed) and always
@@ -20,7 +22,8 @@ from typing import Any, List, Tuple
 
 import torch
 
-from sparse_exp.data import fashion_mnist, vision  # noqa: F401  (each registers its data sources)
+from sparse_exp.data import external_data, fashion_mnist, vision  # noqa: F401  (each registers its data sources)
+from sparse_exp.data.external_data import ExternalData, FactorySource
 from sparse_exp.data.spec import (ENV_VAR, SPLIT_SEED, DataBundle, DataError, DataSource, DatasetSpec, Loader,
                                   epoch_seed, split_indices)
 from sparse_exp.data.loaders import TensorLoader, TorchLoader
@@ -29,7 +32,8 @@ from sparse_exp.registry import DATASETS
 
 __all__ = [
     "DATASETS", "DataSource", "DatasetSpec", "DataError", "DataBundle", "Loader", "TensorLoader", "TorchLoader",
-    "resolve_root", "check_data_available", "build_data", "epoch_seed", "split_indices", "SPLIT_SEED", "ENV_VAR",
+    "resolve_root", "check_data_available", "build_data", "dataset_spec", "epoch_seed", "split_indices", "SPLIT_SEED",
+    "ENV_VAR", "ExternalData", "FactorySource",
 ]
 
 log = logging.getLogger("sparse_exp")
@@ -46,13 +50,23 @@ def _check_dataset(cfg: Any) -> None:
     one_of("dataset.loader", ds.loader, {"auto", "device", "torchvision"})
     if ds.loader == "device":
         require(DATASETS[ds.name].device_loader, "dataset.loader", ds.loader,
-                f"dataset={ds.name} is read through torchvision (ImageFolder); allowed: auto, torchvision")
+                f"dataset={ds.name} is read per sample (torchvision / a torch Dataset); allowed: auto, torchvision")
 
 
 def _source(cfg: Any) -> DataSource:
     if cfg.name not in DATASETS:
         raise DataError(f"dataset.name={cfg.name!r} is not allowed: must be one of {sorted(DATASETS)}")
     return DATASETS[cfg.name]
+
+
+def dataset_spec(cfg: Any) -> DatasetSpec:
+    """The :class:`DatasetSpec` of the ``dataset`` node ``cfg`` (:meth:`DataSource.spec_for`: static for the built-in
+    sets, from the user's callable for ``dataset=external`` and other factory sources).
+
+    Raises:
+        DataError: unknown ``cfg.name``. ConfigError: a factory source's callable breaks its contract.
+    """
+    return _source(cfg).spec_for(cfg)
 
 
 def _bases(cfg: Any, source: DataSource) -> Tuple[List[Path], str, Path]:
@@ -135,7 +149,7 @@ def build_data(cfg: Any, seed: int, batch_size: int, eval_batch_size: int, devic
     source = _source(cfg)
     root = resolve_root(cfg)
     train, val, test = source.build(cfg, root, seed, batch_size, eval_batch_size, torch.device(device))
-    bundle = DataBundle(train=train, val=val, test=test, spec=source.spec, num_train=train.num_samples,
+    bundle = DataBundle(train=train, val=val, test=test, spec=source.spec_for(cfg), num_train=train.num_samples,
                         num_val=val.num_samples, num_test=test.num_samples)
     log.info("%s from %s: %d train / %d val / %d test images", source.name, root, bundle.num_train, bundle.num_val,
              bundle.num_test)

@@ -82,6 +82,16 @@ class DataSource:
     def name(self) -> str:
         return self.spec.name
 
+    def spec_for(self, cfg: Any) -> DatasetSpec:
+        """The spec of the data set the ``dataset`` node ``cfg`` configures: :attr:`spec` for a data set whose facts
+        are static; a source configured by its keys (:class:`sparse_exp.data.external_data.FactorySource`) answers
+        from them. Every caller that needs sizes or shapes (pre-flight plan, build, FLOPs) asks here.
+
+        Raises:
+            ConfigError: the node configures no usable data set (sources configured by their keys).
+        """
+        return self.spec
+
     def default_dirs(self, local: Path) -> List[Path]:
         """The directories searched when neither ``dataset.root`` nor the environment variable is set
         (``local`` is ``./data/<name>``, where a download goes)."""

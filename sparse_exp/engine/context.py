@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sparse_exp.config.errors import ConfigError
+from sparse_exp.data import dataset_spec
 from sparse_exp.models import build_configured
-from sparse_exp.registry import DATASETS
 from sparse_exp.sparse.distributions import layer_counts
 from sparse_exp.sparse.masking import Masking, dense_layer_names, prunable_parameters
 
@@ -103,7 +103,7 @@ def plan_run(cfg: Any, sizes: Optional[Tuple[int, int, int]] = None) -> RunPlan:
     Raises:
         ConfigError: see :func:`official_sizes`.
     """
-    spec = DATASETS[cfg.dataset.name].spec
+    spec = dataset_spec(cfg.dataset)
     num_train, num_val, num_test = official_sizes(cfg, spec) if sizes is None else sizes
     steps = math.ceil(num_train / int(cfg.batch_size))
     shapes = prunable_shapes(cfg, spec)

@@ -8,7 +8,8 @@ layers only ``nn.Conv2d`` / ``nn.Linear``, normalisation only ``nn.BatchNorm2d``
 Han et al. 2015), ``vgg16`` ("VGG-D" with BN, Simonyan & Zisserman 2015; TimDettmers/sparse_learning), ``resnet18`` /
 ``resnet50`` (He et al. 2016; kuangliu/pytorch-cifar, GraNet, Sup-tickets), ``resnet32`` (He et al. 2016 Sec. 4.2;
 open_lth ``cifar_resnet_32``), ``wrn28_10`` (Zagoruyko & Komodakis 2016; xternalz/WideResNet-pytorch),
-``mobilenet_v2`` (Sandler et al. 2018; kuangliu/pytorch-cifar), ``resnet50_imagenet`` (He et al. 2016; torchvision).
+``mobilenet_v2`` (Sandler et al. 2018; kuangliu/pytorch-cifar), ``resnet50_imagenet`` (He et al. 2016; torchvision);
+``external``: the user's own module (``model.target``, :mod:`sparse_exp.models.external_net`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from sparse_exp.config.errors import one_of
 from sparse_exp.config.schema import ModelConfig
+from sparse_exp.models.external_net import external
 from sparse_exp.models.imagenet import resnet50_imagenet
 from sparse_exp.models.lenet import lenet5, lenet_300_100
 from sparse_exp.models.mobilenet_v2 import mobilenet_v2
@@ -32,8 +34,8 @@ from sparse_exp.registry import MODELS
 #: config name -> constructor ``fn(in_channels, num_classes, image_size, **options) -> nn.Module``; each model
 #: module registers its constructors (``@MODELS.register(name)``, with ``schema=`` when it has own keys: the
 #: ``options``), imported above
-__all__ = ["MODELS", "build_configured", "build_model", "lenet5", "lenet_300_100", "mobilenet_v2", "model_options",
-           "resnet18", "resnet32", "resnet50", "resnet50_imagenet", "vgg16", "wrn28_10"]
+__all__ = ["MODELS", "build_configured", "build_model", "external", "lenet5", "lenet_300_100", "mobilenet_v2",
+           "model_options", "resnet18", "resnet32", "resnet50", "resnet50_imagenet", "vgg16", "wrn28_10"]
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **options: Any) -> nn.Module:
