@@ -155,7 +155,7 @@ def load(run_dir: str | os.PathLike, which: Optional[str] = None,
             usable checkpoint, ``which`` not what the run reports, a network a tweak changed (not rebuildable
             without data), a state that does not fit the rebuilt network, or masks that do not hold.
     """
-    from sparse_exp.registry import DATASETS
+    from sparse_exp.data import dataset_spec
 
     rd = RunDir(run_dir)
     if not rd.path.is_dir():
@@ -177,7 +177,7 @@ def load(run_dir: str | os.PathLike, which: Optional[str] = None,
         raise UserError(f"{rd.path}: the reported network was changed by {changers} (transform_model) and cannot "
                         "be rebuilt from the config without data; read the "
                         f"state from {path} with torch.load(weights_only=True) into the network you build")
-    spec = SimpleNamespace(**payload["input"]) if "input" in payload else DATASETS[cfg.dataset.name].spec
+    spec = SimpleNamespace(**payload["input"]) if "input" in payload else dataset_spec(cfg.dataset)
     model = build_configured(cfg.model, spec)
     try:
         model.load_state_dict(payload["state"])
