@@ -1,6 +1,7 @@
 """sparse_exp: a research framework for sparse neural network training.
 
-Entry point: ``python -m sparse_exp.train`` (see README.md).
+Entry point: ``python -m sparse_exp.train`` (see README.md); in one's own loop: :func:`sparsify`
+(``docs/api.md``).
 """
 
 from pathlib import Path
@@ -11,3 +12,10 @@ __version__ = "0.1.0"
 #: the repository's ``conf/`` in a checkout (source tree or editable install) and a copy, package data, in a wheel
 #: (docs/install.md); resolved, so a checkout's runs name ``<repo>/conf`` as before.
 CONF_DIR = (Path(__file__).resolve().parent / "conf").resolve()
+
+
+def sparsify(*args, **kwargs):
+    """:func:`sparse_exp.engine.api.sparsify` (imported when first called: ``import sparse_exp`` stays light)."""
+    from sparse_exp.engine.api import sparsify as _sparsify
+
+    return _sparsify(*args, **kwargs)
