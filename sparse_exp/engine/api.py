@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+import yaml
 from hydra.errors import HydraException
 from omegaconf import open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -74,8 +75,9 @@ def api_overrides(sparsifier: Optional[str], sparsity: Optional[float], superpos
     for item in out:
         key, _, value = item.lstrip("+~").partition("=")
         if key.split(".")[0].split("/")[0] in CALLER_KEYS:
-            raise ConfigError(key, value, "is decided by the objects given to sparsify() (the optimizer, "
-                              "total_steps / steps_per_epoch, the model's device, your own step); leave it out")
+            raise ConfigError(key, yaml.safe_load(value), "is decided by the objects given to sparsify() (the "
+                              "optimizer, total_steps / steps_per_epoch, the model's device, your own step); leave it "
+                              "out")
     return out
 
 
@@ -142,6 +144,11 @@ class MissingLoader:
 
     def __iter__(self) -> Any:
         return self.iterate(0)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise _needs_data(f"state.data.{self.name}.{name}")
 
 
 class NoData:
