@@ -89,6 +89,14 @@ def test_the_example_equals_the_cli_bitwise(tmp_path):
     assert out["test"]["test/nll"] == summary["test/nll"]
 
 
+def test_the_examples_command_line_is_accepted(capsys):
+    example = load_example()
+    assert example.main(["--print-cli"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("python -m sparse_exp.train ")
+    assert preflight_cli(line.split()[3:]) == 0
+
+
 @pytest.mark.parametrize("kw,cli", [
     ({"sparsity": 1.5}, ["sparsity=1.5"]),
     ({"sparsifier": "rigel"}, ["sparsifier=rigel"]),
@@ -122,11 +130,32 @@ def test_what_the_api_cannot_do_is_refused_in_one_line():
         make(sparsifier="snip", overrides=[])
 
 
-def test_lr_user_leaves_the_lr_to_the_caller():
-    model, opt, sparse = make(lr="user", overrides=["sparsifier.delta_t=2", "schedule=cosine"])
+def test_lr_user_leaves_the_lr_to_the_callers_scheduler():
+    model, opt, sparse = make(lr="user", overrides=["sparsifier.delta_t=2"])
     assert sparse.state.scheduler is None
+    assert opt.param_groups[0]["lr"] == 0.1  # sparsify() did not set it either
+    mine = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    train(model, opt, sparse, each_step=mine.step)
+    assert opt.param_groups[0]["lr"] == 0.1 * 0.5 ** (sparse.total_steps // 5)
+    model, opt, sparse = make(overrides=["sparsifier.delta_t=2"])  # lr="config": the config's step schedule
     train(model, opt, sparse)
-    assert opt.param_groups[0]["lr"] == 0.1  # nobody changed it: no scheduler of the caller's here
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.1 ** 2)  # x0.1 at 1/2 and 3/4 of the steps
+
+
+def test_methods_that_read_data_work_with_data_given():
+    """GradInit (LRsI) and SNIP's scores read training batches: a plain DataLoader as ``data.train`` serves them."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.randn(64, 1, 8, 8, generator=g), torch.randint(0, 10, (64,), generator=g)),
+                        batch_size=16)
+    _, _, sparse = make(sparsifier="static", tweaks=["lrsi"], overrides=["tweaks.lrsi.iterations=2"],
+                        data=SimpleNamespace(train=loader))
+    assert sparse.callbacks.callbacks[0].done
+    _, _, sparse = make(sparsifier="snip", overrides=[], data=SimpleNamespace(train=loader))
+    assert sum(sparse.masking.counts().values()) == sum(sparse.state.target_counts().values())  # global, exact
 
 
 def test_masks_hold_after_every_step_at_the_exact_sparsity():

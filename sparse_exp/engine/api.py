@@ -203,6 +203,22 @@ def as_loader(loader: Any, device: torch.device) -> Any:
     return loader if hasattr(loader, "iterate") else PlainLoader(loader, device)
 
 
+class DataView:
+    """``state.data`` for :func:`sparsify`'s ``data``: its ``train`` / ``val`` / ``test`` through :func:`as_loader`
+    (a missing one is a :class:`MissingLoader`), anything else (``spec``, sizes) read from ``data``."""
+
+    def __init__(self, data: Any, device: torch.device) -> None:
+        self._data = data
+        for name in ("train", "val", "test"):
+            loader = getattr(data, name, None)
+            setattr(self, name, MissingLoader(name) if loader is None else as_loader(loader, device))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._data, name)
+
+
 class Sparsified:
     """A model and optimizer under a sparse-training config (built by :func:`sparsify`).
 
@@ -378,9 +394,9 @@ def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: in
     hooks = CallbackList(callbacks)
     device = next(model.parameters()).device
     state = RunState(plan=plan, model=model, masking=masking, optimizer=optimizer, device=device,
-                     data=NoData() if data is None else data,
-                     batches=score_batches(data.train) if data is not None else None,
+                     data=NoData() if data is None else DataView(data, device),
                      score_loss=hooks.wrap_score_loss(cross_entropy))
+    state.batches = no_batches if data is None else score_batches(state.data.train)
     loss_fn = hooks.wrap_loss(cross_entropy)
     phases = attach_sparsifier(state, hooks)
     if len(phases) > 1:
@@ -388,8 +404,6 @@ def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: in
                           f"({[name for name, _ in phases[:-1]]}), which the API's single loop does not drive; "
                           "train it with python -m sparse_exp.train")
     state.scheduler = lr_scheduler(state, hooks, phases) if lr == "config" else None
-    if state.batches is None:
-        state.batches = no_batches
     hooks.before_init_masks(state)
     state.sparsifier.init_masks()
     hooks.on_epoch_start(state)
