@@ -14,8 +14,11 @@ __version__ = "0.1.0"
 CONF_DIR = (Path(__file__).resolve().parent / "conf").resolve()
 
 
-def sparsify(*args, **kwargs):
-    """:func:`sparse_exp.engine.api.sparsify` (imported when first called: ``import sparse_exp`` stays light)."""
-    from sparse_exp.engine.api import sparsify as _sparsify
+def __getattr__(name: str):
+    """``sparse_exp.sparsify`` (:func:`sparse_exp.engine.api.sparsify`), imported on first use so ``import sparse_exp``
+    stays light (the CLI's start-up)."""
+    if name == "sparsify":
+        from sparse_exp.engine.api import sparsify
 
-    return _sparsify(*args, **kwargs)
+        return sparsify
+    raise AttributeError(f"module 'sparse_exp' has no attribute {name!r}")
