@@ -1,4 +1,4 @@
-# python examples/own_loop.py                  # small by default: 4 epochs on 2,048 Fashion-MNIST images (seconds, CPU)
+# python examples/own_loop.py                  # small by default: 4 epochs on 1,024 Fashion-MNIST images (seconds, CPU)
 # python examples/own_loop.py --epochs 30 --subset-train 0 --batch-size 128 --delta-t 100 --phase-fraction 0.1
 # python examples/own_loop.py --print-cli      # the command-line run of the same config (same result: docs/api.md)
 """LeNet-5 on Fashion-MNIST with RigL (90 % sparse) + Sup-tickets in a plain PyTorch loop (``sparse_exp.sparsify``).
@@ -28,12 +28,12 @@ from sparse_exp.training.metrics import evaluate
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--subset-train", type=int, default=2048, help="training images (0: all 55,000)")
-    p.add_argument("--val-size", type=int, default=1000, help="held out of train (the CLI validates on it)")
-    p.add_argument("--subset-test", type=int, default=2000, help="test images (0: all 10,000)")
+    p.add_argument("--subset-train", type=int, default=1024, help="training images (0: all 55,000)")
+    p.add_argument("--val-size", type=int, default=500, help="held out of train (the CLI validates on it)")
+    p.add_argument("--subset-test", type=int, default=1000, help="test images (0: all 10,000)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--sparsity", type=float, default=0.9)
-    p.add_argument("--delta-t", type=int, default=20, help="steps between RigL's mask updates")
+    p.add_argument("--delta-t", type=int, default=10, help="steps between RigL's mask updates")
     p.add_argument("--phase-fraction", type=float, default=0.5, help="Sup-tickets' cyclic share of the epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--print-cli", action="store_true", help="print the equivalent command line and exit")
