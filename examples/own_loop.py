@@ -1,5 +1,6 @@
 # python examples/own_loop.py                  # small by default: 4 epochs on 1,024 Fashion-MNIST images (seconds, CPU)
-# python examples/own_loop.py --epochs 30 --subset-train 0 --batch-size 128 --delta-t 100 --phase-fraction 0.1
+# python examples/own_loop.py --epochs 30 --subset-train 0 --val-size 5000 --subset-test 0 --batch-size 128 \
+#     --delta-t 100 --phase-fraction 0.1      # the default experiment's size (`python -m sparse_exp.train`)
 # python examples/own_loop.py --print-cli      # the command-line run of the same config (same result: docs/api.md)
 """LeNet-5 on Fashion-MNIST with RigL (90 % sparse) + Sup-tickets in a plain PyTorch loop (``sparse_exp.sparsify``).
 
