@@ -135,7 +135,7 @@ def check_device(cfg: Any) -> None:
                 f"{'MPS' if device == 'mps' else 'the CPU'} here; allowed on this device: false")
 
 
-def preflight(cfg: Any, run_dir: Optional[Path] = None, local: bool = True) -> RunPlan:
+def preflight(cfg: Any, run_dir: Optional[Path] = None, local: bool = True, plan: Optional[RunPlan] = None) -> RunPlan:
     """Check everything about a composed config that can be known without training (module doc).
 
     Args:
@@ -144,6 +144,8 @@ def preflight(cfg: Any, run_dir: Optional[Path] = None, local: bool = True) -> R
         local: check what this machine must provide: the data set's files and the device (the
             sweeper's ``check_local=false`` skips both, for jobs that run on other machines, e.g. SLURM
             nodes with data and GPUs the launching machine does not have).
+        plan: the run's plan where it is not the config's (the Python API: the caller's model and step counts);
+            default :func:`~sparse_exp.engine.context.plan_run` of ``cfg``.
 
     Returns:
         the run's :class:`RunPlan`.
@@ -156,7 +158,7 @@ def preflight(cfg: Any, run_dir: Optional[Path] = None, local: bool = True) -> R
         check_device(cfg)
         check_logger_available(cfg)
         check_data_available(cfg.dataset)
-    plan = plan_run(cfg)
+    plan = plan_run(cfg) if plan is None else plan
     for registry in load_components().values():
         registry.preflight(plan)
     preflight_fast(cfg)

@@ -116,6 +116,19 @@ def build_callbacks(cfg: Any) -> List[Any]:
     return out
 
 
+def score_batches(train: Any) -> Callable[[int], Iterator[Tuple[torch.Tensor, torch.Tensor]]]:
+    """``batches(n)``: the first ``n`` batches of ``train`` in the order of epoch :data:`INIT_BATCHES_EPOCH` (never a
+    training epoch), for pruning-at-init scores."""
+
+    def batches(n: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for i, batch in enumerate(train.iterate(INIT_BATCHES_EPOCH)):
+            if i >= n:
+                return
+            yield batch
+
+    return batches
+
+
 def phased_lr(phases: List[Tuple[str, int]], steps_per_epoch: int, base: Callable[[int], LRFactor],
               main: LRFactor) -> LRFactor:
     """LR multiplier over the whole run: each LR phase but the last is a full ``base`` schedule over its
@@ -138,6 +151,31 @@ def phased_lr(phases: List[Tuple[str, int]], steps_per_epoch: int, base: Callabl
         raise AssertionError("unreachable")
 
     return factor
+
+
+def attach_sparsifier(state: RunState, hooks: CallbackList) -> List[Tuple[str, int]]:
+    """Build the config's sparsifier on ``state`` (``state.sparsifier``), set ``state.pre_steps`` from its LR phases
+    and call the callbacks' ``setup``; returns the run's phases ``(name, epochs)``, the main phase last."""
+    cfg = state.cfg
+    state.sparsifier = SPARSIFIERS.build(cfg.sparsifier.name, cfg.sparsifier, state)
+    phases = list(state.sparsifier.lr_phases()) + [("main", int(cfg.epochs))]
+    state.pre_steps = sum(epochs for _, epochs in phases[:-1]) * state.steps_per_epoch
+    hooks.setup(state)
+    return phases
+
+
+def lr_scheduler(state: RunState, hooks: CallbackList,
+                 phases: List[Tuple[str, int]]) -> torch.optim.lr_scheduler.LambdaLR:
+    """The run's per-step LR schedule on ``state.optimizer``: the config's ``schedule`` for each of ``phases``
+    (:func:`phased_lr`), the main phase's multiplier replaced or scaled by the callbacks (``lr_schedule``,
+    ``lr_multiplier``). ``LambdaLR`` sets each group's LR to its initial LR x the multiplier of step 0."""
+    cfg, steps_per_epoch = state.cfg, state.steps_per_epoch
+
+    def base(n: int) -> LRFactor:
+        return lr_factor_fn(cfg.schedule, n, steps_per_epoch)
+
+    main = hooks.lr_schedule(base, state.total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(state.optimizer, phased_lr(phases, steps_per_epoch, base, main))
 
 
 def build_run(cfg: Any) -> Run:
@@ -192,23 +230,9 @@ def build_run(cfg: Any) -> Run:
     hooks = CallbackList(callbacks + [meter])
     loss_fn = hooks.wrap_loss(cross_entropy)
 
-    def init_batches(n: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        for i, batch in enumerate(data.train.iterate(INIT_BATCHES_EPOCH)):
-            if i >= n:
-                return
-            yield batch
-
     state = RunState(plan=plan, model=model, masking=masking, optimizer=optimizer, device=device, data=data,
-                     batches=init_batches, score_loss=hooks.wrap_score_loss(cross_entropy))
-    state.sparsifier = SPARSIFIERS.build(cfg.sparsifier.name, cfg.sparsifier, state)
-    phases = list(state.sparsifier.lr_phases()) + [("main", int(cfg.epochs))]
-    state.pre_steps = sum(epochs for _, epochs in phases[:-1]) * steps_per_epoch
-    hooks.setup(state)
-
-    def base(n: int) -> LRFactor:
-        return lr_factor_fn(cfg.schedule, n, steps_per_epoch)
-
-    main = hooks.lr_schedule(base, state.total_steps)
-    state.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, phased_lr(phases, steps_per_epoch, base, main))
+                     batches=score_batches(data.train), score_loss=hooks.wrap_score_loss(cross_entropy))
+    phases = attach_sparsifier(state, hooks)
+    state.scheduler = lr_scheduler(state, hooks, phases)
     return Run(state=state, dist=dist, train_loader=train_loader, train_model=train_model, callbacks=hooks,
                loss_fn=loss_fn, phases=phases)

@@ -29,6 +29,7 @@ from sparse_exp.engine.distributed import any_rank, epoch_totals, rank_accumulat
 from sparse_exp.engine.fast_step import current_lr, make_train_step, optimizer_state_dict
 from sparse_exp.engine.preemption import PreemptionGuard, StopRequested, current
 from sparse_exp.engine.seeding import rng_state, set_rng_state
+from sparse_exp.engine.step_end import end_step
 from sparse_exp.engine.summary import final_summary, write_model
 from sparse_exp.run.curves import lr_trace, plot_curves
 from sparse_exp.run.loggers import build_logger
@@ -216,16 +217,7 @@ class Trainer:
             else:
                 loss, logits = self.train_step(x, y)
             nonfinite[i] = ~torch.isfinite(loss)
-            s.step += 1
-            changed = False
-            if s.main_step >= 1 and r.callbacks.allow_mask_update(s.main_step):
-                changed = r.sparsifier.after_step(s.main_step)
-                if changed:
-                    self.train_step.refresh()
-            r.callbacks.on_step_end(s, changed)
-            r.scheduler.step()
-            if cfg.check_invariants:
-                r.masking.check_invariants(r.optimizer)
+            end_step(s, r.callbacks, self.train_step.refresh, bool(cfg.check_invariants))  # engine/step_end.py
             loss_sum += loss * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
