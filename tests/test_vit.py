@@ -23,7 +23,8 @@ TINY_VIT = ["model=vit", "model.width=32", "model.depth=2", "model.heads=2", "op
             "schedule=constant", "dataset.subset_train=192", "dataset.val_size=64", "dataset.subset_test=64",
             "check_invariants=true"]
 FAST = {"set": ["sparsifier.delta_t=2"], "rigl": ["sparsifier.delta_t=2"], "granet": ["sparsifier.delta_t=2"],
-        "gmp": ["sparsifier.delta_t=2"], "lth": ["sparsifier.rounds=2", "sparsifier.round_epochs=1"]}
+        "gmp": ["sparsifier.delta_t=2"], "lth": ["sparsifier.rounds=2", "sparsifier.round_epochs=1"],
+        "synflow": ["sparsifier.iterations=10"]}
 EMBED_HEAD = ["patch_embed.proj.weight", "head.weight"]
 
 
