@@ -3,7 +3,7 @@
 Units: FLOPs per sample, a multiply-add = 2 FLOPs, prunable layers only (conv: ``2 * (weight.numel() / C_out) *
 output.numel()``; linear: ``2 * in * out`` per row); BN, pooling, activations, residual adds and biases are left
 out, and so are a transformer's attention matmuls (``Q K^T`` and ``A V``: ``4 T^2 D`` per block and sample for
-``T`` tokens of width ``D``; no weight, so never sparse; for ``model=vit``'s default on 28x28 inputs about 5% of the
+``T`` tokens of width ``D``; no weight, so never sparse; for ``model=vit``'s default on 28x28 inputs 4 % of the
 dense forward FLOPs, so its ratios slightly overstate the saving: docs/vit.md).
 With ``f_D`` / ``f_S = sum_l d_l f_l`` the dense / sparse forward FLOPs, a training step costs ``3 f_S``, or
 ``2 f_S + f_D`` where a mask update reads the dense weight gradient (RigL; :func:`rigl_step_flops` averages
