@@ -20,7 +20,8 @@ end).
    in a ``DataLoader``, batches moved to the device) against
    :class:`~sparse_exp.data.device_loader.DeviceImageLoader`. No model: what the data path costs per epoch.
 2. **Training**, per model (``--models``): LeNet-5 on the real Fashion-MNIST (the default experiment: RigL at 90 %
-   with ERK, SGD, batch 128), ResNet-18, VGG-16 and ResNet-50 on CIFAR-10-shaped synthetic uint8 images held in a
+   with ERK, SGD, batch 128), ResNet-18, VGG-16, ResNet-50 and the ViT (``--models vit``) on CIFAR-10-shaped
+   synthetic uint8 images held in a
    ``DeviceImageLoader`` with the standard crop (pad 4) + flip. Each row is a run built by the project's own
    :func:`sparse_exp.engine.build.build_run` (inside :class:`sparse_exp.engine.loop.Trainer`; for the CIFAR shapes
    the data bundle that ``build_data`` would build from CIFAR files is built from the synthetic images instead, nothing
@@ -96,6 +97,7 @@ MODELS = {
     "vgg16": ("cifar10", (3, 32, 32), (45000, 5000, 10000)),
     "resnet50": ("cifar10", (3, 32, 32), (45000, 5000, 10000)),
     "resnet32": ("cifar10", (3, 32, 32), (45000, 5000, 10000)),  # small: gpu_check.py's CPU dry run
+    "vit": ("cifar10", (3, 32, 32), (45000, 5000, 10000)),  # timm ViT, width 192, 6 blocks (docs/vit.md)
 }
 
 

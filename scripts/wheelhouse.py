@@ -5,11 +5,12 @@ Sets (``--set``):
 
 * ``full`` (default): every run-time dependency in ``pyproject.toml`` but torch and torchvision, with its whole
   dependency closure, plus the test extra (pytest, pytest-timeout): what a node with only Python and a PyTorch
-  build needs. torchmetrics is fetched without its dependencies (they are torch, which the node has, and two small
-  packages listed here).
+  build needs. torchmetrics and timm are fetched without their dependencies (torch / torchvision, which the node has,
+  and the small packages listed in ``NO_DEPS``; timm's huggingface_hub and safetensors serve only pretrained
+  weights, never used).
 * ``hydra``: what a PyTorch image with the scientific stack (numpy, pandas, matplotlib, torchmetrics, tqdm) lacks:
   hydra-core, omegaconf, antlr4-python3-runtime, submitit, hydra-submitit-launcher and their dependencies
-  (PyYAML, packaging, typing-extensions, cloudpickle). About 1.5 MB.
+  (PyYAML, packaging, typing-extensions, cloudpickle), and timm (``model=vit``) without its dependencies. About 4 MB.
 
 W&B (``wandb`` and its closure, ~25 MB) only with ``--wandb``; without it, ``logger=none`` runs everything.
 
@@ -38,9 +39,11 @@ except ImportError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parent.parent
 HYDRA = ["hydra-core>=1.3,<1.4", "omegaconf>=2.3,<2.4", "antlr4-python3-runtime==4.9.3", "submitit>=1.5",
-         "hydra-submitit-launcher>=1.2"]
+         "hydra-submitit-launcher>=1.2", "timm>=1.0,<1.1"]
 SDIST_ONLY = ["antlr4-python3-runtime==4.9.3"]  # built into a wheel here
-NO_DEPS = {"torchmetrics": ["lightning-utilities>=0.8", "packaging>17.1"]}  # package -> its deps other than torch
+#: package -> its deps other than torch / torchvision that it needs (timm: huggingface_hub and safetensors serve only
+#: its pretrained-weight loaders, which are never used; it imports without them)
+NO_DEPS = {"torchmetrics": ["lightning-utilities>=0.8", "packaging>17.1"], "timm": ["PyYAML>=6.0"]}
 SKIP = {"torch", "torchvision"}
 
 

@@ -28,7 +28,7 @@ from sparse_exp.data import dataset_spec
 from sparse_exp.models import build_configured
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.flop_counts import expected_training_ratio, inference_ratio, layer_forward_profile
-from sparse_exp.sparse.masking import prunable_parameters
+from sparse_exp.sparse.masking import declared_dense, kept_dense, prunable_parameters
 
 
 def _input_shape(spec: Any) -> Tuple[int, ...]:
@@ -43,12 +43,8 @@ def compute(cfg: Any) -> Dict[str, Any]:
     model = build_configured(cfg.model, spec)
     layer_flops = layer_forward_profile(model, _input_shape(spec)).flops
     shapes = {n: tuple(p.shape) for n, p in prunable_parameters(model)}
-    names = list(shapes)
-    dense_layers: List[str] = []
-    if cfg.distribution.dense_first_layer:
-        dense_layers.append(names[0])
-    if cfg.distribution.dense_last_layer and names[-1] not in dense_layers:
-        dense_layers.append(names[-1])
+    dense_layers = kept_dense(list(shapes), declared_dense(model), cfg.distribution.dense_first_layer,
+                              cfg.distribution.dense_last_layer)
 
     sp = cfg.sparsifier
     sparsifier = SPARSIFIERS.entry(sp.name).impl

@@ -8,6 +8,7 @@ layer reads the input channels, last one is the classifier, only Conv2d/Linear w
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import pytest
@@ -67,7 +68,11 @@ def test_forward_backward_contract(name, in_channels, image_size):
 @pytest.mark.parametrize("name", ZOO)
 def test_constructor_signature_and_docstring(name):
     fn = MODELS[name]
-    assert list(inspect.signature(fn).parameters) == ["in_channels", "num_classes", "image_size"]
+    params = list(inspect.signature(fn).parameters)
+    assert params[:3] == ["in_channels", "num_classes", "image_size"]
+    schema = MODELS.entry(name).schema  # a model with own keys (model=vit) takes them as keyword options
+    own = [f.name for f in dataclasses.fields(schema) if f.name not in ("name", "init")] if schema else []
+    assert params[3:] == own
     assert fn.__doc__ and len(fn.__doc__.strip()) > 40, f"{name} needs a docstring citing its source"
 
 

@@ -49,13 +49,14 @@ EXPECTED_JOBS = {
     "st_fmnist": 8 * 3,  # RigL +- Sup-tickets at 90/95 %, SET / GraNet +- Sup-tickets at 95 % x seeds = 24
     "st_fmnist_cycles": 3,  # cycle lengths 1.625 / 3.25 / 9.75 epochs (6.5 is st_fmnist's cell), seed 0
     "st_fmnist_lr": 2 * 3,  # cycle LR peak 0.02 / 0.05 (0.005 is st_fmnist's cell) x seeds
+    "vit_fmnist": 3,  # model=vit: dense / RigL 90 % / RigL 90 % + Sup-tickets, seed 0 (docs/vit.md)
 }
 #: grids in the any-mask code's protocol (sweeps/anymask_protocol/tost.yaml)
 ANYMASK = ("anymask", "anymask_lth", "anymask_dst")
 #: small grids that run on a CPU (not a paper protocol)
 CPU = ("smoke", "anymask_fmnist", "anymask_fmnist_single", "fig3_fmnist", "st_fmnist", "st_fmnist_cycles",
-       "st_fmnist_lr")
-SINGLE_SEED = ("smoke", "anymask_fmnist_single", "st_fmnist_cycles")
+       "st_fmnist_lr", "vit_fmnist")
+SINGLE_SEED = ("smoke", "anymask_fmnist_single", "st_fmnist_cycles", "vit_fmnist")
 PAPER = [n for n in EXPECTED_JOBS if n not in CPU]
 #: sweeps that write into another sweep's directory (the ablation's C = 6.5 cell is st_fmnist's run)
 SHARED_DIR = {"st_fmnist_cycles": "st_fmnist", "st_fmnist_lr": "st_fmnist"}
@@ -147,6 +148,14 @@ def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
                                "superposer.save_tickets=true"])
             for key in ("model", "dataset", "sparsifier", "distribution", "optimizer", "schedule", "epochs"):
                 assert cfg[key] == default[key], key
+            continue
+        if name == "vit_fmnist":  # Adam: the cyclic LR at 1-5 % of its LR, as 0.001-0.005 is of SGD's 0.1
+            assert (cfg.model.name, ds, cfg.epochs, cfg.optimizer.name, cfg.dataset.subset_train) == \
+                ("vit", "fashion_mnist", 8, "adam", 12800)
+            if cfg.superposer.name == "sup_tickets":
+                sp = cfg.superposer
+                budget = make_budget(cfg.epochs, 100, sp.cycle_epochs, sp.phase_fraction, sp.num_tickets)
+                assert budget.num_tickets == 4 and (sp.lr_low, sp.lr_high) == (1e-5, 5e-5)
             continue
         if name.startswith("st_fmnist"):  # the paper's CIFAR structure, counted in steps
             assert (cfg.model.name, ds, cfg.epochs, cfg.batch_size, cfg.dataset.val_size) == \

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -20,7 +20,7 @@ from sparse_exp.config.errors import ConfigError
 from sparse_exp.data import dataset_spec
 from sparse_exp.models import build_configured
 from sparse_exp.sparse.distributions import layer_counts
-from sparse_exp.sparse.masking import Masking, dense_layer_names, prunable_parameters
+from sparse_exp.sparse.masking import Masking, declared_dense, dense_layer_names, kept_dense, prunable_parameters
 
 #: ``loss(logits (N, C), labels (N,)) -> scalar`` in nats
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -41,7 +41,8 @@ class RunPlan:
         total_steps: optimizer steps of the run's own ``epochs`` (the main phase; the sparsifier's
             schedules are fractions of it).
         shapes: prunable weight name -> shape, in forward order.
-        dense_layers: prunable layers the distribution keeps dense (never pruned or regrown).
+        dense_layers: prunable layers kept dense (never pruned or regrown): the model's own
+            (``sparse_keep_dense``) and the distribution's ``dense_first_layer`` / ``dense_last_layer``.
     """
 
     cfg: Any
@@ -60,12 +61,18 @@ class RunPlan:
         return sum(math.prod(s) for s in self.shapes.values())
 
 
-def prunable_shapes(cfg: Any, spec: Any) -> Dict[str, Tuple[int, ...]]:
-    """Prunable weight shapes of ``cfg.model`` for ``spec``'s input, built on the ``meta`` device (no
-    memory, no RNG draw)."""
+def prunable_layout(cfg: Any, spec: Any) -> Tuple[Dict[str, Tuple[int, ...]], List[str]]:
+    """``(shapes, declared)`` of ``cfg.model`` for ``spec``'s input, built on the ``meta`` device (no memory, no RNG
+    draw): prunable weight name -> shape in forward order, and the layers the model keeps dense
+    (:func:`~sparse_exp.sparse.masking.declared_dense`)."""
     with torch.device("meta"):
         model = build_configured(cfg.model, spec)
-    return {n: tuple(p.shape) for n, p in prunable_parameters(model)}
+    return {n: tuple(p.shape) for n, p in prunable_parameters(model)}, declared_dense(model)
+
+
+def prunable_shapes(cfg: Any, spec: Any) -> Dict[str, Tuple[int, ...]]:
+    """Prunable weight shapes of ``cfg.model`` for ``spec``'s input (:func:`prunable_layout`)."""
+    return prunable_layout(cfg, spec)[0]
 
 
 def official_sizes(cfg: Any, spec: Any) -> Tuple[int, int, int]:
@@ -106,13 +113,8 @@ def plan_run(cfg: Any, sizes: Optional[Tuple[int, int, int]] = None) -> RunPlan:
     spec = dataset_spec(cfg.dataset)
     num_train, num_val, num_test = official_sizes(cfg, spec) if sizes is None else sizes
     steps = math.ceil(num_train / int(cfg.batch_size))
-    shapes = prunable_shapes(cfg, spec)
-    names = list(shapes)
-    dense = []
-    if cfg.distribution.dense_first_layer:
-        dense.append(names[0])
-    if cfg.distribution.dense_last_layer and names[-1] not in dense:
-        dense.append(names[-1])
+    shapes, declared = prunable_layout(cfg, spec)
+    dense = kept_dense(list(shapes), declared, cfg.distribution.dense_first_layer, cfg.distribution.dense_last_layer)
     return RunPlan(cfg=cfg, spec=spec, num_train=num_train, num_val=num_val, num_test=num_test,
                    steps_per_epoch=steps, total_steps=steps * int(cfg.epochs), shapes=shapes,
                    dense_layers=tuple(dense))

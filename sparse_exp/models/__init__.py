@@ -8,7 +8,9 @@ layers only ``nn.Conv2d`` / ``nn.Linear``, normalisation only ``nn.BatchNorm2d``
 Han et al. 2015), ``vgg16`` ("VGG-D" with BN, Simonyan & Zisserman 2015; TimDettmers/sparse_learning), ``resnet18`` /
 ``resnet50`` (He et al. 2016; kuangliu/pytorch-cifar, GraNet, Sup-tickets), ``resnet32`` (He et al. 2016 Sec. 4.2;
 open_lth ``cifar_resnet_32``), ``wrn28_10`` (Zagoruyko & Komodakis 2016; xternalz/WideResNet-pytorch),
-``mobilenet_v2`` (Sandler et al. 2018; kuangliu/pytorch-cifar), ``resnet50_imagenet`` (He et al. 2016; torchvision);
+``mobilenet_v2`` (Sandler et al. 2018; kuangliu/pytorch-cifar), ``resnet50_imagenet`` (He et al. 2016; torchvision),
+``vit`` (Dosovitskiy et al. 2021; timm's ``VisionTransformer``: ``nn.LayerNorm``, ``nn.GELU``, no ReLU; layers a
+model keeps dense carry ``sparse_keep_dense = True``, see :func:`sparse_exp.sparse.masking.declared_dense`);
 ``external``: the user's own module (``model.target``, :mod:`sparse_exp.models.external_net`).
 """
 
@@ -28,6 +30,7 @@ from sparse_exp.models.lenet import lenet5, lenet_300_100
 from sparse_exp.models.mobilenet_v2 import mobilenet_v2
 from sparse_exp.models.resnet_cifar import resnet18, resnet32, resnet50
 from sparse_exp.models.vgg import vgg16
+from sparse_exp.models.vit import vit
 from sparse_exp.models.wrn import wrn28_10
 from sparse_exp.registry import MODELS
 
@@ -35,7 +38,7 @@ from sparse_exp.registry import MODELS
 #: module registers its constructors (``@MODELS.register(name)``, with ``schema=`` when it has own keys: the
 #: ``options``), imported above
 __all__ = ["MODELS", "build_configured", "build_model", "external", "lenet5", "lenet_300_100", "mobilenet_v2",
-           "model_options", "resnet18", "resnet32", "resnet50", "resnet50_imagenet", "vgg16", "wrn28_10"]
+           "model_options", "resnet18", "resnet32", "resnet50", "resnet50_imagenet", "vgg16", "vit", "wrn28_10"]
 
 
 def build_model(name: str, in_channels: int, num_classes: int, image_size: int, **options: Any) -> nn.Module:

@@ -35,8 +35,8 @@ def erk_score(shape: Sequence[int], erk_power_scale: float) -> float:
 
 @DISTRIBUTIONS.group_preflight
 def check_feasible(plan: Any) -> None:
-    """The exact per-layer counts can be met for the run's model: the layers kept dense
-    (``dense_first_layer`` / ``dense_last_layer``) must fit in the density budget."""
+    """The exact per-layer counts can be met for the run's model: the layers kept dense (the model's own,
+    ``dense_first_layer`` / ``dense_last_layer``) must fit in the density budget."""
     cfg = plan.cfg
     if not cfg.sparsity > 0:
         return
@@ -50,8 +50,9 @@ def check_feasible(plan: Any) -> None:
                      float(cfg.distribution.erk_power_scale), plan.dense_layers)
     except ValueError:
         dense = sum(math.prod(plan.shapes[n]) for n in plan.dense_layers)
-        key = "distribution.dense_last_layer" if cfg.distribution.dense_last_layer else "distribution.dense_first_layer"
-        raise ConfigError(key, True, f"the layers kept dense ({', '.join(plan.dense_layers)}: {dense} weights) exceed "
+        flags = [f"distribution.{k}" for k in ("dense_last_layer", "dense_first_layer") if cfg.distribution[k]]
+        key, value = (flags[0], True) if flags else ("sparsity", cfg.sparsity)  # else: the model's own dense layers
+        raise ConfigError(key, value, f"the layers kept dense ({', '.join(plan.dense_layers)}: {dense} weights) exceed "
                           f"the budget of sparsity={cfg.sparsity} ({round((1 - cfg.sparsity) * plan.num_weights)} of "
                           f"{plan.num_weights} weights of {cfg.model.name}); lower the sparsity or keep fewer "
                           "layers dense") from None

@@ -2,8 +2,11 @@
 
 Units: FLOPs per sample, a multiply-add = 2 FLOPs, prunable layers only (conv: ``2 * (weight.numel() / C_out) *
 output.numel()``; linear: ``2 * in * out`` per row); BN, pooling, activations, residual adds and biases are left
-out. With ``f_D`` / ``f_S = sum_l d_l f_l`` the dense / sparse forward FLOPs, a training step costs ``3 f_S``,
-or ``2 f_S + f_D`` where a mask update reads the dense weight gradient (RigL; :func:`rigl_step_flops` averages
+out, and so are a transformer's attention matmuls (``Q K^T`` and ``A V``: ``4 T^2 D`` per block and sample for
+``T`` tokens of width ``D``; no weight, so never sparse; for ``model=vit``'s default on 28x28 inputs 4 % of the
+dense forward FLOPs, so its ratios slightly overstate the saving: docs/vit.md).
+With ``f_D`` / ``f_S = sum_l d_l f_l`` the dense / sparse forward FLOPs, a training step costs ``3 f_S``, or
+``2 f_S + f_D`` where a mask update reads the dense weight gradient (RigL; :func:`rigl_step_flops` averages
 ``(3 f_S dT + 2 f_S + f_D) / (dT + 1)``); training ratios are relative to ``3 f_D`` per step. Source: Evci et
 al., "Rigging the Lottery", ICML 2020, Sec. 4.1 and App. H; google-research/rigl ``rigl/sparse_utils.py::get_stats``
 and ``Resnet_50_Param_Flops_Counting.ipynb``. :class:`TrainingFlops` integrates a run's real cost (fed plain

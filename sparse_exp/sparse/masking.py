@@ -1,7 +1,10 @@
 """The masking core: one binary mask per prunable weight tensor, applied with fused ops.
 
 Prunable: the ``weight`` of every ``nn.Conv*`` / ``nn.Linear`` module without ``sparse_exempt = True``; biases
-and normalisation stay dense. Masks live on the weights' device and dtype (0/1) and are only updated in place,
+and normalisation stay dense. A model keeps a prunable layer dense by setting ``sparse_keep_dense = True`` on its
+module (:func:`declared_dense`, e.g. a ViT's patch embedding and head): it stays in the masks at density 1, counts
+against the density budget and is never pruned or regrown, like ``distribution.dense_first_layer``.
+Masks live on the weights' device and dtype (0/1) and are only updated in place,
 so tensors captured by ``torch.compile`` or CUDA graphs stay valid. Invariant (:meth:`Masking.check_invariants`):
 after every optimizer step :meth:`Masking.apply_` leaves the weights and the optimizer's per-parameter buffers
 exactly zero off the mask, with no host synchronisation. Gradients are not masked, so growth criteria see the
@@ -11,7 +14,7 @@ dense gradient (as in GraNet / Sup-tickets ``sparselearning/core.py``).
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -33,6 +36,25 @@ def prunable_parameters(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
     for mod_name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES) and not getattr(module, "sparse_exempt", False):
             out.append((f"{mod_name}.weight" if mod_name else "weight", module.weight))
+    return out
+
+
+def declared_dense(model: nn.Module) -> List[str]:
+    """Names (as :func:`prunable_parameters`) of the prunable weights whose module sets ``sparse_keep_dense = True``:
+    the layers the model itself keeps dense, in forward order."""
+    return [f"{mod_name}.weight" if mod_name else "weight" for mod_name, module in model.named_modules()
+            if isinstance(module, PRUNABLE_TYPES) and not getattr(module, "sparse_exempt", False)
+            and getattr(module, "sparse_keep_dense", False)]
+
+
+def kept_dense(names: Sequence[str], declared: Iterable[str], dense_first_layer: bool,
+               dense_last_layer: bool) -> List[str]:
+    """Prunable layers kept at density 1: those the model declares (:func:`declared_dense`), then the first / last
+    of ``names`` (forward order) where the distribution asks, without repeats."""
+    out = list(declared)
+    for wanted, name in ((dense_first_layer, names[0]), (dense_last_layer, names[-1])):
+        if wanted and name not in out:
+            out.append(name)
     return out
 
 
@@ -77,6 +99,8 @@ class Masking:
         self.model = model
         self.enabled = enabled
         self.names: List[str] = [n for n, _ in pairs]
+        #: prunable layers the model itself keeps dense (:func:`declared_dense`)
+        self.declared_dense: List[str] = declared_dense(model)
         self.params: Dict[str, nn.Parameter] = dict(pairs)
         self.masks: Dict[str, torch.Tensor] = {n: torch.ones_like(p, requires_grad=False) for n, p in pairs}
         self.target_counts: Dict[str, int] = {n: p.numel() for n, p in pairs}
@@ -249,13 +273,9 @@ def masks_from_counts(
 
 
 def dense_layer_names(masking: Masking, dense_first_layer: bool, dense_last_layer: bool) -> List[str]:
-    """Names of layers kept fully dense by the distribution options."""
-    names = []
-    if dense_first_layer:
-        names.append(masking.first_layer)
-    if dense_last_layer and masking.last_layer not in names:
-        names.append(masking.last_layer)
-    return names
+    """Names of layers kept fully dense: the model's own (:attr:`Masking.declared_dense`) and the distribution's
+    (:func:`kept_dense`)."""
+    return kept_dense(masking.names, masking.declared_dense, dense_first_layer, dense_last_layer)
 
 
 def iter_masked(masking: Masking) -> Iterable[Tuple[str, torch.Tensor, torch.Tensor]]:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sparse_exp.engine.preemption import poll
 
@@ -226,39 +227,42 @@ def gradinit_(model: nn.Module, batches: Iterable[Tuple[Tensor, Tensor]], settin
     result = GradInitResult(scales={}, skipped=skipped, constraint_steps=0, objective_steps=0)
     saved = _modes_for_gradinit(model)
     try:
-        for i in range(settings.iterations):
-            poll("GradInit")  # a stop leaves GradInit at once (the requeued run redoes it)
-            (x0, y0), (x1, y1) = next_batch(i), next_batch(i)
-            a = dict(zip(scaled, scales))
-            theta = {n: a[n] * theta0[n] if n in a else theta0[n].clone().requires_grad_(True) for n in names}
-            loss = loss_fn(functional_call(model, theta, (torch.cat([x0, x1]),)), torch.cat([y0, y1]))
-            grads = torch.autograd.grad(loss, [theta[n] for n in names], create_graph=True, allow_unused=True)
-            g = {n: torch.zeros_like(theta0[n]) if gr is None else gr for n, gr in zip(names, grads)}
-            g = {n: gr * mask_t[n] if settings.mask_lookahead and n in mask_t else gr for n, gr in g.items()}
-            gnorm = torch.sqrt(sum(gr.square().sum() for gr in g.values()))
-            gnorm_value = float(gnorm.item())
-            if not math.isfinite(gnorm_value):
-                raise ValueError(f"gradinit_: the gradient norm is {gnorm_value} at iteration {i + 1}")
-            result.grad_norms.append(gnorm_value)
-            if gnorm_value > settings.gamma:
-                target, constraint = gnorm, True
-            else:
-                scale = settings.eta / gnorm if settings.normalize and gnorm_value > 0 else settings.eta
-                step = {n: scale * gr for n, gr in g.items()}
-                if not settings.second_order:
-                    step = {n: s.detach() for n, s in step.items()}
-                x2, y2 = next_batch(i)
-                out = functional_call(model, {n: theta[n] - step[n] for n in names}, (torch.cat([x0, x2]),))
-                target, constraint = loss_fn(out, torch.cat([y0, y2])) / settings.eta, False
-                if not math.isfinite(float(target.item())):
-                    raise ValueError(f"gradinit_: the look-ahead loss is not finite at iteration {i + 1}")
-                result.objective_losses.append(float(target.item()))
-            opt.zero_grad()
-            for s, gr in zip(scales, torch.autograd.grad(target, scales, allow_unused=True)):
-                s.grad = gr
-            opt.step(is_constraint=constraint)
-            result.constraint_steps += int(constraint)
-            result.objective_steps += int(not constraint)
+        # double backward: PyTorch's math attention backend, the only one with one (a model without
+        # scaled_dot_product_attention, every CNN, is unaffected)
+        with sdpa_kernel(SDPBackend.MATH):
+            for i in range(settings.iterations):
+                poll("GradInit")  # a stop leaves GradInit at once (the requeued run redoes it)
+                (x0, y0), (x1, y1) = next_batch(i), next_batch(i)
+                a = dict(zip(scaled, scales))
+                theta = {n: a[n] * theta0[n] if n in a else theta0[n].clone().requires_grad_(True) for n in names}
+                loss = loss_fn(functional_call(model, theta, (torch.cat([x0, x1]),)), torch.cat([y0, y1]))
+                grads = torch.autograd.grad(loss, [theta[n] for n in names], create_graph=True, allow_unused=True)
+                g = {n: torch.zeros_like(theta0[n]) if gr is None else gr for n, gr in zip(names, grads)}
+                g = {n: gr * mask_t[n] if settings.mask_lookahead and n in mask_t else gr for n, gr in g.items()}
+                gnorm = torch.sqrt(sum(gr.square().sum() for gr in g.values()))
+                gnorm_value = float(gnorm.item())
+                if not math.isfinite(gnorm_value):
+                    raise ValueError(f"gradinit_: the gradient norm is {gnorm_value} at iteration {i + 1}")
+                result.grad_norms.append(gnorm_value)
+                if gnorm_value > settings.gamma:
+                    target, constraint = gnorm, True
+                else:
+                    scale = settings.eta / gnorm if settings.normalize and gnorm_value > 0 else settings.eta
+                    step = {n: scale * gr for n, gr in g.items()}
+                    if not settings.second_order:
+                        step = {n: s.detach() for n, s in step.items()}
+                    x2, y2 = next_batch(i)
+                    out = functional_call(model, {n: theta[n] - step[n] for n in names}, (torch.cat([x0, x2]),))
+                    target, constraint = loss_fn(out, torch.cat([y0, y2])) / settings.eta, False
+                    if not math.isfinite(float(target.item())):
+                        raise ValueError(f"gradinit_: the look-ahead loss is not finite at iteration {i + 1}")
+                    result.objective_losses.append(float(target.item()))
+                opt.zero_grad()
+                for s, gr in zip(scales, torch.autograd.grad(target, scales, allow_unused=True)):
+                    s.grad = gr
+                opt.step(is_constraint=constraint)
+                result.constraint_steps += int(constraint)
+                result.objective_steps += int(not constraint)
     finally:
         opt.zero_grad()
         _restore(model, saved)

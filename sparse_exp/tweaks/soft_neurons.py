@@ -192,7 +192,9 @@ def preflight_soft_neurons(plan: Any) -> None:
                           f"({functional} calls per forward outside nn.ReLU modules), so swapping modules would "
                           "leave part of the network ReLU; allowed: models whose activations are nn.ReLU modules")
     if not swap_relus(model, "swish", 1.0):
-        raise ConfigError("tweaks", "[soft_neurons]", f"model={cfg.model.name} has no nn.ReLU module to soften")
+        acts = sorted({type(m).__name__ for m in model.modules() if type(m).__module__ == nn.GELU.__module__})
+        raise ConfigError("tweaks", "[soft_neurons]", f"model={cfg.model.name} has no nn.ReLU module to soften "
+                          f"(its activation modules: {', '.join(acts) or 'none'}); allowed: models with ReLU")
     node = cfg.tweaks.soft_neurons
     check_settled_before_cycles(cfg, plan, settles_at(node), "tweaks.soft_neurons.end_epoch",
                                 "the activation function")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sparse_exp.config.errors import require
 from sparse_exp.config.schema import SparsifierConfig
@@ -71,6 +72,8 @@ class GraspSparsifier(PruningAtInitSparsifier):
       with ``xavier_normal`` (default ``reinit=True``) while the trained net keeps its own
       init, i.e. it scores different weights than it trains; here the model's own weights are
       scored.
+    * ``H g`` is taken with PyTorch's math attention backend (``sdpa_kernel(SDPBackend.MATH)``), the only one with
+      a double backward; a model without ``scaled_dot_product_attention`` (every CNN) is unaffected.
     * no normalisation (a positive factor, ranking unchanged) and an exact count ``k`` instead
       of the threshold (ties); the one-weight floor of the module docstring.
     """
@@ -94,7 +97,8 @@ class GraspSparsifier(PruningAtInitSparsifier):
         hg = [torch.zeros_like(w) for w in weights]
         for x, y in batches:
             poll("pruning-at-init scoring")
-            gf = _grads(self._loss(model(x) / T, y), weights, create_graph=True)
+            with sdpa_kernel(SDPBackend.MATH):  # fused attention kernels have no double backward (transformers)
+                gf = _grads(self._loss(model(x) / T, y), weights, create_graph=True)
             z = sum((gi * fi).sum() for gi, fi in zip(g, gf))
             hs = _grads(z, weights)
             hg = [a + b.detach() for a, b in zip(hg, hs)]
