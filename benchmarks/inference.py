@@ -22,7 +22,6 @@ import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sparse_exp.run.export_model import CSRLinear, SemiStructuredLinear, semi_structured_missing

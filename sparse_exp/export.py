@@ -2,7 +2,7 @@
 
     python -m sparse_exp.export runs/default --to dense            # -> runs/default/model.dense.ts
     python -m sparse_exp.export runs/default --to csr              # -> runs/default/model.csr.ts (Linear as CSR)
-    python -m sparse_exp.export runs/x --to semi_structured        # 2:4 runs, CUDA sm80+ -> runs/x/model.semi_structured.pt
+    python -m sparse_exp.export runs/x --to semi_structured        # 2:4 runs, CUDA sm80+ (-> model.semi_structured.pt)
     python -m sparse_exp.export runs/default --to csr --out m.ts --force
 
 ``.ts`` files load with ``torch.jit.load(path)`` alone; ``semi_structured`` files with
