@@ -108,4 +108,5 @@ def test_each_file_name_is_unique_and_only_commands_sit_at_the_top():
     names = [p.name for p in files if p.name not in ("__init__.py", "__main__.py")]
     assert sorted(n for n in set(names) if names.count(n) > 1) == []
     top = sorted(p.name for p in (ROOT / "sparse_exp").glob("*.py"))
-    assert top == ["__init__.py", "export.py", "flops.py", "plot.py", "registry.py", "status.py", "superpose.py", "train.py"]
+    assert top == ["__init__.py", "export.py", "flops.py", "plot.py", "registry.py", "status.py", "superpose.py",
+                   "train.py"]
