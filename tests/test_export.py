@@ -15,7 +15,7 @@ from conftest import ROOT, compose_cfg, needs_data
 
 import sparse_exp
 from sparse_exp.export import main
-from sparse_exp.run.export_model import TOLERANCE, example_input, not_2_4
+from sparse_exp.run.export_model import TOLERANCE, example_input, masked_linears, not_2_4
 from sparse_exp.train import run
 
 RUNS = {"l300": ["sparsifier=static", "model=lenet_300_100", "epochs=1"],  # Linear layers only
@@ -69,10 +69,14 @@ def test_exported_file_loads_without_sparse_exp_and_matches_the_run(runs, name, 
 def test_csr_file_holds_only_the_kept_weights(runs):
     run_dir = runs / "l300"
     assert main([str(run_dir), "--to", "csr", "--out", str(run_dir / "c.ts")]) == 0
-    masks = sparse_exp.load(run_dir)[1]["masks"]
-    csr = [b for b in torch.jit.load(str(run_dir / "c.ts")).buffers() if b.layout == torch.sparse_csr]
-    assert sorted(b._nnz() for b in csr) <= sorted(int(m.sum()) for k, m in masks.items() if k.endswith("weight"))
-    assert len(csr) == 3
+    model, meta = sparse_exp.load(run_dir)
+    buffers = dict(torch.jit.load(str(run_dir / "c.ts")).named_buffers())
+    sparse = masked_linears(model, meta["masks"])
+    assert sparse and sparse[0] == "classifier.0"
+    for name in sparse:  # a CSR weight stores exactly the kept weights (a trained kept weight is never exactly 0)
+        weight = buffers[f"{name}.weight"]
+        assert weight.layout == torch.sparse_csr and weight._nnz() == int(meta["masks"][f"{name}.weight"].sum())
+        assert torch.equal(weight.to_dense(), model.get_submodule(name).weight.detach())
 
 
 @needs_data
@@ -97,6 +101,32 @@ def test_refusals_are_one_line_with_exit_code_2(runs, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main([str(run_dir), "--to", "semi_structured"]) == 2
         assert "needs a CUDA GPU of compute capability >= 8.0" in error_line(capsys)
+
+
+@pytest.mark.slow
+@needs_data
+def test_a_vit_exports_to_csr_with_its_dense_head_kept_dense(tmp_path, capsys):
+    overrides = ["sparsifier=static", "model=vit", "model.width=32", "model.depth=1", "model.heads=2", "epochs=1",
+                 "dataset.subset_train=256"]
+    assert run(compose_cfg(overrides), tmp_path / "vit")["status"] == "completed"
+    assert main([str(tmp_path / "vit"), "--to", "csr"]) == 0
+    assert "sparse Linear layers: blocks.0.attn.qkv, blocks.0.attn.proj, blocks.0.mlp.fc1, blocks.0.mlp.fc2;" in \
+        capsys.readouterr().out  # the head (all-True mask, dense_embed_head) stays dense
+    model = torch.jit.load(str(tmp_path / "vit" / "model.csr.ts"))
+    ref = sparse_exp.load(tmp_path / "vit")[0]
+    x = example_input({"in_channels": 1, "image_size": 28}, 4, seed=3)
+    with torch.no_grad():
+        assert (model(x) - ref(x)).abs().max() <= TOLERANCE["csr"]
+        assert (model(x[:1]) - ref(x[:1])).abs().max() <= TOLERANCE["csr"]
+
+
+@needs_data
+def test_semi_structured_refuses_masks_that_are_not_2_4(runs, monkeypatch, capsys):
+    import sparse_exp.run.export_model as export_model
+
+    monkeypatch.setattr(export_model, "semi_structured_missing", lambda: None)  # as on an sm80+ GPU: the mask check
+    assert main([str(runs / "l300"), "--to", "semi_structured"]) == 2          # runs before any CUDA call
+    assert "needs 2:4 masks" in error_line(capsys) and not (runs / "l300" / "model.semi_structured.pt").exists()
 
 
 def test_the_2_4_check_reads_the_masks():

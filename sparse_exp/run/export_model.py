@@ -3,8 +3,9 @@
 Three targets (``--to``), all from :func:`sparse_exp.load` (the model ``summary.json`` reports, masks checked):
 
 - ``dense``: the mask-baked dense network (masked-out weights are exact zeros), as a TorchScript file.
-- ``csr``: every *masked* ``nn.Linear`` becomes :class:`CSRLinear` (weight a ``torch.sparse_csr`` tensor, forward
-  ``torch.sparse.mm``); convolutions and unmasked layers (e.g. a ViT's dense head) stay dense. TorchScript file.
+- ``csr``: every *masked* ``nn.Linear`` (some weight pruned) becomes :class:`CSRLinear` (weight a ``torch.sparse_csr``
+  tensor, forward ``torch.sparse.mm``); convolutions and unpruned layers (e.g. a ViT's dense head) stay dense.
+  TorchScript file.
 - ``semi_structured``: every masked ``nn.Linear`` of a 2:4 run becomes :class:`SemiStructuredLinear`
   (``torch.sparse.to_sparse_semi_structured``, fp16, CUDA sm80+). The compressed layout is built on the GPU that runs
   it, so the file holds the fp16 mask-baked weights and the network's config; :func:`load_exported` rebuilds it.
@@ -76,8 +77,10 @@ class SemiStructuredLinear(nn.Module):
 
 # ----------------------------------------------------------------------------- checks
 def masked_linears(model: nn.Module, masks: Dict[str, torch.Tensor]) -> List[str]:
-    """Names of the ``nn.Linear`` modules whose weight has a mask (the sparse ones), in module order."""
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and f"{n}.weight" in masks]
+    """Names of the ``nn.Linear`` modules whose weight has a mask with some weight pruned (the sparse ones), in module
+    order; a layer kept dense (no mask, or an all-True mask: a ViT's head) is not one."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and f"{n}.weight" in masks and not bool(masks[f"{n}.weight"].all())]
 
 
 def not_2_4(masks: Dict[str, torch.Tensor], names: List[str]) -> List[str]:
