@@ -14,8 +14,9 @@ import torch
 from conftest import ROOT, compose_cfg, needs_data
 
 import sparse_exp
+from sparse_exp.config.errors import UserError
 from sparse_exp.export import main
-from sparse_exp.run.export_model import TOLERANCE, example_input, masked_linears, not_2_4
+from sparse_exp.run.export_model import TOLERANCE, example_input, load_exported, masked_linears, not_2_4
 from sparse_exp.train import run
 
 RUNS = {"l300": ["sparsifier=static", "model=lenet_300_100", "epochs=1"],  # Linear layers only
@@ -92,6 +93,9 @@ def test_refusals_are_one_line_with_exit_code_2(runs, tmp_path, capsys):
     assert "exists: pass --force" in error_line(capsys) and out.read_text() == "keep me"
     assert main([str(run_dir), "--to", "dense", "--out", str(out), "--force"]) == 0
     assert torch.jit.load(str(out))(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    assert load_exported(out)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)  # the loader reads .ts files too
+    with pytest.raises(UserError, match="is not an exported model"):
+        load_exported(run_dir / "model.pt")
     unfinished = tmp_path / "unfinished"
     shutil.copytree(run_dir, unfinished, ignore=shutil.ignore_patterns("model.*", "*.ts"))  # no model.pt
     summary = json.loads((unfinished / "summary.json").read_text())
