@@ -24,7 +24,7 @@ from sparse_exp.callbacks.protocol import BaseCallback, LRFactor, RunState
 from sparse_exp.config.errors import one_of, require
 from sparse_exp.config.schema import SuperposerConfig
 from sparse_exp.engine.distributed import sync_buffers_
-from sparse_exp.registry import SUPERPOSERS
+from sparse_exp.registry import DISTRIBUTIONS, SUPERPOSERS
 from sparse_exp.sparse.topology import drop_and_grow
 from sparse_exp.superposers.averaging import AVERAGING, REPRUNE, TicketAverager, reprune
 from sparse_exp.superposers.cyclic_lr import (
@@ -153,6 +153,8 @@ def check_sup_tickets(cfg: Any) -> None:
         if entry.beta is not None:
             require(0 <= entry.beta < 1, f"superposer.offline[{i}].beta", entry.beta, "must be in [0, 1)")
     require(cfg.sparsity > 0, "sparsity", cfg.sparsity, "must be > 0 with superposer=sup_tickets")
+    require(DISTRIBUTIONS.query(cfg.distribution.name, "nm_pattern")(cfg.distribution) is None, "superposer.name",
+            "sup_tickets", f"does not support N:M sparsity (distribution={cfg.distribution.name}) yet")
 
 
 def preflight_sup_tickets(plan: Any) -> None:
