@@ -127,7 +127,8 @@ class PruningAtInitSparsifier(Sparsifier):
     def init_masks(self) -> None:
         """Score, keep exactly ``round((1 - sparsity) * N)`` weights globally, apply the masks.
 
-        Sets ``masking.target_counts`` to the resulting per-layer counts (ints).
+        Sets ``masking.target_counts`` to the resulting per-layer counts (ints). N:M (``masking.groups``): the
+        ``n`` best of every group of ``m`` instead (:meth:`select_groups`), dense layers as above.
 
         Raises:
             ValueError: the dense layers alone exceed the budget, or fewer weights remain than
