@@ -191,7 +191,11 @@ def layer_counts(
     target = int(round(density * sum(sizes.values())))
     dens = layer_densities(shapes, density, method, erk_power_scale, dense_layers)
     if method == "nm":  # exact: n ones per group of m, the layer's size a multiple of m
-        return {n: int(round(dens[n] * sizes[n])) for n in shapes}
+        exact = {n: dens[n] * sizes[n] for n in shapes}
+        bad = [n for n in shapes if abs(exact[n] - round(exact[n])) > 1e-6]
+        if bad:
+            raise ValueError(f"distribution=nm: density {density} gives no whole number of ones in {bad}")
+        return {n: int(round(exact[n])) for n in shapes}
     # round away float noise (127.99999999999997 is 128) before taking floors
     exact = {n: round(dens[n] * sizes[n], 6) for n in shapes}
     counts = {n: min(sizes[n], max(1, int(math.floor(exact[n])))) for n in shapes}
