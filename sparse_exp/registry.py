@@ -211,7 +211,10 @@ class Registry(Mapping):
 # One registry per config group.        implementations:
 MODELS = Registry("model", default_schema=ModelConfig)  # fn(in_channels, num_classes, image_size) -> Module
 DATASETS = Registry("dataset", default_schema=DatasetConfig)  # data.spec.DataSource (.spec: DatasetSpec)
-DISTRIBUTIONS = Registry("distribution", default_schema=DistributionConfig)  # fn(shape, power) -> raw score
+#: query ``nm_pattern(node) -> Optional[Tuple[int, int]]``: the ``(n, m)`` every group of ``m`` weights of each sparse
+#: layer keeps (N:M sparsity, :mod:`sparse_exp.sparse.nm`), or None (the default: no group structure)
+DISTRIBUTIONS = Registry("distribution", default_schema=DistributionConfig,  # fn(shape, power) -> raw score
+                         queries={"nm_pattern": lambda node: None})
 SPARSIFIERS = Registry("sparsifier")  # sparse.sparsifiers.sparsifier.Sparsifier subclasses
 #: query ``ticket_collection_start(node, epochs, steps_per_epoch) -> Optional[int]``: how many steps of the run's
 #: own training (main phase) are done when the superposer starts collecting the tickets it averages, in a run of

@@ -32,7 +32,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("run_dir", type=Path, help="a run trained with superposer.save_tickets=true")
     p.add_argument("--averaging", choices=AVERAGING)
     p.add_argument("--beta", type=float, help="CIMA's weight of the previous average, in [0, 1)")
-    p.add_argument("--reprune", choices=REPRUNE)
+    p.add_argument("--reprune", choices=[r for r in REPRUNE if r != "nm"],  # saved tickets carry no N:M groups
+                   help="re-pruning of the superposed average (nm is not available offline)")
     p.add_argument("--count-normal-phase-ticket", action=argparse.BooleanOptionalAction, default=None,
                    help="superpose the end-of-normal-phase model first (the reference code)")
     p.add_argument("--prune-running-average", action=argparse.BooleanOptionalAction, default=None,

@@ -18,6 +18,8 @@ SHAPES = {
 @pytest.mark.parametrize("method", DISTRIBUTIONS)
 @pytest.mark.parametrize("sparsity", [0.5, 0.8, 0.9, 0.95, 0.99])
 def test_counts_are_exact(method, sparsity):
+    if method == "nm" and sparsity != 0.5:
+        pytest.skip("nm allows only sparsity = 1 - n/m (n ones per group of m; tests/test_nm.py): 0.5 = 2:4 here")
     counts = layer_counts(SHAPES, 1 - sparsity, method)
     sizes = {n: math.prod(s) for n, s in SHAPES.items()}
     total = sum(sizes.values())

@@ -19,6 +19,7 @@ from torch import nn
 from sparse_exp.config.errors import ConfigError
 from sparse_exp.data import dataset_spec
 from sparse_exp.models import build_configured
+from sparse_exp.registry import DISTRIBUTIONS
 from sparse_exp.sparse.distributions import layer_counts
 from sparse_exp.sparse.masking import Masking, declared_dense, dense_layer_names, kept_dense, prunable_parameters
 
@@ -230,6 +231,11 @@ class RunState:
     def distribution(self) -> Any:
         """The ``distribution`` config node (name, erk_power_scale, dense_*_layer)."""
         return self.plan.cfg.distribution
+
+    @property
+    def nm_pattern(self) -> Optional[Tuple[int, int]]:
+        """``(n, m)`` if the distribution asks for N:M groups (its ``nm_pattern`` query), else None."""
+        return DISTRIBUTIONS.query(self.distribution.name, "nm_pattern")(self.distribution)
 
     @property
     def seed(self) -> int:

@@ -10,10 +10,13 @@ total is exactly ``round(density * N)`` (largest-remainder rounding).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from sparse_exp.config.errors import ConfigError, require
-from sparse_exp.registry import DISTRIBUTIONS
+from sparse_exp.config.schema import DistributionConfig
+from sparse_exp.registry import DISTRIBUTIONS, SPARSIFIERS
+from sparse_exp.sparse.nm import fits
 
 #: ``distribution.name`` -> raw layer score ``fn(shape, erk_power_scale) -> float`` (density is
 #: proportional to it); ``uniform`` has none: every layer gets the same density.
@@ -33,13 +36,57 @@ def erk_score(shape: Sequence[int], erk_power_scale: float) -> float:
     return (sum(shape) / math.prod(shape)) ** erk_power_scale
 
 
+@dataclass
+class NMDistributionConfig(DistributionConfig):
+    """``distribution=nm``: every group of ``m`` consecutive input weights of each sparse layer keeps exactly ``n``
+    (:mod:`sparse_exp.sparse.nm`); ``sparsity`` must be ``1 - n/m``, the sparsity of the N:M layers."""
+
+    name: str = "nm"
+    n: int = 2
+    m: int = 4
+
+
+def nm_pattern(node: Any) -> Optional[Tuple[int, int]]:
+    """``distribution=nm``'s answer to the ``nm_pattern`` query: ``(n, m)``."""
+    return int(node.n), int(node.m)
+
+
+def check_nm(cfg: Any) -> None:
+    """``1 <= n < m``; ``sparsity == 1 - n/m``; the sparsifier declares ``supports_nm``."""
+    d = cfg.distribution
+    require(isinstance(d.m, int) and d.m >= 2, "distribution.m", d.m, "must be an integer >= 2")
+    require(isinstance(d.n, int) and 1 <= d.n < d.m, "distribution.n", d.n, f"must be an integer in [1, m={d.m})")
+    require(abs(float(cfg.sparsity) - (1 - d.n / d.m)) < 1e-9, "sparsity", cfg.sparsity,
+            f"must equal 1 - n/m = {1 - d.n / d.m:g} with distribution=nm (n={d.n}, m={d.m}): the sparsity of the "
+            "N:M layers")
+    name = cfg.sparsifier.name
+    if not getattr(SPARSIFIERS.entry(name).impl, "supports_nm", False):
+        allowed = sorted(k for k in SPARSIFIERS if getattr(SPARSIFIERS[k], "supports_nm", False))
+        raise ConfigError("distribution.name", "nm", f"is not supported by sparsifier={name} (yet); N:M works with "
+                          f"sparsifier in {allowed}")
+
+
+def preflight_nm(plan: Any) -> None:
+    """Every sparse layer's input dimension is a multiple of ``m`` (else refused, naming the layer)."""
+    m = int(plan.cfg.distribution.m)
+    for name, shape in plan.shapes.items():
+        if name not in plan.dense_layers and not fits(shape, m):
+            raise ConfigError("distribution.m", m, f"must divide the input dimension of every sparse layer; "
+                              f"{name} of {plan.cfg.model.name} has shape {tuple(shape)} (input {shape[1]}); keep it "
+                              "dense (distribution.dense_first_layer / dense_last_layer) or choose another m")
+
+
+DISTRIBUTIONS.add("nm", None, schema=NMDistributionConfig, checks=(check_nm,), preflight=(preflight_nm,),
+                  queries={"nm_pattern": nm_pattern})
+
+
 @DISTRIBUTIONS.group_preflight
 def check_feasible(plan: Any) -> None:
     """The exact per-layer counts can be met for the run's model: the layers kept dense (the model's own,
     ``dense_first_layer`` / ``dense_last_layer``) must fit in the density budget."""
     cfg = plan.cfg
-    if not cfg.sparsity > 0:
-        return
+    if not cfg.sparsity > 0 or DISTRIBUTIONS.query(cfg.distribution.name, "nm_pattern")(cfg.distribution):
+        return  # N:M: sparsity is that of the N:M layers, the dense ones come on top (preflight_nm)
     target = int(round((1.0 - float(cfg.sparsity)) * plan.num_weights))
     if target < len(plan.shapes):
         raise ConfigError("sparsity", cfg.sparsity, f"keeps {target} of the {plan.num_weights} weights of "
@@ -77,7 +124,7 @@ def layer_densities(
     Args:
         shapes: layer name -> weight shape, PyTorch order ``(out, in, *kernel)``.
         density: global fraction of ones over all listed layers, in (0, 1].
-        method: ``uniform`` | ``er`` | ``erk``.
+        method: ``uniform`` | ``er`` | ``erk`` | ``nm`` (every non-forced layer at ``density`` = n/m).
         erk_power_scale: exponent on the ERK / ER score (rigl ``erk_power_scale``; 1.0 = ERK).
         dense_layers: names forced to density 1 (their weights count against the budget).
 
@@ -99,6 +146,8 @@ def layer_densities(
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     total = sum(sizes.values())
     dense = set(dense_layers)
+    if method == "nm":  # N:M: every sparse layer at n/m = density, the dense ones on top of it
+        return {n: (1.0 if n in dense else density) for n in shapes}
     if method == "uniform":
         budget = density * total - sum(sizes[n] for n in dense)
         rest = total - sum(sizes[n] for n in dense)
@@ -141,6 +190,12 @@ def layer_counts(
     sizes = {n: math.prod(s) for n, s in shapes.items()}
     target = int(round(density * sum(sizes.values())))
     dens = layer_densities(shapes, density, method, erk_power_scale, dense_layers)
+    if method == "nm":  # exact: n ones per group of m, the layer's size a multiple of m
+        exact = {n: dens[n] * sizes[n] for n in shapes}
+        bad = [n for n in shapes if abs(exact[n] - round(exact[n])) > 1e-6]
+        if bad:
+            raise ValueError(f"distribution=nm: density {density} gives no whole number of ones in {bad}")
+        return {n: int(round(exact[n])) for n in shapes}
     # round away float noise (127.99999999999997 is 128) before taking floors
     exact = {n: round(dens[n] * sizes[n], 6) for n in shapes}
     counts = {n: min(sizes[n], max(1, int(math.floor(exact[n])))) for n in shapes}

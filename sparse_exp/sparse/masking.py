@@ -19,6 +19,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from sparse_exp.sparse.nm import is_nm
+
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -104,6 +106,9 @@ class Masking:
         self.params: Dict[str, nn.Parameter] = dict(pairs)
         self.masks: Dict[str, torch.Tensor] = {n: torch.ones_like(p, requires_grad=False) for n, p in pairs}
         self.target_counts: Dict[str, int] = {n: p.numel() for n, p in pairs}
+        #: N:M layers: name -> ``(n, m)``, every group of ``m`` input weights keeps exactly ``n``
+        #: (:mod:`sparse_exp.sparse.nm`); set by the sparsifier from the distribution, checked by check_invariants
+        self.groups: Dict[str, Tuple[int, int]] = {}
         self._weights = [self.params[n] for n in self.names]
         self._mask_list = [self.masks[n] for n in self.names]
         self._buffer_cache: Optional[Tuple[int, List[torch.Tensor], List[torch.Tensor]]] = None
@@ -221,7 +226,7 @@ class Masking:
     def check_invariants(self, optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         """Raise :class:`InvariantError` unless every invariant holds.
 
-        1. masks are binary; 2. each layer has exactly ``target_counts[name]`` ones;
+        1. masks are binary; 2. each layer has exactly ``target_counts[name]`` ones (N:M layers: ``n`` per group);
         3. weights are exactly zero off the mask; 4. optimizer buffers are zero off the mask.
         """
         for name in self.names:
@@ -231,6 +236,9 @@ class Masking:
             ones = int(mask.count_nonzero())
             if ones != self.target_counts[name]:
                 raise InvariantError(f"{name}: mask has {ones} ones, expected {self.target_counts[name]}")
+            if name in self.groups and not is_nm(mask, *self.groups[name]):
+                raise InvariantError(f"{name}: a group of m={self.groups[name][1]} does not hold exactly "
+                                     f"n={self.groups[name][0]} ones")
             if not self.enabled:
                 continue
             off = mask == 0

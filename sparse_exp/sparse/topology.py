@@ -18,6 +18,7 @@ from typing import Dict, Iterable, Optional
 import torch
 
 from sparse_exp.sparse.masking import Masking, topk_mask
+from sparse_exp.sparse.nm import regrow_per_group
 
 GROWTH_MODES = ("random", "gradient")
 
@@ -71,6 +72,8 @@ def drop_and_grow(
     Raises:
         ValueError: unknown growth mode; RuntimeError: gradient growth without gradients.
 
+    N:M layers (``masking.groups``): the drop is as above; each group then regrows as many as it lost, its
+    inactive positions with the largest growth score, so every group keeps exactly ``n``.
     Positions dropped in this update may be regrown, as in RigL's reference; such a weight
     keeps its value (rigl ``SparseRigLOptimizer(reinit_when_same=False)``, the default), every
     other regrown weight starts at zero. Layers at full density are skipped.
@@ -99,8 +102,10 @@ def drop_and_grow(
         else:
             grow_scores = torch.rand(w.shape, generator=generator).to(w.device)
         grow_scores = torch.where(after_drop, neg_inf, grow_scores)
-        grown = topk_mask(grow_scores, k)
-        new = after_drop | grown
+        if name in masking.groups:  # N:M: each group regrows what it lost, its best inactive candidates
+            new = regrow_per_group(after_drop, grow_scores, *masking.groups[name])
+        else:
+            new = after_drop | topk_mask(grow_scores, k)
         # only old & new keeps its value: dropped and newly grown weights (and their buffers) are zero; a weight
         # dropped and regrown in this same update keeps its value
         _zero_outside(masking, name, old & new, optimizer)

@@ -6,21 +6,39 @@ CIA: the running mean of Eq. 4, ``avg_t = ((t - 1) avg_{t-1} + theta^t) / t``; C
 ``avg_1 = theta^1``. Averaged: the whole state dict, BN running statistics included (the paper's "average" BN);
 integer buffers take the latest ticket's value; unmasked entries count as active in every ticket. Re-pruning
 keeps the largest-magnitude averaged weights, ``global`` (one top-k, the reference) or ``layerwise`` (the
-individual model's per-layer counts). By default the running average is never pruned, so the ultimate ticket is
-exactly ``prune(CIA(theta^1..theta^M))``; ``prune_running_average=True`` feeds the pruned average on instead.
+individual model's per-layer counts) or ``nm`` (the ``n`` largest of every group of ``m`` of each N:M layer,
+:mod:`sparse_exp.sparse.nm`; required with ``distribution=nm``). By default the running average is never pruned,
+so the ultimate ticket is exactly ``prune(CIA(theta^1..theta^M))``; ``prune_running_average=True`` feeds the pruned
+average on instead.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from sparse_exp.config.errors import ConfigError
+from sparse_exp.registry import DISTRIBUTIONS
 from sparse_exp.sparse.masking import topk_mask
+from sparse_exp.sparse.nm import topk_per_group
 from sparse_exp.sparse.topology import global_topk_masks
 
 AVERAGING = ("cia", "caa", "cima")
-REPRUNE = ("global", "layerwise")
+REPRUNE = ("global", "layerwise", "nm")
+
+
+def check_reprune_scope(cfg: Any) -> None:
+    """``superposer.reprune=nm`` exactly when the distribution asks for N:M groups (its ``nm_pattern`` query);
+    the offline variants (saved tickets carry no groups) are refused with N:M."""
+    sp, nm = cfg.superposer, DISTRIBUTIONS.query(cfg.distribution.name, "nm_pattern")(cfg.distribution) is not None
+    if nm != (sp.reprune == "nm"):
+        raise ConfigError("superposer.reprune", sp.reprune, f"must be nm with N:M sparsity (distribution="
+                          f"{cfg.distribution.name}) and only then; allowed here: "
+                          f"{['nm'] if nm else [r for r in REPRUNE if r != 'nm']}")
+    if nm and sp.offline:
+        raise ConfigError("superposer.offline", "[...]", "is not supported with N:M sparsity (yet): saved tickets "
+                          "carry no N:M groups; leave it empty")
 
 
 class TicketAverager:
@@ -111,18 +129,25 @@ class TicketAverager:
 
 
 @torch.no_grad()
-def reprune(weights: Mapping[str, torch.Tensor], counts: Mapping[str, int], scope: str) -> Dict[str, torch.Tensor]:
+def reprune(weights: Mapping[str, torch.Tensor], counts: Mapping[str, int], scope: str,
+            groups: Optional[Mapping[str, Tuple[int, int]]] = None) -> Dict[str, torch.Tensor]:
     """Boolean masks keeping the largest ``|weights|``.
 
     Args:
         weights: name -> averaged weight tensor.
         counts: name -> ones the layer should keep (``layerwise``); their sum is the global
             budget (``global``), so the ultimate ticket's sparsity equals the target exactly.
-        scope: ``global`` | ``layerwise``.
+        scope: ``global`` | ``layerwise`` | ``nm``.
+        groups: ``nm``: N:M layer -> ``(n, m)`` (``Masking.groups``); the other layers keep ``counts`` ones.
 
     Raises:
         ValueError: unknown scope.
     """
+    if scope == "nm":
+        if not groups:
+            raise ValueError("superposer.reprune=nm needs the N:M groups of the layers (Masking.groups)")
+        return {n: topk_per_group(weights[n].abs(), *groups[n]) if n in groups
+                else topk_mask(weights[n].abs().float(), counts[n]) for n in weights}
     if scope == "layerwise":
         return {n: topk_mask(weights[n].abs().float(), counts[n]) for n in weights}
     if scope == "global":

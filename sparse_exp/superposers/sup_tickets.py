@@ -26,7 +26,7 @@ from sparse_exp.config.schema import SuperposerConfig
 from sparse_exp.engine.distributed import sync_buffers_
 from sparse_exp.registry import SUPERPOSERS
 from sparse_exp.sparse.topology import drop_and_grow
-from sparse_exp.superposers.averaging import AVERAGING, REPRUNE, TicketAverager, reprune
+from sparse_exp.superposers.averaging import AVERAGING, REPRUNE, TicketAverager, check_reprune_scope, reprune
 from sparse_exp.superposers.cyclic_lr import (
     LR_SCHEDULES,
     CyclicBudget,
@@ -153,6 +153,7 @@ def check_sup_tickets(cfg: Any) -> None:
         if entry.beta is not None:
             require(0 <= entry.beta < 1, f"superposer.offline[{i}].beta", entry.beta, "must be in [0, 1)")
     require(cfg.sparsity > 0, "sparsity", cfg.sparsity, "must be > 0 with superposer=sup_tickets")
+    check_reprune_scope(cfg)
 
 
 def preflight_sup_tickets(plan: Any) -> None:
@@ -273,7 +274,7 @@ class SupTickets(BaseCallback):
         start = time.perf_counter()
         masks = {n: t.masking.masks[n] for n in t.masking.names}
         self.ultimate_masks = superpose_into(self.averager, t.model.state_dict(), masks, t.masking.target_counts,
-                                             self.cfg.reprune)
+                                             self.cfg.reprune, t.masking.groups)
         ultimate = self.ultimate_model()
         self.superpose_seconds.append(time.perf_counter() - start)
         if splits:
@@ -294,7 +295,7 @@ class SupTickets(BaseCallback):
         t = self.state
         avg = self.averager.averaged()
         weights = {n: avg[n] for n in t.masking.names}
-        return reprune(weights, dict(t.masking.target_counts), self.cfg.reprune)
+        return reprune(weights, dict(t.masking.target_counts), self.cfg.reprune, t.masking.groups)
 
     @torch.no_grad()
     def ultimate_model(self) -> torch.nn.Module:

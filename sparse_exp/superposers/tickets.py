@@ -88,16 +88,18 @@ class Variant:
 # ---------------------------------------------------------------------------------------------- superposition
 @torch.no_grad()
 def superpose_into(averager: TicketAverager, state: Mapping[str, torch.Tensor], masks: Masks,
-                   target_counts: Mapping[str, int], scope: str) -> Masks:
+                   target_counts: Mapping[str, int], scope: str,
+                   groups: Optional[Mapping[str, Tuple[int, int]]] = None) -> Masks:
     """Add one ticket to ``averager`` and re-prune: the ultimate ticket's masks after it (Alg. 1 lines 8-10).
 
     Args:
         state: the ticket's state dict; masks: its layer masks; target_counts: ones per layer to keep
-            (their sum is the global budget); scope: ``global`` | ``layerwise``.
+            (their sum is the global budget); scope: ``global`` | ``layerwise`` | ``nm`` (``groups``: N:M layer ->
+            ``(n, m)``, :func:`~sparse_exp.superposers.averaging.reprune`).
     """
     averager.add(state, masks)
     avg = averager.averaged()
-    ultimate = reprune({n: avg[n] for n in masks}, dict(target_counts), scope)
+    ultimate = reprune({n: avg[n] for n in masks}, dict(target_counts), scope, groups)
     if averager.prune_running_average:
         averager.prune_running_(ultimate)
     return ultimate

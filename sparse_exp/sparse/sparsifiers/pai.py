@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparse_exp.sparse.flop_counts import Allocation
+from sparse_exp.sparse.nm import topk_per_group
 from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier, check_sparse_target
 from sparse_exp.sparse.topology import global_topk_masks
 
@@ -75,6 +76,7 @@ class PruningAtInitSparsifier(Sparsifier):
     """
 
     name = "pai"
+    supports_nm = True
     #: keep the LOWEST scores (GraSP) instead of the highest
     keep_lowest = False
     #: whether :meth:`scores` is called inside :func:`preserved_state`
@@ -116,10 +118,17 @@ class PruningAtInitSparsifier(Sparsifier):
         sign = -1.0 if self.keep_lowest else 1.0
         return global_topk_masks({n: sign * scores[n] for n in free}, budget)
 
+    def select_groups(self, free: List[str]) -> Dict[str, torch.Tensor]:
+        """N:M (``masking.groups``): bool masks keeping the ``n`` best scores of every group of the layers ``free``."""
+        scores, groups = self.scores(), self.ctx.masking.groups
+        sign = -1.0 if self.keep_lowest else 1.0
+        return {n: topk_per_group(sign * scores[n], *groups[n]) for n in free}
+
     def init_masks(self) -> None:
         """Score, keep exactly ``round((1 - sparsity) * N)`` weights globally, apply the masks.
 
-        Sets ``masking.target_counts`` to the resulting per-layer counts (ints).
+        Sets ``masking.target_counts`` to the resulting per-layer counts (ints). N:M (``masking.groups``): the
+        ``n`` best of every group of ``m`` instead (:meth:`select_groups`), dense layers as above.
 
         Raises:
             ValueError: the dense layers alone exceed the budget, or fewer weights remain than
@@ -132,10 +141,13 @@ class PruningAtInitSparsifier(Sparsifier):
         free = [n for n in m.names if n not in dense_set]
         budget = k - sum(m.sizes[n] for n in dense)
         free_total = sum(m.sizes[n] for n in free)
-        if budget < len(free):
+        if budget < len(free) and not m.groups:
             raise ValueError(f"sparsity={ctx.sparsity} keeps {k} of {m.total} weights: too few for the dense layers "
                              f"{dense} plus one weight in each of the other {len(free)} layers")
-        if budget >= free_total:  # nothing to prune (sparsity 0 or dense layers take the rest)
+        if m.groups:  # N:M: the sparsity is that of the N:M layers (distribution=nm), kept per group
+            log.info("%s: scoring the weights at initialisation (top n per group of m)", self.name)
+            chosen = self.select_groups(free)
+        elif budget >= free_total:  # nothing to prune (sparsity 0 or dense layers take the rest)
             chosen = {n: torch.ones(m.shapes[n], dtype=torch.bool) for n in free}
         else:
             log.info("%s: scoring the weights at initialisation", self.name)

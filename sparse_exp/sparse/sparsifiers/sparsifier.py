@@ -45,6 +45,9 @@ class Sparsifier:
     name: str = "base"
     #: regrowth criterion, ``"random"`` | ``"gradient"``, or None (never regrows)
     growth: Optional[str] = None
+    #: whether it keeps N:M groups (``distribution=nm``, ``masking.groups``) at init and at every mask update;
+    #: ``distribution=nm`` refuses a sparsifier that does not declare it
+    supports_nm: bool = False
 
     def __init__(self, cfg: Any, ctx: RunState) -> None:
         self.cfg = cfg
@@ -52,6 +55,8 @@ class Sparsifier:
         self.generator = torch.Generator().manual_seed(int(ctx.seed) * 7919 + 17)
         #: number of mask updates so far (DST / gradual pruning)
         self.updates = 0
+        pattern, dense = ctx.nm_pattern, set(ctx.dense_layers)
+        ctx.masking.groups = {} if pattern is None else {n: pattern for n in ctx.masking.names if n not in dense}
 
     def init_masks(self) -> None:
         """Choose the initial masks, set ``masking.target_counts`` and apply them."""

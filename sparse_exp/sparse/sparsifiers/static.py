@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
+
 from sparse_exp.config.errors import require
 from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.registry import SPARSIFIERS
 from sparse_exp.sparse.density_schedules import ConstantDensity, FlopSchedule
 from sparse_exp.sparse.masking import masks_from_counts
+from sparse_exp.sparse.nm import random_n_per_group
 from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier, check_sparse_target
 
 
@@ -59,10 +62,15 @@ class StaticSparsifier(Sparsifier):
     """Random exact-count masks drawn once from the run seed, then fixed."""
 
     name = "static"
+    supports_nm = True
 
     def init_masks(self) -> None:
         m = self.ctx.masking
         counts = self.ctx.target_counts()
-        m.set_masks_(masks_from_counts(m.shapes, counts, self.generator))
+        if m.groups:  # N:M: n random ones per group of every sparse layer, the dense layers all ones
+            m.set_masks_({n: random_n_per_group(m.shapes[n], *m.groups[n], self.generator) if n in m.groups
+                          else torch.ones(m.shapes[n], dtype=torch.bool) for n in m.names})
+        else:
+            m.set_masks_(masks_from_counts(m.shapes, counts, self.generator))
         m.target_counts = counts
         m.apply_(self.ctx.optimizer)

@@ -16,6 +16,7 @@ from sparse_exp.config.errors import require
 from sparse_exp.config.schema import SparsifierConfig
 from sparse_exp.engine.preemption import poll
 from sparse_exp.registry import SPARSIFIERS
+from sparse_exp.sparse.nm import topk_per_group
 from sparse_exp.sparse.sparsifiers.pai import (
     PruningAtInitSparsifier,
     _grads,
@@ -131,4 +132,22 @@ class SynflowSparsifier(PruningAtInitSparsifier):
                 scores = self._scores(masks=keep, input_shape=shape)
                 ranked = {n: torch.where(keep[n], scores[n], torch.full_like(scores[n], -math.inf)) for n in free}
                 keep = global_topk_masks(ranked, kr)
+        return keep
+
+    def select_groups(self, free: List[str]) -> Dict[str, torch.Tensor]:
+        """N:M: the same ``iterations`` rounds, each group keeping ``round(m * (n/m) ** (r/R))`` (at least ``n``,
+        ``n`` in the last round) of its best scores, rescored on the kept weights each round."""
+        m = self.ctx.masking
+        rounds = int(self.cfg.iterations)
+        with preserved_state(self.ctx.model, self.ctx.device):
+            shape = self._input_shape()
+            keep = {n: torch.ones(m.shapes[n], dtype=torch.bool, device=m.params[n].device) for n in free}
+            for r in range(1, rounds + 1):
+                poll("pruning-at-init scoring")
+                scores = self._scores(masks=keep, input_shape=shape)
+                for name in free:
+                    n, mm = m.groups[name]
+                    kr = n if r == rounds else max(n, int(round(mm * (n / mm) ** (r / rounds))))
+                    ranked = torch.where(keep[name], scores[name], torch.full_like(scores[name], -math.inf))
+                    keep[name] = topk_per_group(ranked, kr, mm).to(keep[name].device)
         return keep

@@ -1,0 +1,204 @@
+"""distribution=nm (N:M): every group of m input weights keeps exactly n, at init, after every mask update, on
+resume; the methods that do not keep groups are refused in one line before any work."""
+
+import pytest
+import torch
+from conftest import compose_cfg, needs_data
+from omegaconf import OmegaConf
+from torch import nn
+
+from sparse_exp.config.errors import ConfigError
+from sparse_exp.config.preflight import preflight
+from sparse_exp.config.validate import validate
+from sparse_exp.engine.context import RunState
+from sparse_exp.sparse.masking import Masking
+from sparse_exp.sparse.nm import from_groups, is_nm, random_n_per_group, regrow_per_group, to_groups, topk_per_group
+from sparse_exp.sparse.sparsifiers import build_sparsifier
+from sparse_exp.sparse.topology import drop_and_grow
+
+NM = ["distribution=nm", "distribution.n=2", "distribution.m=4", "sparsity=0.5"]
+
+
+# ------------------------------------------------------------------ group operations
+def test_conv_groups_run_along_input_channels_at_each_kernel_position():
+    w = torch.arange(2 * 8 * 3 * 3).reshape(2, 8, 3, 3)
+    g = to_groups(w, 4)
+    assert g.shape == (2 * 3 * 3 * 2, 4)
+    assert g[0].tolist() == [w[0, c, 0, 0].item() for c in range(4)]  # out 0, kernel (0, 0), channels 0..3
+    assert torch.equal(from_groups(g, w.shape), w)
+    with pytest.raises(ValueError, match="m=4"):
+        to_groups(torch.zeros(3, 6), 4)
+
+
+def test_topk_random_and_regrow_keep_n_per_group():
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 8, 3, 3, generator=gen)
+    keep = topk_per_group(scores, 2, 4)
+    assert is_nm(keep, 2, 4) and not is_nm(keep, 1, 4)
+    g, gs = to_groups(keep, 4), to_groups(scores, 4)
+    assert torch.all(gs.masked_fill(~g, float("inf")).min(1).values >= gs.masked_fill(g, float("-inf")).max(1).values)
+    assert is_nm(random_n_per_group((10, 12), 3, 4, gen), 3, 4)
+    dropped = keep.clone()
+    dropped.view(-1)[torch.nonzero(dropped.view(-1))[:7, 0]] = False
+    assert is_nm(regrow_per_group(dropped, scores, 2, 4), 2, 4)
+
+
+# ------------------------------------------------------------------ sparsifiers on a tiny MLP (no data set)
+def _make(name, sparsity=0.5, n=2, m=4, **over):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 48), nn.ReLU(), nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 5))
+    masking = Masking(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    dist = {"name": "nm", "n": n, "m": m, "erk_power_scale": 1.0, "dense_first_layer": False,
+            "dense_last_layer": True}
+    gen = torch.Generator().manual_seed(1)
+
+    def batches(k):
+        return iter([(torch.randn(16, 20, generator=gen), torch.randint(0, 5, (16,), generator=gen)) for _ in range(k)])
+
+    ctx = RunState.for_model(model, masking, opt, sparsity=sparsity, distribution=dist, total_steps=60,
+                             steps_per_epoch=20, seed=0, batches=batches)
+    cfg = OmegaConf.load(f"sparse_exp/conf/sparsifier/{name}.yaml")
+    cfg.pop("defaults")
+    cfg.update(over)
+    sp = build_sparsifier(cfg, ctx)
+    sp.init_masks()
+    return model, masking, opt, sp
+
+
+def _assert_nm(masking, n, m):
+    assert set(masking.groups) == set(masking.names[:-1])  # the last layer is kept dense
+    for name in masking.groups:
+        assert is_nm(masking.masks[name], n, m), name
+    assert bool(masking.masks[masking.names[-1]].all())
+    masking.check_invariants()
+
+
+@pytest.mark.parametrize("name", ["static", "random", "snip", "grasp", "synflow"])
+def test_init_keeps_n_per_group(name):
+    _, masking, _, _ = _make(name)
+    _assert_nm(masking, 2, 4)
+
+
+@pytest.mark.parametrize("name", ["set", "rigl"])
+def test_dst_keeps_n_per_group_after_every_update(name):
+    model, masking, opt, sp = _make(name, n=1, m=4, sparsity=0.75, delta_t=3)
+    gen = torch.Generator().manual_seed(2)
+    updates = 0
+    for step in range(1, 31):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(torch.randn(16, 20, generator=gen)),
+                                    torch.randint(0, 5, (16,), generator=gen)).backward()
+        before = {k: v.clone() for k, v in masking.masks.items()}
+        opt.step()
+        masking.apply_(opt)
+        if sp.after_step(step):
+            updates += 1
+            assert any(not torch.equal(before[k], masking.masks[k]) for k in masking.groups)
+            _assert_nm(masking, 1, 4)
+            masking.check_invariants(opt)
+    assert updates == 10
+
+
+def test_rigl_regrows_a_groups_best_gradient_candidate():
+    model, masking, opt, _ = _make("rigl")
+    name = masking.names[1]
+    w = masking.params[name]
+    with torch.no_grad():
+        w.copy_(torch.randn(w.shape) * masking.masks[name])
+    w.grad = torch.randn(w.shape)
+    old = masking.masks[name].bool().clone()
+    drop_and_grow(masking, opt, 0.3, "gradient", layers=[name])
+    new = masking.masks[name].bool()
+    assert is_nm(new, 2, 4)
+    g_old, g_new, g_grad = to_groups(old, 4), to_groups(new, 4), to_groups(w.grad.abs(), 4)
+    for i in torch.nonzero((g_old != g_new).any(1))[:, 0].tolist():
+        grown, unchosen = g_new[i] & ~g_old[i], ~g_new[i]  # every unchosen position was a candidate
+        if grown.any() and unchosen.any():  # a grown weight beats every unchosen candidate by |grad|
+            assert g_grad[i][grown].min() >= g_grad[i][unchosen].max()
+
+
+# ------------------------------------------------------------------ refusals and the run plan
+@pytest.mark.parametrize("overrides, words", [
+    (["distribution=nm", "sparsity=0.9"], ["sparsity=0.9", "1 - n/m = 0.5"]),
+    (["distribution=nm", "distribution.n=4", "sparsity=0.5"], ["distribution.n=4", "[1, m=4)"]),
+    (NM + ["sparsifier=gmp"], ["distribution.name='nm'", "sparsifier=gmp", "(yet)"]),
+    (NM + ["sparsifier=granet"], ["sparsifier=granet"]),
+    (NM + ["sparsifier=lth"], ["sparsifier=lth"]),
+    (NM + ["sparsifier=rigl", "superposer=sup_tickets"], ["superposer.reprune='global'", "must be nm", "['nm']"]),
+    (["sparsifier=rigl", "superposer=sup_tickets", "superposer.reprune=nm"], ["superposer.reprune='nm'"]),
+    (NM + ["sparsifier=rigl", "superposer=sup_tickets", "superposer.reprune=nm", "superposer.save_tickets=true",
+           "superposer.offline=[{averaging: caa}]"], ["superposer.offline", "N:M"]),
+])
+def test_refused_in_one_line_at_validate(overrides, words):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg(overrides))
+    msg = str(err.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_a_layer_whose_input_is_not_a_multiple_of_m_is_refused_at_preflight():
+    cfg = compose_cfg(NM + ["model=lenet5", "sparsifier=static"])  # conv1 has one input channel
+    validate(cfg)
+    with pytest.raises(ConfigError, match=r"distribution.m=4 .*features.0.weight.*input 1") as err:
+        preflight(cfg, local=False)
+    assert "\n" not in str(err.value)
+    ok = ["distribution=nm", "distribution.n=1", "distribution.m=2", "sparsity=0.5", "model=lenet5",
+          "sparsifier=static", "distribution.dense_first_layer=true"]  # conv2 has 6 input channels: m=2 fits
+    preflight(compose_cfg(ok), local=False)
+
+
+# ------------------------------------------------------------------ end to end
+@needs_data
+@pytest.mark.slow
+def test_nm_rigl_run_resumes_bitwise_and_keeps_groups(tmp_path):
+    from test_resume import assert_same_run
+
+    from sparse_exp.run.run_dir import RunDir
+    from sparse_exp.train import run
+
+    ov = NM + ["model=lenet_300_100", "sparsifier=rigl", "sparsifier.delta_t=5", "epochs=2",
+               "dataset.subset_train=320", "distribution.dense_last_layer=true"]
+    full, part = RunDir(tmp_path / "full"), RunDir(tmp_path / "part")
+    run(compose_cfg(ov), full.path)
+    assert run(compose_cfg(ov + ["stop_after_epochs=1"]), part.path)["status"] == "stopped"
+    assert run(compose_cfg(ov), part.path)["status"] == "completed"
+    assert_same_run(full, part)
+    masks = full.load_checkpoint()["masking"]["masks"]
+    names = list(masks)
+    assert all(is_nm(masks[n], 2, 4) for n in names[:-1]) and bool(masks[names[-1]].all())
+    sparse = sum(masks[n].numel() for n in names[:-1])  # the dense last layer counts: global sparsity < 0.5
+    assert full.summary()["sparsity/global"] == pytest.approx(0.5 * sparse / sum(masks[n].numel() for n in names))
+
+
+def test_flops_count_the_nm_densities():
+    from sparse_exp.sparse.flop_counts import density_allocator
+
+    shapes = {"a": (48, 20), "b": (40, 48), "c": (5, 40)}
+    assert density_allocator(shapes, "nm", dense_layers=["c"])(0.25) == {"a": 0.25, "b": 0.25, "c": 1.0}
+
+
+@needs_data
+@pytest.mark.slow
+def test_sup_tickets_nm_ultimate_ticket_keeps_groups(tmp_path):
+    import sparse_exp.superposers.sup_tickets as sup
+    from sparse_exp.run.run_dir import RunDir
+    from sparse_exp.train import run
+
+    seen = []
+    explore = sup.SupTickets.explore
+
+    def watched(self):  # every cycle start: exploration keeps n per group
+        explore(self)
+        seen.append(all(is_nm(self.state.masking.masks[n], 2, 4) for n in self.state.masking.groups))
+
+    ov = NM + ["model=lenet_300_100", "sparsifier=rigl", "sparsifier.delta_t=5", "epochs=4",
+               "dataset.subset_train=320", "superposer=sup_tickets", "superposer.phase_fraction=0.5",
+               "superposer.cycle_epochs=1", "superposer.reprune=nm", "superposer.ticket_eval=none"]
+    rd = RunDir(tmp_path / "r")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sup.SupTickets, "explore", watched)
+        assert run(compose_cfg(ov), rd.path)["status"] == "completed"
+    assert seen and all(seen)
+    payload = torch.load(rd.masks_path, weights_only=True)
+    assert all(is_nm(mask, 2, 4) for mask in payload["masks"].values())
