@@ -52,3 +52,30 @@ def test_refuses_mismatched_layers_and_shapes():
         mask_distance({"a": t(1), "b": t(1)}, {"a": t(1), "c": t(1)})
     with pytest.raises(MaskMismatchError, match=r"'a' has shape \(2,\) in the first dict and \(1, 2\)"):
         mask_distance({"a": t(1, 0)}, {"a": t([1, 0])})
+
+
+def test_make_tables_draws_the_mask_iou_heatmap_of_a_grid(tmp_path):
+    import pandas as pd
+
+    from sparse_exp.analysis.mask_iou import iou_matrix, write_mask_iou
+
+    masks = [{"fc.weight": t([1, 1, 0, 0]), "out.weight": t([1, 0])},
+             {"fc.weight": t([1, 0, 1, 0]), "out.weight": t([1, 0])},
+             {"fc.weight": t([0, 0, 1, 1]), "out.weight": t([0, 1])}]
+    rows = []
+    for k, (method, seed) in enumerate((("rigl", 0), ("rigl", 1), ("set", 0))):
+        d = tmp_path / "runs" / f"r{k}"
+        d.mkdir(parents=True)
+        torch.save({"format": "sparse_exp.masks/v1", "masks": masks[k], "meta": {}}, d / "masks.pt")
+        rows.append({"status": "completed", "path": str(d), "dataset": "fashion_mnist", "model": "lenet_300_100",
+                     "sparsity": 0.5, "sparsifier": method, "superposer": "none", "seed": seed})
+    rows.append({**rows[0], "sparsity": 0.9})  # alone at its sparsity: no heatmap
+    mat, layers = iou_matrix(masks)
+    # 0 vs 1: fc 1/3, out 1/1 -> pooled 2/4; 0 vs 2: fc 0/4, out 0/2 -> 0; 1 vs 2: fc 1/3, out 0/2 -> 1/5
+    assert mat.tolist() == [[1.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 1.0]]
+    assert layers == {"fc.weight": [1 / 3, 0.0, 1 / 3], "out.weight": [1.0, 0.0, 0.0]}
+    (tmp_path / "out").mkdir()
+    paths = write_mask_iou(pd.DataFrame(rows), tmp_path / "out")
+    assert [p.name for p in paths] == ["mask_iou_fashion_mnist_lenet_300_100_50." + e for e in ("png", "pdf", "md")]
+    md = paths[2].read_text()
+    assert "| rigl s0 | 1.000 | 0.500 | 0.000 |" in md and "| out.weight | 0.333 | 0.000 | 1.000 |" in md
