@@ -65,7 +65,7 @@ def _cell(v: float) -> str:
 
 
 def _markdown(title: str, labels: List[str], mat: np.ndarray, layers: Dict[str, List[float]]) -> str:
-    lines = [f"# {title}", "", "Global mask IoU (pooled over all prunable positions):", "",
+    lines = [f"# Mask IoU across runs: {title}", "", "Global mask IoU (pooled over all prunable positions):", "",
              "| run | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     lines += [f"| {a} | " + " | ".join(_cell(v) for v in mat[i]) + " |" for i, a in enumerate(labels)]
     lines += ["", "Per layer, over the pairs of runs:", "", "| layer | mean IoU | min | max |", "|---|---|---|---|"]
@@ -85,7 +85,7 @@ def write_mask_iou(runs: pd.DataFrame, out: Path) -> List[Path]:
         masks = [torch.load(p, map_location="cpu", weights_only=True)["masks"] for _, p in members]
         mat, layers = iou_matrix(masks)
         stem = f"mask_iou_{ds}_{model}_{round(sparsity * 100)}"
-        title = f"Mask IoU across runs: {model_label(model)}, {ds_label(ds)}, {pct(sparsity)} sparsity"
+        title = f"{model_label(model)}, {ds_label(ds)}, {pct(sparsity)} sparsity"
         size = 2.5 + 0.45 * len(labels)
         fig = Figure(figsize=(size + 1.2, size))
         ax = fig.subplots()
@@ -98,7 +98,7 @@ def write_mask_iou(runs: pd.DataFrame, out: Path) -> List[Path]:
                     ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if mat[i, j] < 0.6 else "black")
         fig.colorbar(im, ax=ax, label="IoU of the active sets")
-        paths += save(fig, out, stem, title)
+        paths += save(fig, out, stem, f"Mask IoU across runs\n{title}")
         md = out / f"{stem}.md"
         md.write_text(_markdown(title, labels, mat, layers))
         paths.append(md)
