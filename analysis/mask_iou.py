@@ -4,8 +4,8 @@ Runs are grouped by (data set, model, sparsity); a group of two runs or more who
 (the reported model's masks: the ultimate ticket's under Sup-tickets) gives a heatmap of the global mask IoU of
 every pair of runs (pooled over all prunable positions, :mod:`sparse_exp.sparse.mask_distance`; the diagonal is 1)
 and a Markdown table: the same matrix, then per layer the mean, min and max IoU over the pairs. Runs are labelled
-``<sparsifier>[+<superposer>] s<seed>`` and sorted by that label. A pair whose masks do not match (layers or shapes)
-is left blank. Runs collected from W&B have no local ``masks.pt`` and are skipped.
+``<sparsifier>[+<superposer>] s<seed>`` (by their directory names where two labels of a group coincide) and sorted
+by that label. A pair whose masks do not match (layers or shapes) is left blank. Runs collected from W&B have no local ``masks.pt`` and are skipped.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def _groups(runs: pd.DataFrame) -> Dict[Tuple[str, str, float], List[Tuple[str, 
             continue
         key = (str(row.get("dataset")), str(row.get("model")), float(row.get("sparsity")))
         out.setdefault(key, []).append((_label(row), path))
+    for members in out.values():  # runs that differ in more than method and seed: their directory names
+        if len({label for label, _ in members}) < len(members):
+            members[:] = [(p.parent.name, p) for _, p in members]
     return {k: sorted(v) for k, v in out.items() if len(v) >= 2}
 
 
