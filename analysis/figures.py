@@ -30,6 +30,7 @@ from sparse_exp.superposers.cyclic_lr import collect_fraction, make_budget, sup_
 from sparse_exp.training.lr_schedules import lr_factor_fn
 
 from .labels import ds_label, model_label, pct
+from .mask_iou import write_mask_iou
 from .selection import finite_values, mean_std, method_filters, numeric, pick_variant, select
 
 PNG_META = {"Software": None}
@@ -245,7 +246,8 @@ def figure5(runs: pd.DataFrame, out: Path) -> List[Path]:
 
 
 def write_figures(runs: pd.DataFrame, out: str | Path) -> List[Path]:
-    """All four figures into ``out`` (``figureN.png`` and ``figureN.pdf``)."""
+    """All four figures into ``out`` (``figureN.png`` and ``figureN.pdf``), then the mask IoU heatmaps and tables
+    across each grid's runs (:mod:`sparse_exp.analysis.mask_iou`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with matplotlib.rc_context():
@@ -254,4 +256,5 @@ def write_figures(runs: pd.DataFrame, out: str | Path) -> List[Path]:
         paths = figure2(out)
         for fn in (figure3, figure4, figure5):
             paths += fn(runs, out)
+        paths += write_mask_iou(runs, out)
     return paths

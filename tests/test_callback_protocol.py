@@ -145,7 +145,7 @@ def test_a_run_calls_the_tweaks_in_the_declared_order(monkeypatch):
             recording(TWEAKS[name], hook)
     run = build_run(compose_cfg(["model=resnet32", f"tweaks=[{','.join(chosen)}]", "epochs=1"]))
     declared = [n for n in TWEAK_ORDER if n in chosen]
-    assert [cb.name for cb in run.callbacks] == declared + ["flops"]
+    assert [cb.name for cb in run.callbacks] == declared + ["flops", "topology"]
     for hook in ("transform_model", "wrap_loss", "setup"):
         assert [n for h, n in calls if h == hook] == declared, (hook, calls)
     assert run.state.step == 0 and isinstance(run.model, torch.nn.Module)

@@ -30,7 +30,7 @@ def assert_same_run(a: RunDir, b: RunDir):
     assert metrics(a) == metrics(b)
     ja, jb = a.summary(), b.summary()
     for key in ja:
-        if key.startswith(("test/", "val/", "last/", "tickets/", "sparsity/", "diversity/", "itop")):
+        if key.startswith(("test/", "val/", "last/", "tickets/", "sparsity/", "diversity/", "itop", "topology/")):
             assert ja[key] == jb[key] or (ja[key] != ja[key] and jb[key] != jb[key]), key  # NaN == NaN
 
 

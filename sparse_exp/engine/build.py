@@ -4,10 +4,10 @@ config -> :func:`build_run` -> :class:`sparse_exp.engine.loop.Trainer` (the epoc
 order is fixed for bitwise reproducibility (the global RNG is seeded first and consumed by the model's initialisation
 only): (1) seed, device, distributed environment, data; (2) the callbacks (the training tweaks, then the superposer
 group), the model (each callback may ``transform_model`` it), the optimizer with the callbacks' ``param_groups``, the
-masks, the FLOP meter (a callback); (3) the run context (:mod:`sparse_exp.engine.context`: the plan and the state),
-the sparsifier built on it, the callbacks' ``setup``; (4) the LR schedule: the sparsifier's ``lr_phases``, each a full
-base schedule, then the main phase, whose multiplier a callback may replace (``lr_schedule``) or scale
-(``lr_multiplier``).
+masks, the FLOP and topology meters (callbacks); (3) the run context (:mod:`sparse_exp.engine.context`: the plan and
+the state), the sparsifier built on it, the callbacks' ``setup``; (4) the LR schedule: the sparsifier's
+``lr_phases``, each a full base schedule, then the main phase, whose multiplier a callback may replace
+(``lr_schedule``) or scale (``lr_multiplier``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 from sparse_exp.callbacks.best_val import BestValReport
 from sparse_exp.callbacks.flop_meter import FlopMeter
 from sparse_exp.callbacks.protocol import CallbackList, LRFactor
+from sparse_exp.callbacks.topology_meter import TopologyMeter
 from sparse_exp.config.errors import ConfigError
 from sparse_exp.data import build_data
 from sparse_exp.data.spec import ShardedBatches
@@ -227,7 +228,8 @@ def build_run(cfg: Any) -> Run:
     masking = Masking(model)
     # FLOP accounting (sparse_exp.callbacks.flop_meter): per-layer dense forward FLOPs, once
     meter = FlopMeter(layer_forward_flops(model, (spec.in_channels, spec.image_size, spec.image_size)))
-    hooks = CallbackList(callbacks + [meter])
+    # mask topology change at each mask update (sparse_exp.callbacks.topology_meter)
+    hooks = CallbackList(callbacks + [meter, TopologyMeter()])
     loss_fn = hooks.wrap_loss(cross_entropy)
 
     state = RunState(plan=plan, model=model, masking=masking, optimizer=optimizer, device=device, data=data,

@@ -1,8 +1,10 @@
 """Per-run learning curves, ``<run>/curves.png``: :func:`plot_curves` (command: ``python -m sparse_exp.plot``).
 
 Six panels: training loss (and validation NLL), training / validation accuracy, the LR at every optimizer
-step with the callbacks' marks (``Callback.plot_marks``), global sparsity, ITOP rate (fraction of prunable
-weights ever active), and for a Sup-tickets run each ticket's test accuracy (from ``summary.json``).
+step with the callbacks' marks (``Callback.plot_marks``), global sparsity, the mask topology (ITOP rate: fraction
+of prunable weights ever active; Hamming distance and IoU of the masks vs the initial masks, and the latest mask
+update's Hamming distance: :mod:`sparse_exp.callbacks.topology_meter`), and for a Sup-tickets run each ticket's
+test accuracy (from ``summary.json``).
 Matplotlib's Agg canvas without timestamps: the same run gives the same bytes.
 """
 
@@ -90,8 +92,13 @@ def plot_curves(run_dir: Path, lr: Optional[Tuple[List[int], List[float]]] = Non
     lr_ax.set_yscale("log")
     sp_ax.plot(*_series(rows, "sparsity/global"), color="C2")
     sp_ax.set(xlabel="epoch", ylabel="fraction of zeros", title="global sparsity")
-    itop_ax.plot(*_series(rows, "itop_rate"), color="C4")
-    itop_ax.set(xlabel="epoch", ylabel="ever-active fraction", title="ITOP rate")
+    itop_ax.plot(*_series(rows, "itop_rate"), color="C4", label="ITOP rate (ever active)")
+    for key, label, style in (("topology/iou_vs_init", "IoU vs initial mask", "-"),
+                              ("topology/hamming_vs_init", "Hamming vs initial mask", "-"),
+                              ("topology/hamming_vs_prev", "Hamming, latest update", ":")):
+        if any(key in r for r in rows):
+            itop_ax.plot(*_series(rows, key), ls=style, label=label)
+    itop_ax.set(xlabel="epoch", ylabel="fraction of positions", title="mask topology")
     bars = _tickets(summary)
     if bars:
         colors = ["C7"] * (len(bars) - 2) + ["C1", "C3"]
@@ -104,7 +111,7 @@ def plot_curves(run_dir: Path, lr: Optional[Tuple[List[int], List[float]]] = Non
         t_ax.axis("off")
         t_ax.text(0.5, 0.5, "no cheap tickets" if summary and summary.get("status") == "completed"
                   else "tickets: once the run has finished", ha="center", va="center", color="0.5")
-    for ax in (loss_ax, acc_ax, lr_ax):
+    for ax in (loss_ax, acc_ax, lr_ax, itop_ax):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(frameon=False, fontsize=8)
     status = (summary or {}).get("status", "no summary")

@@ -35,7 +35,7 @@ from sparse_exp.superposers.cyclic_lr import (
     sup_tickets_lr_factor,
     ticket_collection_start,
 )
-from sparse_exp.superposers.diversity import pairwise_diversity
+from sparse_exp.superposers.diversity import mask_diversity, pairwise_diversity
 from sparse_exp.superposers.tickets import (
     Variant,
     evaluate_variant,
@@ -184,6 +184,7 @@ class SupTickets(BaseCallback):
         self.averager = TicketAverager(cfg.averaging, cfg.beta, cfg.prune_running_average)
         self.tickets: List[Dict[str, float]] = []
         self.ticket_probs: List[torch.Tensor] = []
+        self.ticket_masks: Dict[int, Dict[str, torch.Tensor]] = {}  # bool, CPU: the tickets' mask diversity
         self.superpose_seconds: List[float] = []
         self.ticket_seconds: List[float] = []  # superposition + the ticket's evaluations (ticket_eval)
         self.ultimate_masks: Optional[Dict[str, torch.Tensor]] = None
@@ -273,6 +274,7 @@ class SupTickets(BaseCallback):
             self.save(index, metrics)
         start = time.perf_counter()
         masks = {n: t.masking.masks[n] for n in t.masking.names}
+        self.ticket_masks[index] = {n: m.to("cpu", torch.bool) for n, m in masks.items()}
         self.ultimate_masks = superpose_into(self.averager, t.model.state_dict(), masks, t.masking.target_counts,
                                              self.cfg.reprune, t.masking.groups)
         ultimate = self.ultimate_model()
@@ -350,6 +352,7 @@ class SupTickets(BaseCallback):
                 out[f"tickets/mean/{k}"] = sum(r[k] for r in cyc) / len(cyc)
         if len(self.ticket_probs) == len(self.tickets):  # every ticket tested (ticket_eval=val_test)
             out.update(pairwise_diversity([p for r, p in zip(self.tickets, self.ticket_probs) if r["index"] > 0]))
+        out.update(mask_diversity(self.ticket_masks, {n: m.cpu() for n, m in masks.items()}))
         epoch_s = t.elapsed / max(1, t.epoch)
         out.update(ticket_cost(self.superpose_seconds, self.ticket_seconds, epoch_s))
         self.superpose_offline()
@@ -399,8 +402,8 @@ class SupTickets(BaseCallback):
         """The running average, the tickets' metrics and test probabilities, the superposition timings and
         the ultimate ticket's masks (CPU tensors), for a bitwise resume mid-cycle."""
         return {"averager": self.averager.state_dict(), "tickets": list(self.tickets),
-                "ticket_probs": list(self.ticket_probs), "superpose_seconds": list(self.superpose_seconds),
-                "ticket_seconds": list(self.ticket_seconds),
+                "ticket_probs": list(self.ticket_probs), "ticket_masks": dict(self.ticket_masks),
+                "superpose_seconds": list(self.superpose_seconds), "ticket_seconds": list(self.ticket_seconds),
                 "ultimate_masks": None if self.ultimate_masks is None else
                 {k: v.cpu() for k, v in self.ultimate_masks.items()}}
 
@@ -408,7 +411,7 @@ class SupTickets(BaseCallback):
         """Restore :meth:`state_dict`'s output, tensors moved to ``device``."""
         self.averager.load_state_dict(state["averager"], device)
         self.tickets = list(state["tickets"])
-        self.ticket_probs = list(state["ticket_probs"])
+        self.ticket_probs, self.ticket_masks = list(state["ticket_probs"]), dict(state.get("ticket_masks", {}))
         self.superpose_seconds = list(state["superpose_seconds"])
         self.ticket_seconds = list(state["ticket_seconds"])
         um = state["ultimate_masks"]
