@@ -5,7 +5,8 @@ Runs are grouped by (data set, model, sparsity); a group of two runs or more who
 every pair of runs (pooled over all prunable positions, :mod:`sparse_exp.sparse.mask_distance`; the diagonal is 1)
 and a Markdown table: the same matrix, then per layer the mean, min and max IoU over the pairs. Runs are labelled
 ``<sparsifier>[+<superposer>] s<seed>`` (by their directory names where two labels of a group coincide) and sorted
-by that label. A pair whose masks do not match (layers or shapes) is left blank. Runs collected from W&B have no local ``masks.pt`` and are skipped.
+by that label. A pair whose masks do not match (layers or shapes) is left blank. Runs collected from W&B have no
+local ``masks.pt`` and are skipped.
 """
 
 from __future__ import annotations
