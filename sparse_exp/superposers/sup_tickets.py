@@ -82,9 +82,9 @@ class SupTicketsConfig(SuperposerConfig):
     ``val_test`` (default) each cheap ticket on validation and test and the ultimate ticket so far on
     validation -- the per-ticket rows of the summary, the mean cheap ticket and the tickets' diversity;
     ``val`` each cheap ticket and the ultimate ticket on validation only (no per-ticket test metrics, no
-    diversity); ``none`` nothing until the end of the run, where the ultimate ticket and the last
-    individual model are evaluated as always (the cheapest; save the tickets with ``save_tickets`` to
-    evaluate them later). The reference code (luuyin/Sup-tickets ``main.py``) tests every ticket.
+    prediction diversity; mask diversity stays); ``none`` nothing per ticket, mask diversity neither; the ultimate
+    ticket and the last individual model are evaluated at the end as always (the cheapest; save the tickets with
+    ``save_tickets`` to evaluate them later). The reference code (luuyin/Sup-tickets ``main.py``) tests every ticket.
     ``cycle_epochs`` / ``lr_low`` / ``lr_high`` default to the data set's ``superposer.dataset_defaults``
     (``conf/superposer/dataset/<dataset>.yaml``).
     """
@@ -352,7 +352,8 @@ class SupTickets(BaseCallback):
                 out[f"tickets/mean/{k}"] = sum(r[k] for r in cyc) / len(cyc)
         if len(self.ticket_probs) == len(self.tickets):  # every ticket tested (ticket_eval=val_test)
             out.update(pairwise_diversity([p for r, p in zip(self.tickets, self.ticket_probs) if r["index"] > 0]))
-        out.update(mask_diversity(self.ticket_masks, {n: m.cpu() for n, m in masks.items()}))
+        if self.cfg.ticket_eval != "none":  # none: no per-ticket keys at all (masks' diversity included)
+            out.update(mask_diversity(self.ticket_masks, {n: m.cpu() for n, m in masks.items()}))
         epoch_s = t.elapsed / max(1, t.epoch)
         out.update(ticket_cost(self.superpose_seconds, self.ticket_seconds, epoch_s))
         self.superpose_offline()
