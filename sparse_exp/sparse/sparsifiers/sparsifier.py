@@ -55,8 +55,10 @@ class Sparsifier:
         self.generator = torch.Generator().manual_seed(int(ctx.seed) * 7919 + 17)
         #: number of mask updates so far (DST / gradual pruning)
         self.updates = 0
-        pattern, dense = ctx.nm_pattern, set(ctx.dense_layers)
-        ctx.masking.groups = {} if pattern is None else {n: pattern for n in ctx.masking.names if n not in dense}
+        pattern = getattr(ctx, "nm_pattern", None)  # N:M (n, m) of every layer not kept dense; None: unstructured
+        if pattern is not None:
+            dense = set(ctx.dense_layers)
+            ctx.masking.groups = {n: pattern for n in ctx.masking.names if n not in dense}
 
     def init_masks(self) -> None:
         """Choose the initial masks, set ``masking.target_counts`` and apply them."""
