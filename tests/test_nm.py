@@ -100,6 +100,39 @@ def test_dst_keeps_n_per_group_after_every_update(name):
     assert updates == 10
 
 
+@pytest.mark.parametrize("name, start", [("gmp", 4), ("granet", 2)])
+def test_gradual_pruning_lowers_n_per_group_by_magnitude(name, start):
+    """GMP from dense (n = m = 4), GraNet from init_density 0.5 (n = 2), to 1:4 over the pruning window; every
+    update leaves every group of every N:M layer with the same n_t, n_t never rises, and the pruned weights are each
+    group's smallest active magnitudes."""
+    model, masking, opt, sp = _make(name, n=1, m=4, sparsity=0.75, delta_t=3, prune_end_fraction=0.6)
+    _assert_nm(masking, start, 4)
+    gen = torch.Generator().manual_seed(2)
+    seen = [start]
+    for step in range(1, 61):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(torch.randn(16, 20, generator=gen)),
+                                    torch.randint(0, 5, (16,), generator=gen)).backward()
+        opt.step()
+        masking.apply_(opt)
+        before = {k: (masking.masks[k].bool().clone(), masking.params[k].detach().abs().clone())
+                  for k in masking.groups}
+        if sp.after_step(step):
+            n_t = masking.groups[masking.names[0]][0]
+            _assert_nm(masking, n_t, 4)
+            masking.check_invariants(opt)
+            if n_t < seen[-1] and name == "gmp":  # a pruning update: the kept weights are each group's largest
+                for k, (old, mag) in before.items():
+                    g_old, g_new, g_mag = to_groups(old, 4), to_groups(masking.masks[k].bool(), 4), to_groups(mag, 4)
+                    kept_min = g_mag.masked_fill(~g_new, float("inf")).min(1).values
+                    dropped_max = g_mag.masked_fill(~(g_old & ~g_new), float("-inf")).max(1).values
+                    assert torch.all(kept_min >= dropped_max), k
+            seen.append(n_t)
+    assert seen == sorted(seen, reverse=True) and seen[-1] == 1
+    assert sorted(set(seen), reverse=True) == list(range(start, 0, -1))  # every n from the start down to the target
+    assert set(masking.groups.values()) == {(1, 4)}
+
+
 def test_rigl_regrows_a_groups_best_gradient_candidate():
     model, masking, opt, _ = _make("rigl")
     name = masking.names[1]
@@ -122,10 +155,11 @@ def test_rigl_regrows_a_groups_best_gradient_candidate():
 @pytest.mark.parametrize("overrides, words", [
     (["distribution=nm", "sparsity=0.9"], ["sparsity=0.9", "1 - n/m = 0.5"]),
     (["distribution=nm", "distribution.n=4", "sparsity=0.5"], ["distribution.n=4", "[1, m=4)"]),
-    (NM + ["sparsifier=gmp"], ["distribution.name='nm'", "sparsifier=gmp", "(yet)"]),
-    (NM + ["sparsifier=granet"], ["sparsifier=granet"]),
-    (NM + ["sparsifier=lth"], ["sparsifier=lth"]),
-    (NM + ["sparsifier=rigl", "superposer=sup_tickets"], ["superposer.reprune='global'", "must be nm", "['nm']"]),
+    (NM + ["sparsifier=lth"], ["distribution.name='nm'", "sparsifier=lth", "no whole n of m", "'gmp'", "'rigl'"]),
+    (NM + ["sparsifier=mask_file", "sparsifier.path=x.pt"], ["sparsifier=mask_file", "the file's"]),
+    (NM + ["sparsifier=granet", "sparsifier.init_density=0.6"], ["sparsifier.init_density=0.6", "1/4", "e.g. 0.5"]),
+    (NM + ["sparsifier=rigl", "superposer=sup_tickets", "superposer.reprune=global"],
+     ["superposer.reprune='global'", "must be nm", "['nm']"]),
     (["sparsifier=rigl", "superposer=sup_tickets", "superposer.reprune=nm"], ["superposer.reprune='nm'"]),
     (NM + ["sparsifier=rigl", "superposer=sup_tickets", "superposer.reprune=nm", "superposer.save_tickets=true",
            "superposer.offline=[{averaging: caa}]"], ["superposer.offline", "N:M"]),
@@ -151,24 +185,33 @@ def test_a_layer_whose_input_is_not_a_multiple_of_m_is_refused_at_preflight():
 # ------------------------------------------------------------------ end to end
 @needs_data
 @pytest.mark.slow
-def test_nm_rigl_run_resumes_bitwise_and_keeps_groups(tmp_path):
+@pytest.mark.parametrize("n, method", [
+    (2, ["sparsifier=rigl", "sparsifier.delta_t=5"]),
+    # GMP to 1:4: n goes 4 -> 3 -> 2 before the stop at step 10 and -> 1 after it (the groups are checkpointed)
+    (1, ["sparsifier=gmp", "sparsifier.delta_t=2", "sparsifier.prune_start_fraction=0.2",
+         "sparsifier.prune_end_fraction=1.0", "batch_size=32"]),
+], ids=["rigl", "gmp"])
+def test_nm_run_resumes_bitwise_and_keeps_groups(tmp_path, n, method):
     from test_resume import assert_same_run
 
     from sparse_exp.run.run_dir import RunDir
     from sparse_exp.train import run
 
-    ov = NM + ["model=lenet_300_100", "sparsifier=rigl", "sparsifier.delta_t=5", "epochs=2",
-               "dataset.subset_train=320", "distribution.dense_last_layer=true"]
+    ov = ["distribution=nm", f"distribution.n={n}", "distribution.m=4", f"sparsity={1 - n / 4}",
+          "model=lenet_300_100", *method, "epochs=2", "dataset.subset_train=320", "distribution.dense_last_layer=true"]
     full, part = RunDir(tmp_path / "full"), RunDir(tmp_path / "part")
     run(compose_cfg(ov), full.path)
     assert run(compose_cfg(ov + ["stop_after_epochs=1"]), part.path)["status"] == "stopped"
+    if n == 1:  # stopped mid-schedule: the checkpoint holds 2:4 groups
+        assert set(part.load_checkpoint()["masking"]["groups"].values()) == {(2, 4)}
     assert run(compose_cfg(ov), part.path)["status"] == "completed"
     assert_same_run(full, part)
     masks = full.load_checkpoint()["masking"]["masks"]
     names = list(masks)
-    assert all(is_nm(masks[n], 2, 4) for n in names[:-1]) and bool(masks[names[-1]].all())
-    sparse = sum(masks[n].numel() for n in names[:-1])  # the dense last layer counts: global sparsity < 0.5
-    assert full.summary()["sparsity/global"] == pytest.approx(0.5 * sparse / sum(masks[n].numel() for n in names))
+    assert all(is_nm(masks[k], n, 4) for k in names[:-1]) and bool(masks[names[-1]].all())
+    sparse = sum(masks[k].numel() for k in names[:-1])  # the dense last layer counts: global sparsity < 1 - n/m
+    assert full.summary()["sparsity/global"] == pytest.approx((1 - n / 4) * sparse / sum(masks[k].numel()
+                                                                                         for k in names))
 
 
 def test_flops_count_the_nm_densities():
@@ -176,6 +219,18 @@ def test_flops_count_the_nm_densities():
 
     shapes = {"a": (48, 20), "b": (40, 48), "c": (5, 40)}
     assert density_allocator(shapes, "nm", dense_layers=["c"])(0.25) == {"a": 0.25, "b": 0.25, "c": 1.0}
+
+
+@pytest.mark.parametrize("name", ["gmp", "granet"])
+def test_gradual_nm_flop_estimate_runs_from_its_start_to_n_over_m(name):
+    from sparse_exp.flops import compute
+
+    cfg = compose_cfg(["distribution=nm", "distribution.n=1", "sparsity=0.75", f"sparsifier={name}",
+                       "model=lenet_300_100", "superposer=none"])
+    validate(cfg)
+    report = compute(cfg)
+    assert report["flops/test"] == 0.25 and set(report["layers"].values()) == {0.25}
+    assert 0.25 < report["flops/train"] < (1.0 if name == "gmp" else 0.5)  # GraNet starts at 2:4, GMP dense
 
 
 @needs_data
@@ -194,7 +249,7 @@ def test_sup_tickets_nm_ultimate_ticket_keeps_groups(tmp_path):
 
     ov = NM + ["model=lenet_300_100", "sparsifier=rigl", "sparsifier.delta_t=5", "epochs=4",
                "dataset.subset_train=320", "superposer=sup_tickets", "superposer.phase_fraction=0.5",
-               "superposer.cycle_epochs=1", "superposer.reprune=nm", "superposer.ticket_eval=none"]
+               "superposer.cycle_epochs=1", "superposer.ticket_eval=none"]  # reprune=nm: N:M's default
     rd = RunDir(tmp_path / "r")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sup.SupTickets, "explore", watched)

@@ -125,11 +125,21 @@ class SuperposerDatasetDefaults:
 
 
 @dataclass
+class SuperposerDistributionDefaults:
+    """``superposer.distribution_defaults``: what the distribution implies for superposition, from
+    ``conf/superposer/distribution/<distribution>.yaml`` (``nm``: ``reprune: nm``, the N:M groups kept)."""
+
+    reprune: str = "global"
+
+
+@dataclass
 class SuperposerConfig:
-    """``superposer`` group base: the option's ``name`` and the data set's defaults every superposer sees."""
+    """``superposer`` group base: the option's ``name`` and the data set's and distribution's defaults every
+    superposer sees."""
 
     name: str = MISSING
     dataset_defaults: SuperposerDatasetDefaults = field(default_factory=SuperposerDatasetDefaults)
+    distribution_defaults: SuperposerDistributionDefaults = field(default_factory=SuperposerDistributionDefaults)
 
 
 @dataclass

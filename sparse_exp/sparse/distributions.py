@@ -60,10 +60,12 @@ def check_nm(cfg: Any) -> None:
             f"must equal 1 - n/m = {1 - d.n / d.m:g} with distribution=nm (n={d.n}, m={d.m}): the sparsity of the "
             "N:M layers")
     name = cfg.sparsifier.name
-    if not getattr(SPARSIFIERS.entry(name).impl, "supports_nm", False):
+    impl = SPARSIFIERS.entry(name).impl
+    if not getattr(impl, "supports_nm", False):
         allowed = sorted(k for k in SPARSIFIERS if getattr(SPARSIFIERS[k], "supports_nm", False))
-        raise ConfigError("distribution.name", "nm", f"is not supported by sparsifier={name} (yet); N:M works with "
-                          f"sparsifier in {allowed}")
+        why = getattr(impl, "nm_refusal", None)
+        raise ConfigError("distribution.name", "nm", f"is not supported by sparsifier={name} "
+                          f"({why if why else 'yet'}); N:M works with sparsifier in {allowed}")
 
 
 def preflight_nm(plan: Any) -> None:

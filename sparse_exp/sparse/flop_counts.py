@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sparse_exp.sparse.density_schedules import ConstantDensity, FlopSchedule
-from sparse_exp.sparse.distributions import layer_counts
+from sparse_exp.sparse.distributions import layer_counts, layer_densities
 from sparse_exp.sparse.masking import prunable_parameters
 
 
@@ -155,6 +155,8 @@ def density_allocator(
     def alloc(density: float) -> Tuple[Tuple[str, float], ...]:
         if density >= 1.0:
             return tuple((n, 1.0) for n in shapes)
+        if method == "nm":  # every N:M layer at the density itself (exact at n/m; GMP's smooth curve in between)
+            return tuple(layer_densities(shapes, density, method, erk_power_scale, dense).items())
         counts = layer_counts(shapes, density, method, erk_power_scale, dense)
         return tuple((n, counts[n] / sizes[n]) for n in shapes)
 

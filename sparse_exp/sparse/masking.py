@@ -251,10 +251,12 @@ class Masking:
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> Dict[str, object]:
-        """Masks as bool tensors on CPU plus the promised per-layer counts."""
+        """Masks as bool tensors on CPU plus the promised per-layer counts and N:M groups (gradual N:M pruning
+        lowers ``n`` during the run)."""
         return {
             "masks": {n: self.masks[n].detach().to("cpu", torch.bool) for n in self.names},
             "target_counts": dict(self.target_counts),
+            "groups": {n: tuple(g) for n, g in self.groups.items()},
             "enabled": self.enabled,
             "ever_active": {n: self.ever_active[n].detach().cpu() for n in self.names},
         }
@@ -269,6 +271,8 @@ class Masking:
         for n in self.names:
             self.ever_active[n].copy_(state["ever_active"][n])
         self.target_counts = dict(state["target_counts"])
+        if "groups" in state:  # checkpoints from before N:M keep the groups the sparsifier set
+            self.groups = {n: (int(g[0]), int(g[1])) for n, g in state["groups"].items()}
         self.enabled = bool(state["enabled"])
         self.invalidate_buffer_cache()
 

@@ -5,6 +5,7 @@
   regeneration, Liu et al. 2021, Sec. 3.2); per-layer counts preserved, regrown weights and buffers start at 0.
 * :func:`global_magnitude_prune` -- keep the ``k`` largest active weights over all layers (GraNet / GMP,
   VITA-Group/GraNet ``sparselearning/core.py::pruning``).
+* :func:`group_magnitude_prune` -- N:M gradual pruning: keep the ``n`` largest active weights of every group.
 * :func:`cosine_fraction` -- the cosine-decayed drop fraction (RigL Eq. 1; GraNet ``CosineDecay``).
 
 They run only at update steps, so, like the references, they may synchronise with the host.
@@ -18,7 +19,7 @@ from typing import Dict, Iterable, Optional
 import torch
 
 from sparse_exp.sparse.masking import Masking, topk_mask
-from sparse_exp.sparse.nm import regrow_per_group
+from sparse_exp.sparse.nm import regrow_per_group, topk_per_group
 
 GROWTH_MODES = ("random", "gradient")
 
@@ -182,3 +183,37 @@ def global_magnitude_prune(
     masking.set_masks_(new_masks)
     masking.target_counts.update({n: int(new.count_nonzero()) for n, new in new_masks.items()})
     return dict(masking.target_counts)
+
+
+@torch.no_grad()
+def group_magnitude_prune(
+    masking: Masking,
+    optimizer: Optional[torch.optim.Optimizer],
+    n: int,
+    layers: Iterable[str],
+) -> Dict[str, int]:
+    """N:M gradual pruning: in each of ``layers`` (all in ``masking.groups``) keep the ``n`` largest-magnitude active
+    weights of every group of ``m``; sets ``masking.groups[name] = (n, m)`` and the layer's ``target_counts``.
+
+    Returns name -> new count. Raises:
+        ValueError: a layer without N:M groups, or ``n`` above the ones its groups hold now (this only prunes).
+
+    The per-group form of GMP / GraNet's magnitude pruning (Zhu & Gupta 2017; Liu et al. 2021 Sec. 3.2) with the
+    N:M layout of :mod:`sparse_exp.sparse.nm` (NVIDIA ASP: groups along the input dimension).
+    """
+    out: Dict[str, int] = {}
+    for name in layers:
+        if name not in masking.groups:
+            raise ValueError(f"{name} has no N:M groups (masking.groups)")
+        current, m = masking.groups[name]
+        if n > current:
+            raise ValueError(f"group_magnitude_prune only removes weights: {name} holds {current} of {m}, asked {n}")
+        w = masking.params[name]
+        # inactive positions score -1 (< any |w|), so with n <= current only active weights are kept
+        scores = torch.where(masking.masks[name].bool(), w.detach().abs().float(), torch.tensor(-1.0, device=w.device))
+        keep = topk_per_group(scores, n, m)
+        _zero_outside(masking, name, keep, optimizer)
+        masking.groups[name] = (n, m)
+        masking.set_masks_({name: keep})
+        masking.target_counts[name] = out[name] = int(keep.count_nonzero())
+    return out

@@ -7,9 +7,9 @@ CIA: the running mean of Eq. 4, ``avg_t = ((t - 1) avg_{t-1} + theta^t) / t``; C
 integer buffers take the latest ticket's value; unmasked entries count as active in every ticket. Re-pruning
 keeps the largest-magnitude averaged weights, ``global`` (one top-k, the reference) or ``layerwise`` (the
 individual model's per-layer counts) or ``nm`` (the ``n`` largest of every group of ``m`` of each N:M layer,
-:mod:`sparse_exp.sparse.nm`; required with ``distribution=nm``). By default the running average is never pruned,
-so the ultimate ticket is exactly ``prune(CIA(theta^1..theta^M))``; ``prune_running_average=True`` feeds the pruned
-average on instead.
+:mod:`sparse_exp.sparse.nm`; the default, and required, with ``distribution=nm``). By default the running average
+is never pruned, so the ultimate ticket is exactly ``prune(CIA(theta^1..theta^M))``; ``prune_running_average=True``
+feeds the pruned average on instead.
 """
 
 from __future__ import annotations

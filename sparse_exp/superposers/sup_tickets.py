@@ -77,7 +77,8 @@ class SupTicketsConfig(SuperposerConfig):
     between ``lr_low`` and ``lr_high`` (absolute LRs). Exploration at each cycle start drops
     ``explore_fraction`` per layer and regrows with ``explore_growth`` (``auto`` = the base
     method's criterion). ``averaging`` ``cia`` | ``caa`` | ``cima`` (``beta``); ``reprune``
-    ``global`` | ``layerwise``; ``bn`` ``average`` | ``recompute``.
+    ``global`` | ``layerwise`` | ``nm`` (default ``superposer.distribution_defaults.reprune``: ``nm`` under
+    ``distribution=nm``, else ``global``); ``bn`` ``average`` | ``recompute``.
     ``ticket_eval`` (what is evaluated when a ticket is taken; never changes the ultimate ticket):
     ``val_test`` (default) each cheap ticket on validation and test and the ultimate ticket so far on
     validation -- the per-ticket rows of the summary, the mean cheap ticket and the tickets' diversity;

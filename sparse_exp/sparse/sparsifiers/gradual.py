@@ -11,6 +11,13 @@ by the ``distribution``, plus regeneration at every update (per layer drop ``pru
 0.5 -> 0.005, and regrow by dense-gradient magnitude, Sec. 3.2); defaults as the reference CIFAR README
 (ΔT = 1000, pruning over 0 .. 110/160 of training). Deviation: exact counts where the reference draws
 Bernoulli masks and compares against a threshold.
+
+N:M (``distribution=nm``, :mod:`sparse_exp.sparse.nm`): the same cubic schedule sets ``n`` per group instead of a
+global count, ``n_t = clamp(floor(d_t * m + 1/2), n, n_init)`` (``n_init = init_density * m``, ``m`` for GMP's dense
+start), and each pruning update keeps the ``n_t`` largest-magnitude active weights of every group
+(:func:`~sparse_exp.sparse.topology.group_magnitude_prune`); GraNet's random start holds ``n_init`` per group and its
+regeneration regrows within groups. ``n`` only moves in steps of ``1/m`` of density, so the realised density is a
+staircase under the cubic curve's rounding; ``python -m sparse_exp.flops`` estimates with the smooth curve.
 """
 
 from __future__ import annotations
@@ -20,12 +27,13 @@ from typing import Any, Dict, Optional
 
 from sparse_exp.config.errors import ConfigError, one_of, require
 from sparse_exp.config.schema import SparsifierConfig
-from sparse_exp.registry import SPARSIFIERS
+from sparse_exp.registry import DISTRIBUTIONS, SPARSIFIERS
 from sparse_exp.sparse.density_schedules import CubicDensity, FlopSchedule, UpdateInterval, drop_fraction_schedule
 from sparse_exp.sparse.flop_counts import Allocation
 from sparse_exp.sparse.masking import masks_from_counts
+from sparse_exp.sparse.nm import random_n_per_group
 from sparse_exp.sparse.sparsifiers.sparsifier import Sparsifier, check_sparse_target
-from sparse_exp.sparse.topology import drop_and_grow, global_magnitude_prune
+from sparse_exp.sparse.topology import drop_and_grow, global_magnitude_prune, group_magnitude_prune
 
 
 @dataclass
@@ -66,6 +74,12 @@ def check_gradual(cfg: Any) -> None:
     require(0 <= sp.prune_rate_min <= sp.prune_rate, "sparsifier.prune_rate_min", sp.prune_rate_min,
             f"must be in [0, prune_rate={sp.prune_rate}]")
     one_of("sparsifier.prune_rate_decay", sp.prune_rate_decay, {"cosine", "constant"})
+    pattern = DISTRIBUTIONS.query(cfg.distribution.name, "nm_pattern")(cfg.distribution)
+    if pattern is not None:  # N:M: the start must be a whole number of ones per group
+        m = pattern[1]
+        require(abs(sp.init_density * m - round(sp.init_density * m)) < 1e-9, "sparsifier.init_density",
+                sp.init_density, f"must be a multiple of 1/m = 1/{m} with distribution=nm (n_init = init_density x m "
+                f"ones per group of {m}); e.g. {round(sp.init_density * m) / m:g}")
 
 
 def check_pruning_window(cfg: Any, total_steps: int) -> None:
@@ -93,6 +107,7 @@ class GradualMagnitudeSparsifier(Sparsifier):
 
     name = "gmp"
     regenerate = False
+    supports_nm = True
 
     def __init__(self, cfg: Any, ctx) -> None:
         super().__init__(cfg, ctx)
@@ -107,6 +122,8 @@ class GradualMagnitudeSparsifier(Sparsifier):
         #: neuroregeneration drop fraction: cosine to ``prune_rate_min`` over the run, or constant
         self.rate_schedule = None if self.regeneration is None else drop_fraction_schedule(
             cfg.prune_rate_decay, cfg.prune_rate, ctx.total_steps, cfg.prune_rate_min)
+        #: the target ``(n, m)`` of the N:M layers, or None (unstructured: global magnitude pruning)
+        self.nm = getattr(ctx, "nm_pattern", None)  # a minimal context (FLOP estimate, unit tests) has none
 
     @staticmethod
     def cubic_density(cfg: Any, total_steps: Optional[int], density: float) -> CubicDensity:
@@ -127,7 +144,10 @@ class GradualMagnitudeSparsifier(Sparsifier):
 
     @classmethod
     def flop_allocation(cls, cfg: Any, distribution: str, shapes: Dict[str, tuple]) -> Allocation:
-        """Layer densities emerge from global magnitude pruning; the estimate uses the distribution."""
+        """Layer densities emerge from global magnitude pruning; the estimate uses the distribution (N:M: exact,
+        every N:M layer at the schedule's density)."""
+        if "nm_pattern" in DISTRIBUTIONS.entry(distribution).queries:  # an N:M distribution: no global ranking
+            return Allocation(distribution)
         return Allocation(distribution, f"{cls.name} prunes globally by magnitude; the estimate uses "
                                         f"distribution={distribution} at every density of the cubic schedule")
 
@@ -143,9 +163,20 @@ class GradualMagnitudeSparsifier(Sparsifier):
         """Regeneration grows by dense-gradient magnitude (GraNet Sec. 3.2), so it reads the dense gradient."""
         return self.regenerates_at(step)
 
+    def nm_at(self, step: int, n: int, m: int, current: int) -> int:
+        """N:M: ones per group of ``m`` after the update at ``step``: the cubic density rounded to a whole ``n_t``
+        (half up), never below the target ``n`` nor above the ``current`` ones (this only prunes)."""
+        return max(n, min(current, int(self.density_at(step) * m + 0.5)))
+
     def init_masks(self) -> None:
         m = self.ctx.masking
-        if self.init_density >= 1.0:
+        if m.groups:  # N:M: init_density * m per group of every N:M layer (GMP: all m); the dense ones all ones
+            n_init = {name: int(round(self.init_density * g[1])) for name, g in m.groups.items()}
+            m.set_masks_({n: (random_n_per_group(m.shapes[n], n_init[n], m.groups[n][1], self.generator)
+                              if n in m.groups else m.masks[n].new_ones(m.shapes[n])) for n in m.names})
+            m.groups = {name: (n_init[name], g[1]) for name, g in m.groups.items()}
+            counts = {n: int(m.masks[n].count_nonzero()) for n in m.names}
+        elif self.init_density >= 1.0:
             counts = dict(m.sizes)
             m.set_masks_({n: m.masks[n].new_ones(m.shapes[n]) for n in m.names})
         else:
@@ -159,7 +190,14 @@ class GradualMagnitudeSparsifier(Sparsifier):
             return False
         m = self.ctx.masking
         changed = False
-        if self.density_schedule.prunes_at(step):
+        if self.density_schedule.prunes_at(step) and self.nm is not None:
+            n, size = self.nm
+            current = next(iter(m.groups.values()))[0]  # one schedule: every N:M layer holds the same n_t
+            target = self.nm_at(step, n, size, current)
+            if target < current:
+                group_magnitude_prune(m, self.ctx.optimizer, target, list(m.groups))
+                changed = True
+        elif self.density_schedule.prunes_at(step):
             keep = int(round(self.density_at(step) * m.total))
             if keep < sum(m.target_counts.values()):
                 global_magnitude_prune(m, self.ctx.optimizer, keep, self.ctx.dense_layers)

@@ -50,6 +50,8 @@ class LotteryTicketSparsifier(Sparsifier):
     """IMP with rewinding: ``rounds`` LR phases of ``round_epochs`` epochs before the ticket's training."""
 
     name = "lth"
+    nm_refusal = ("IMP prunes a fraction of the remaining weights per round down to (1 - sparsity) ** (r / rounds), "
+                  "densities that are no whole n of m; use sparsifier=gmp for gradual N:M pruning")
 
     def __init__(self, cfg: Any, ctx) -> None:
         super().__init__(cfg, ctx)

@@ -108,6 +108,7 @@ class MaskFileSparsifier(Sparsifier):
     """Static training from a mask file (``cfg.path``)."""
 
     name = "mask_file"
+    nm_refusal = "the file's mask is trained as it is; its layout is the file's, not the distribution's"
 
     @classmethod
     def flop_allocation(cls, cfg: Any, distribution: str, shapes: Dict[str, Tuple[int, ...]]) -> Allocation:

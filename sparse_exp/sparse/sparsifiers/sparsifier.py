@@ -48,6 +48,8 @@ class Sparsifier:
     #: whether it keeps N:M groups (``distribution=nm``, ``masking.groups``) at init and at every mask update;
     #: ``distribution=nm`` refuses a sparsifier that does not declare it
     supports_nm: bool = False
+    #: why ``distribution=nm`` is refused for this method (said in the refusal), where it does not support N:M
+    nm_refusal: Optional[str] = None
 
     def __init__(self, cfg: Any, ctx: RunState) -> None:
         self.cfg = cfg
