@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import ROOT, compose_cfg, needs_data
 
@@ -173,6 +174,23 @@ def test_make_tables_on_real_grid(grid, tmp_path):
         assert a[:4] == (b"\x89PNG" if name.endswith(".png") else b"%PDF"), name
         assert hashlib.sha256(a).digest() == hashlib.sha256(b).digest(), f"{name} differs between invocations"
     assert "Figures:" in stdout2
+
+    # --- the mask-topology heatmap across the grid's counted runs: global IoU of every pair from their masks.pt
+    from sparse_exp.sparse.mask_distance import mask_distance
+
+    stem = "mask_iou_fashion_mnist_lenet5_90"
+    for ext in ("png", "pdf", "md"):
+        assert (out1 / f"{stem}.{ext}").read_bytes() == (out2 / f"{stem}.{ext}").read_bytes(), ext
+    md = (out1 / f"{stem}.md").read_text()
+    labels = {"rigl s0": grid["real"]["rigl"][0], "rigl s1": grid["real"]["rigl"][1],
+              "rigl+sup_tickets s0": grid["real"]["rigl_sup"][0], "rigl+sup_tickets s1": grid["real"]["rigl_sup"][1]}
+    order = sorted(labels)
+    assert f"| run | {' | '.join(order)} |" in md  # the requeued, running and failed runs are not in it
+    masks = {k: torch.load(p / "masks.pt", weights_only=True)["masks"] for k, p in labels.items()}
+    for a in order:
+        row = [1.0 if a == b else mask_distance(masks[a], masks[b]).iou for b in order]
+        assert f"| {a} | {' | '.join(f'{v:.3f}' for v in row)} |" in md, (a, md)
+    assert all(0.0 < mask_distance(masks[a], masks[b]).iou < 1.0 for a in order for b in order if a < b)
 
 
 # ---------------------------------------------------------------------------- W&B source
