@@ -10,7 +10,8 @@ Writes into ``--out``: ``table1.md`` ... ``table7.md`` and ``.tex``, ``figure2.p
 runs per cell), ``status.md`` (what it prints), with ``--compare-paper`` ``compare_paper.md`` / ``.csv``, and
 only where their runs exist ``anymask.md`` / ``anymask_dst.md`` (:mod:`sparse_exp.analysis.anymask`) and
 ``st_regime.md`` (:mod:`sparse_exp.analysis.regime`), each with ``.tex`` (cells in
-``anymask_cells.csv`` / ``st_regime_cells.csv``).
+``anymask_cells.csv`` / ``st_regime_cells.csv``), ``mask_iou_<group>.*`` (:mod:`sparse_exp.analysis.mask_iou`) and
+``topology_gain_<group>.*`` (:mod:`sparse_exp.analysis.topology_gain`).
 Exit status 0, or 1 with ``--strict`` when a table is incomplete.
 """
 

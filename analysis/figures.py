@@ -32,6 +32,7 @@ from sparse_exp.training.lr_schedules import lr_factor_fn
 from .labels import ds_label, model_label, pct
 from .mask_iou import write_mask_iou
 from .selection import finite_values, mean_std, method_filters, numeric, pick_variant, select
+from .topology_gain import write_topology_gain
 
 PNG_META = {"Software": None}
 PDF_META = {"Creator": None, "Producer": None, "CreationDate": None}
@@ -247,7 +248,8 @@ def figure5(runs: pd.DataFrame, out: Path) -> List[Path]:
 
 def write_figures(runs: pd.DataFrame, out: str | Path) -> List[Path]:
     """All four figures into ``out`` (``figureN.png`` and ``figureN.pdf``), then the mask IoU heatmaps and tables
-    across each grid's runs (:mod:`sparse_exp.analysis.mask_iou`)."""
+    across each grid's runs (:mod:`sparse_exp.analysis.mask_iou`) and the Sup-tickets gain vs the tickets'
+    diversity (:mod:`sparse_exp.analysis.topology_gain`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with matplotlib.rc_context():
@@ -257,4 +259,5 @@ def write_figures(runs: pd.DataFrame, out: str | Path) -> List[Path]:
         for fn in (figure3, figure4, figure5):
             paths += fn(runs, out)
         paths += write_mask_iou(runs, out)
+        paths += write_topology_gain(runs, out)
     return paths
