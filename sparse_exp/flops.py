@@ -43,8 +43,7 @@ def compute(cfg: Any) -> Dict[str, Any]:
     model = build_configured(cfg.model, spec)
     layer_flops = layer_forward_profile(model, _input_shape(spec)).flops
     shapes = {n: tuple(p.shape) for n, p in prunable_parameters(model)}
-    dense_layers = kept_dense(list(shapes), declared_dense(model), cfg.distribution.dense_first_layer,
-                              cfg.distribution.dense_last_layer)
+    dense_layers = kept_dense(shapes, declared_dense(model), cfg.distribution)
 
     sp = cfg.sparsifier
     sparsifier = SPARSIFIERS.entry(sp.name).impl

@@ -212,9 +212,14 @@ class Registry(Mapping):
 MODELS = Registry("model", default_schema=ModelConfig)  # fn(in_channels, num_classes, image_size) -> Module
 DATASETS = Registry("dataset", default_schema=DatasetConfig)  # data.spec.DataSource (.spec: DatasetSpec)
 #: query ``nm_pattern(node) -> Optional[Tuple[int, int]]``: the ``(n, m)`` every group of ``m`` weights of each sparse
-#: layer keeps (N:M sparsity, :mod:`sparse_exp.sparse.nm`), or None (the default: no group structure)
+#: layer keeps (N:M sparsity, :mod:`sparse_exp.sparse.nm`), or None (the default: no group structure).
+#: query ``kept_dense(node, shapes) -> List[str]``: the layers of ``shapes`` (name -> shape, the prunable layers not
+#: kept dense otherwise) that the distribution itself keeps dense (N:M's ``misfit=dense``); default none. Asked only
+#: through :func:`sparse_exp.sparse.masking.kept_dense`.
+#: query ``summary(node, state) -> Dict[str, Any]``: keys the distribution adds to ``summary.json`` (default none)
 DISTRIBUTIONS = Registry("distribution", default_schema=DistributionConfig,  # fn(shape, power) -> raw score
-                         queries={"nm_pattern": lambda node: None})
+                         queries={"nm_pattern": lambda node: None, "kept_dense": lambda node, shapes: [],
+                                  "summary": lambda node, state: {}})
 SPARSIFIERS = Registry("sparsifier")  # sparse.sparsifiers.sparsifier.Sparsifier subclasses
 #: query ``ticket_collection_start(node, epochs, steps_per_epoch) -> Optional[int]``: how many steps of the run's
 #: own training (main phase) are done when the superposer starts collecting the tickets it averages, in a run of

@@ -163,6 +163,7 @@ def test_rigl_regrows_a_groups_best_gradient_candidate():
     (["sparsifier=rigl", "superposer=sup_tickets", "superposer.reprune=nm"], ["superposer.reprune='nm'"]),
     (NM + ["sparsifier=rigl", "superposer=sup_tickets", "superposer.reprune=nm", "superposer.save_tickets=true",
            "superposer.offline=[{averaging: caa}]"], ["superposer.offline", "N:M"]),
+    (NM + ["distribution.misfit=bogus"], ["distribution.misfit='bogus'", "['dense', 'refuse']"]),
 ])
 def test_refused_in_one_line_at_validate(overrides, words):
     with pytest.raises(ConfigError) as err:
@@ -180,6 +181,21 @@ def test_a_layer_whose_input_is_not_a_multiple_of_m_is_refused_at_preflight():
     ok = ["distribution=nm", "distribution.n=1", "distribution.m=2", "sparsity=0.5", "model=lenet5",
           "sparsifier=static", "distribution.dense_first_layer=true"]  # conv2 has 6 input channels: m=2 fits
     preflight(compose_cfg(ok), local=False)
+
+
+def test_misfit_dense_keeps_the_misfits_dense_in_the_plan_and_the_flops_and_refuses_when_nothing_fits():
+    from sparse_exp.flops import compute
+
+    cfg = compose_cfg(NM + ["model=lenet5", "sparsifier=rigl", "superposer=none", "distribution.misfit=dense"])
+    validate(cfg)
+    assert preflight(cfg, local=False).dense_layers == ("features.0.weight", "features.3.weight")  # inputs 1 and 6
+    assert compute(cfg)["layers"] == {"features.0.weight": 1.0, "features.3.weight": 1.0, "classifier.0.weight": 0.5,
+                                      "classifier.2.weight": 0.5, "classifier.4.weight": 0.5}
+    none_fit = ["distribution=nm", "distribution.n=16", "distribution.m=32", "sparsity=0.5", "model=lenet5",
+                "sparsifier=static", "distribution.misfit=dense"]  # 32 divides none of 1, 6, 400, 120, 84
+    with pytest.raises(ConfigError, match=r"^distribution.misfit='dense' .*nothing would be N:M") as err:
+        preflight(compose_cfg(none_fit), local=False)
+    assert "\n" not in str(err.value)
 
 
 # ------------------------------------------------------------------ end to end
@@ -212,6 +228,38 @@ def test_nm_run_resumes_bitwise_and_keeps_groups(tmp_path, n, method):
     sparse = sum(masks[k].numel() for k in names[:-1])  # the dense last layer counts: global sparsity < 1 - n/m
     assert full.summary()["sparsity/global"] == pytest.approx((1 - n / 4) * sparse / sum(masks[k].numel()
                                                                                          for k in names))
+
+
+@needs_data
+@pytest.mark.slow
+def test_lenet5_misfit_dense_run_keeps_its_convs_dense_and_says_so(tmp_path):
+    from sparse_exp.flops import compute
+    from sparse_exp.registry import SPARSIFIERS
+    from sparse_exp.run.run_dir import RunDir
+    from sparse_exp.train import run
+
+    ov = NM + ["model=lenet5", "sparsifier=rigl", "sparsifier.delta_t=2", "superposer=none", "epochs=1",
+               "dataset.subset_train=256", "distribution.misfit=dense"]
+    rigl, seen = SPARSIFIERS["rigl"], []
+    init = rigl.init_masks
+
+    def watched(self):
+        init(self)
+        seen.append({n: m.bool().clone() for n, m in self.ctx.masking.masks.items()})
+
+    rd = RunDir(tmp_path / "r")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rigl, "init_masks", watched, raising=False)
+        summary = run(compose_cfg(ov), rd.path)
+    final = torch.load(rd.masks_path, weights_only=True)["masks"]
+    convs = ["features.0.weight", "features.3.weight"]
+    for masks in (seen[0], final):
+        assert all(bool(masks[n].all()) for n in convs)
+        assert all(is_nm(masks[n], 2, 4) for n in masks if n not in convs)
+    assert summary["nm/dense_misfits"] == convs and rd.summary()["nm/dense_misfits"] == convs
+    assert summary["sparsity/global"] == 1 - sum(int(m.sum()) for m in final.values()) / sum(m.numel()
+                                                                                            for m in final.values())
+    assert summary["flops/test"] == pytest.approx(compute(compose_cfg(ov))["flops/test"])
 
 
 def test_flops_count_the_nm_densities():

@@ -389,7 +389,7 @@ def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: in
     plan = RunPlan(cfg=cfg, spec=getattr(data, "spec", None), num_train=getattr(data, "num_train", 0),
                    num_val=getattr(data, "num_val", 0), num_test=getattr(data, "num_test", 0),
                    steps_per_epoch=per_epoch, total_steps=total, shapes=dict(masking.shapes),
-                   dense_layers=tuple(dense_layer_names(masking, dist.dense_first_layer, dist.dense_last_layer)))
+                   dense_layers=tuple(dense_layer_names(masking, dist)))
     preflight(cfg, local=False, plan=plan)
     hooks = CallbackList(callbacks)
     device = next(model.parameters()).device

@@ -43,7 +43,8 @@ class RunPlan:
             schedules are fractions of it).
         shapes: prunable weight name -> shape, in forward order.
         dense_layers: prunable layers kept dense (never pruned or regrown): the model's own
-            (``sparse_keep_dense``) and the distribution's ``dense_first_layer`` / ``dense_last_layer``.
+            (``sparse_keep_dense``), the distribution's ``dense_first_layer`` / ``dense_last_layer`` and those it
+            keeps dense itself (N:M's ``misfit=dense``): :func:`~sparse_exp.sparse.masking.kept_dense`.
     """
 
     cfg: Any
@@ -115,7 +116,7 @@ def plan_run(cfg: Any, sizes: Optional[Tuple[int, int, int]] = None) -> RunPlan:
     num_train, num_val, num_test = official_sizes(cfg, spec) if sizes is None else sizes
     steps = math.ceil(num_train / int(cfg.batch_size))
     shapes, declared = prunable_layout(cfg, spec)
-    dense = kept_dense(list(shapes), declared, cfg.distribution.dense_first_layer, cfg.distribution.dense_last_layer)
+    dense = kept_dense(shapes, declared, cfg.distribution)
     return RunPlan(cfg=cfg, spec=spec, num_train=num_train, num_val=num_val, num_test=num_test,
                    steps_per_epoch=steps, total_steps=steps * int(cfg.epochs), shapes=shapes,
                    dense_layers=tuple(dense))
@@ -179,7 +180,7 @@ class RunState:
                                 else dict(distribution))
         cfg = OmegaConf.create({"sparsity": float(sparsity), "seed": int(seed), "distribution": dist,
                                 "epochs": -(-int(total_steps) // int(steps_per_epoch))})
-        dense = dense_layer_names(masking, dist.dense_first_layer, dist.dense_last_layer)
+        dense = dense_layer_names(masking, dist)
         plan = RunPlan(cfg=cfg, spec=None, num_train=0, num_val=0, num_test=0, steps_per_epoch=int(steps_per_epoch),
                        total_steps=int(total_steps), shapes=dict(masking.shapes), dense_layers=tuple(dense))
         return cls(plan=plan, model=model, masking=masking, optimizer=optimizer,

@@ -1,6 +1,7 @@
 """The end of a run: the ``summary.json`` body and the table printed after training.
 
-``summary.json`` holds the individual model's test / validation metrics and sparsity, then whatever
+``summary.json`` holds the individual model's test / validation metrics and sparsity, the distribution's own keys
+(its ``summary`` query, e.g. ``nm/dense_misfits``), then whatever
 the callbacks report (:meth:`~sparse_exp.callbacks.protocol.Callback.final_metrics`): a booster that reports
 another model replaces ``test/*`` / ``val/*`` with that model's (and keeps the individual model's under
 its own keys), the FLOP meter adds ``flops/*``. The masks written to ``masks.pt`` are those of the
@@ -17,6 +18,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from sparse_exp.callbacks.protocol import BaseCallback
+from sparse_exp.registry import DISTRIBUTIONS
 from sparse_exp.run.artifact import model_payload
 from sparse_exp.run.run_dir import RunDir, git_info
 from sparse_exp.training.metrics import evaluate
@@ -46,6 +48,7 @@ def final_summary(run: Any, ident: Dict[str, Any],
     counts = m.counts()
     out["sparsity/global"] = 1.0 - sum(counts.values()) / m.total
     out["sparsity/layers"] = {n: 1.0 - counts[n] / m.sizes[n] for n in m.names}
+    out.update(DISTRIBUTIONS.query(s.distribution.name, "summary")(s.distribution, s))  # e.g. nm/dense_misfits
     out["params/prunable"] = m.total
     out["params/nonzero"] = sum(m.nonzero_weights().values())
     out["itop_rate"] = m.itop_rate()

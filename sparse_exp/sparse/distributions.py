@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from sparse_exp.config.errors import ConfigError, require
+from sparse_exp.config.errors import ConfigError, one_of, require
 from sparse_exp.config.schema import DistributionConfig
 from sparse_exp.registry import DISTRIBUTIONS, SPARSIFIERS
+from sparse_exp.sparse.masking import distribution_dense
 from sparse_exp.sparse.nm import fits
 
 #: ``distribution.name`` -> raw layer score ``fn(shape, erk_power_scale) -> float`` (density is
@@ -39,11 +40,18 @@ def erk_score(shape: Sequence[int], erk_power_scale: float) -> float:
 @dataclass
 class NMDistributionConfig(DistributionConfig):
     """``distribution=nm``: every group of ``m`` consecutive input weights of each sparse layer keeps exactly ``n``
-    (:mod:`sparse_exp.sparse.nm`); ``sparsity`` must be ``1 - n/m``, the sparsity of the N:M layers."""
+    (:mod:`sparse_exp.sparse.nm`); ``sparsity`` must be ``1 - n/m``, the sparsity of the N:M layers. ``misfit``:
+    a sparse layer whose input dimension ``m`` does not divide is refused at pre-flight (``refuse``) or kept dense
+    (``dense``, named in ``summary.json`` as ``nm/dense_misfits``)."""
 
     name: str = "nm"
     n: int = 2
     m: int = 4
+    misfit: str = "refuse"
+
+
+#: ``distribution.misfit`` values
+MISFITS = ("refuse", "dense")
 
 
 def nm_pattern(node: Any) -> Optional[Tuple[int, int]]:
@@ -51,11 +59,28 @@ def nm_pattern(node: Any) -> Optional[Tuple[int, int]]:
     return int(node.n), int(node.m)
 
 
+def nm_kept_dense(node: Any, shapes: Mapping[str, Sequence[int]]) -> List[str]:
+    """``distribution=nm``'s answer to the ``kept_dense`` query: under ``misfit=dense``, the layers of ``shapes``
+    whose input dimension ``shape[1]`` is not a multiple of ``m``; none under ``misfit=refuse``."""
+    if node.get("misfit", "refuse") != "dense":
+        return []
+    return [name for name, shape in shapes.items() if not fits(shape, int(node.m))]
+
+
+def nm_summary(node: Any, state: Any) -> Dict[str, Any]:
+    """``distribution=nm``'s ``summary.json`` keys: ``nm/dense_misfits``, the layers kept dense by ``misfit=dense``
+    (not counting those kept dense anyway), in forward order."""
+    m = state.masking
+    return {"nm/dense_misfits": distribution_dense(m.shapes, m.declared_dense, node)}
+
+
 def check_nm(cfg: Any) -> None:
-    """``1 <= n < m``; ``sparsity == 1 - n/m``; the sparsifier declares ``supports_nm``."""
+    """``1 <= n < m``; ``sparsity == 1 - n/m``; ``misfit`` in :data:`MISFITS`; the sparsifier declares
+    ``supports_nm``."""
     d = cfg.distribution
     require(isinstance(d.m, int) and d.m >= 2, "distribution.m", d.m, "must be an integer >= 2")
     require(isinstance(d.n, int) and 1 <= d.n < d.m, "distribution.n", d.n, f"must be an integer in [1, m={d.m})")
+    one_of("distribution.misfit", d.misfit, MISFITS)
     require(abs(float(cfg.sparsity) - (1 - d.n / d.m)) < 1e-9, "sparsity", cfg.sparsity,
             f"must equal 1 - n/m = {1 - d.n / d.m:g} with distribution=nm (n={d.n}, m={d.m}): the sparsity of the "
             "N:M layers")
@@ -69,17 +94,27 @@ def check_nm(cfg: Any) -> None:
 
 
 def preflight_nm(plan: Any) -> None:
-    """Every sparse layer's input dimension is a multiple of ``m`` (else refused, naming the layer)."""
-    m = int(plan.cfg.distribution.m)
-    for name, shape in plan.shapes.items():
-        if name not in plan.dense_layers and not fits(shape, m):
-            raise ConfigError("distribution.m", m, f"must divide the input dimension of every sparse layer; "
-                              f"{name} of {plan.cfg.model.name} has shape {tuple(shape)} (input {shape[1]}); keep it "
-                              "dense (distribution.dense_first_layer / dense_last_layer) or choose another m")
+    """``misfit=refuse``: every sparse layer's input dimension is a multiple of ``m`` (else refused, naming the
+    layers); ``misfit=dense``: at least one layer is left sparse (N:M)."""
+    d, model = plan.cfg.distribution, plan.cfg.model.name
+    m = int(d.m)
+    sparse = [name for name in plan.shapes if name not in plan.dense_layers]
+    bad = [f"{name} {tuple(plan.shapes[name])} (input {plan.shapes[name][1]})" for name in sparse
+           if not fits(plan.shapes[name], m)]
+    if bad:
+        raise ConfigError("distribution.m", m, f"must divide the input dimension of every sparse layer; {model} has "
+                          f"{', '.join(bad)}; keep such layers dense (distribution.misfit=dense, or "
+                          "dense_first_layer / dense_last_layer) or choose another m")
+    if not sparse and d.misfit == "dense":
+        misfits = [name for name, shape in plan.shapes.items() if not fits(shape, m)]
+        others = "; the others are kept dense anyway" if len(misfits) < len(plan.shapes) else ""
+        raise ConfigError("distribution.misfit", d.misfit, f"keeps every prunable layer of {model} dense, so nothing "
+                          f"would be N:M (m={m} divides the input dimension of none of {misfits}{others}); choose "
+                          "another distribution.m")
 
 
 DISTRIBUTIONS.add("nm", None, schema=NMDistributionConfig, checks=(check_nm,), preflight=(preflight_nm,),
-                  queries={"nm_pattern": nm_pattern})
+                  queries={"nm_pattern": nm_pattern, "kept_dense": nm_kept_dense, "summary": nm_summary})
 
 
 @DISTRIBUTIONS.group_preflight

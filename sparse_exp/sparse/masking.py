@@ -14,11 +14,12 @@ dense gradient (as in GraNet / Sup-tickets ``sparselearning/core.py``).
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from sparse_exp.registry import DISTRIBUTIONS
 from sparse_exp.sparse.nm import is_nm
 
 PRUNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -49,15 +50,28 @@ def declared_dense(model: nn.Module) -> List[str]:
             and getattr(module, "sparse_keep_dense", False)]
 
 
-def kept_dense(names: Sequence[str], declared: Iterable[str], dense_first_layer: bool,
-               dense_last_layer: bool) -> List[str]:
-    """Prunable layers kept at density 1: those the model declares (:func:`declared_dense`), then the first / last
-    of ``names`` (forward order) where the distribution asks, without repeats."""
+def _flagged_dense(names: Sequence[str], declared: Iterable[str], distribution: Any) -> List[str]:
+    """The model's own dense layers, then the first / last of ``names`` where ``distribution`` asks."""
     out = list(declared)
-    for wanted, name in ((dense_first_layer, names[0]), (dense_last_layer, names[-1])):
+    for wanted, name in ((distribution.dense_first_layer, names[0]), (distribution.dense_last_layer, names[-1])):
         if wanted and name not in out:
             out.append(name)
     return out
+
+
+def distribution_dense(shapes: Mapping[str, Sequence[int]], declared: Iterable[str], distribution: Any) -> List[str]:
+    """The layers the distribution keeps dense by its own rule (the ``distribution`` registry's ``kept_dense``
+    query, e.g. N:M's ``misfit=dense``) among ``shapes`` (name -> shape, forward order) not kept dense otherwise."""
+    flagged = set(_flagged_dense(list(shapes), declared, distribution))
+    rest = {n: tuple(s) for n, s in shapes.items() if n not in flagged}
+    return list(DISTRIBUTIONS.query(distribution.name, "kept_dense")(distribution, rest))
+
+
+def kept_dense(shapes: Mapping[str, Sequence[int]], declared: Iterable[str], distribution: Any) -> List[str]:
+    """Prunable layers kept at density 1, without repeats: those the model declares (:func:`declared_dense`), the
+    first / last of ``shapes`` (forward order) where ``distribution.dense_first_layer`` / ``dense_last_layer`` ask,
+    then :func:`distribution_dense`. Every place that needs the run's dense layers computes them here."""
+    return _flagged_dense(list(shapes), declared, distribution) + distribution_dense(shapes, declared, distribution)
 
 
 def exact_random_mask(shape: torch.Size, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -284,10 +298,10 @@ def masks_from_counts(
     return {n: exact_random_mask(shapes[n], counts[n], generator) for n in shapes}
 
 
-def dense_layer_names(masking: Masking, dense_first_layer: bool, dense_last_layer: bool) -> List[str]:
-    """Names of layers kept fully dense: the model's own (:attr:`Masking.declared_dense`) and the distribution's
-    (:func:`kept_dense`)."""
-    return kept_dense(masking.names, masking.declared_dense, dense_first_layer, dense_last_layer)
+def dense_layer_names(masking: Masking, distribution: Any) -> List[str]:
+    """Names of layers kept fully dense under the ``distribution`` node (:func:`kept_dense` of the masking's layers
+    and :attr:`Masking.declared_dense`)."""
+    return kept_dense(masking.shapes, masking.declared_dense, distribution)
 
 
 def iter_masked(masking: Masking) -> Iterable[Tuple[str, torch.Tensor, torch.Tensor]]:
