@@ -50,12 +50,13 @@ EXPECTED_JOBS = {
     "st_fmnist_cycles": 3,  # cycle lengths 1.625 / 3.25 / 9.75 epochs (6.5 is st_fmnist's cell), seed 0
     "st_fmnist_lr": 2 * 3,  # cycle LR peak 0.02 / 0.05 (0.005 is st_fmnist's cell) x seeds
     "vit_fmnist": 3,  # model=vit: dense / RigL 90 % / RigL 90 % + Sup-tickets, seed 0 (docs/vit.md)
+    "topology_fmnist": 3 * 2 * 3,  # RigL / SET / GraNet + Sup-tickets x cycle LR peak 0.005 / 0.05 x seeds
 }
 #: grids in the any-mask code's protocol (sweeps/anymask_protocol/tost.yaml)
 ANYMASK = ("anymask", "anymask_lth", "anymask_dst")
 #: small grids that run on a CPU (not a paper protocol)
 CPU = ("smoke", "anymask_fmnist", "anymask_fmnist_single", "fig3_fmnist", "st_fmnist", "st_fmnist_cycles",
-       "st_fmnist_lr", "vit_fmnist")
+       "st_fmnist_lr", "vit_fmnist", "topology_fmnist")
 SINGLE_SEED = ("smoke", "anymask_fmnist_single", "st_fmnist_cycles", "vit_fmnist")
 PAPER = [n for n in EXPECTED_JOBS if n not in CPU]
 #: sweeps that write into another sweep's directory (the ablation's C = 6.5 cell is st_fmnist's run)
@@ -156,6 +157,14 @@ def test_every_cell_composes_validates_and_follows_the_protocol(plans, name):
                 sp = cfg.superposer
                 budget = make_budget(cfg.epochs, 100, sp.cycle_epochs, sp.phase_fraction, sp.num_tickets)
                 assert budget.num_tickets == 4 and (sp.lr_low, sp.lr_high) == (1e-5, 5e-5)
+            continue
+        if name == "topology_fmnist":  # st_fmnist's protocol shortened: 14 normal epochs + 3 tickets of 2 epochs
+            sp = cfg.superposer
+            assert (cfg.model.name, ds, cfg.epochs, cfg.batch_size, cfg.sparsity, cfg.distribution.name) == \
+                ("lenet_300_100", "fashion_mnist", 20, 128, 0.95, "erk")
+            assert (sp.name, sp.num_tickets, sp.cycle_epochs, sp.lr_low, sp.ticket_eval) == \
+                ("sup_tickets", 3, 2, 0.001, "val_test") and sp.lr_high in (0.005, 0.05)
+            assert cfg.sparsifier.name in ("rigl", "set", "granet")
             continue
         if name.startswith("st_fmnist"):  # the paper's CIFAR structure, counted in steps
             assert (cfg.model.name, ds, cfg.epochs, cfg.batch_size, cfg.dataset.val_size) == \
