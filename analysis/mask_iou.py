@@ -4,13 +4,15 @@ Runs are grouped by (data set, model, sparsity); a group of two runs or more who
 (the reported model's masks: the ultimate ticket's under Sup-tickets) gives a heatmap of the global mask IoU of
 every pair of runs (pooled over all prunable positions, :mod:`sparse_exp.sparse.mask_distance`; the diagonal is 1)
 and a Markdown table: the same matrix, then per layer the mean, min and max IoU over the pairs. Runs are labelled
-``<sparsifier>[+<superposer>] s<seed>`` (by their directory names where two labels of a group coincide) and sorted
-by that label. A pair whose masks do not match (layers or shapes) is left blank. Runs collected from W&B have no
+``<sparsifier>[+<superposer>] s<seed>``, with `` lr_high=<v>`` / `` cycle_epochs=<v>`` where the group's runs differ
+in those superposer keys (by their directory names where two labels of a group still coincide), and sorted by
+that label. A pair whose masks do not match (layers or shapes) is left blank. Runs collected from W&B have no
 local ``masks.pt`` and are skipped.
 """
 
 from __future__ import annotations
 
+import math
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -30,8 +32,12 @@ def _label(row: Any) -> str:
     return f"{method} s{row.get('seed')}"
 
 
+#: superposer keys named in a label (``lr_high=0.05``) where a group's runs differ in them
+VARYING = ("lr_high", "cycle_epochs")
+
+
 def _groups(runs: pd.DataFrame) -> Dict[Tuple[str, str, float], List[Tuple[str, Path]]]:
-    out: Dict[Tuple[str, str, float], List[Tuple[str, Path]]] = {}
+    out: Dict[Tuple[str, str, float], List[Tuple[Any, Path]]] = {}
     if runs.empty or "path" not in runs.columns:
         return out
     for _, row in runs.iterrows():
@@ -39,11 +45,20 @@ def _groups(runs: pd.DataFrame) -> Dict[Tuple[str, str, float], List[Tuple[str, 
         if row.get("status") != "completed" or not path.is_file():
             continue
         key = (str(row.get("dataset")), str(row.get("model")), float(row.get("sparsity")))
-        out.setdefault(key, []).append((_label(row), path))
-    for members in out.values():  # runs that differ in more than method and seed: their directory names
-        if len({label for label, _ in members}) < len(members):
-            members[:] = [(p.parent.name, p) for _, p in members]
-    return {k: sorted(v) for k, v in out.items() if len(v) >= 2}
+        out.setdefault(key, []).append((row, path))
+    labelled: Dict[Tuple[str, str, float], List[Tuple[str, Path]]] = {}
+    for key, members in out.items():
+        labels = [_label(row) for row, _ in members]
+        for k in VARYING:  # the superposer keys the group's runs differ in
+            values = [row.get(f"cfg.superposer.{k}") for row, _ in members]
+            values = [None if isinstance(v, float) and math.isnan(v) else v for v in values]  # a run without the key
+            if len({str(v) for v in values}) > 1:
+                labels = [a if v is None else f"{a} {k}={v:g}" if isinstance(v, (int, float)) else f"{a} {k}={v}"
+                          for a, v in zip(labels, values)]
+        if len(set(labels)) < len(labels):  # runs that differ in still more: their directory names
+            labels = [p.parent.name for _, p in members]
+        labelled[key] = sorted(zip(labels, (p for _, p in members)))
+    return {k: v for k, v in labelled.items() if len(v) >= 2}
 
 
 def iou_matrix(masks: List[Dict[str, torch.Tensor]]) -> Tuple[np.ndarray, Dict[str, List[float]]]:

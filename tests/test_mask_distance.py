@@ -79,3 +79,22 @@ def test_make_tables_draws_the_mask_iou_heatmap_of_a_grid(tmp_path):
     assert [p.name for p in paths] == ["mask_iou_fashion_mnist_lenet_300_100_50." + e for e in ("png", "pdf", "md")]
     md = paths[2].read_text()
     assert "| rigl s0 | 1.000 | 0.500 | 0.000 |" in md and "| out.weight | 0.333 | 0.000 | 1.000 |" in md
+
+
+def test_heatmap_labels_name_the_superposer_key_two_runs_differ_in(tmp_path):
+    import pandas as pd
+
+    from sparse_exp.analysis.mask_iou import write_mask_iou
+
+    rows = []
+    for k, (sup, lr) in enumerate((("sup_tickets", 0.005), ("sup_tickets", 0.05), ("none", None))):
+        d = tmp_path / "runs" / f"r{k}"
+        d.mkdir(parents=True)
+        torch.save({"format": "sparse_exp.masks/v1", "masks": {"fc.weight": t([1, k % 2, 0, 1])}, "meta": {}},
+                   d / "masks.pt")
+        rows.append({"status": "completed", "path": str(d), "dataset": "fashion_mnist", "model": "lenet_300_100",
+                     "sparsity": 0.5, "sparsifier": "rigl", "superposer": sup, "seed": 0,
+                     "cfg.superposer.lr_high": float("nan") if lr is None else lr})
+    (tmp_path / "out").mkdir()
+    md = write_mask_iou(pd.DataFrame(rows), tmp_path / "out")[2].read_text()
+    assert "| run | rigl s0 | rigl+sup_tickets s0 lr_high=0.005 | rigl+sup_tickets s0 lr_high=0.05 |" in md, md
