@@ -15,6 +15,7 @@ directory; it says its pid and host).
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import math
 import os
@@ -40,7 +41,16 @@ CHECKPOINT_FORMATS = ("sparse_exp.checkpoint/v1", CHECKPOINT_FORMAT)
 
 
 def git_info() -> Dict[str, Any]:
-    """SHA and dirty flag of the repository holding this package ("unknown" outside git)."""
+    """SHA and dirty flag of the repository holding this package ("unknown" outside git), read once per process.
+
+    Once: a process runs the code it imported when it started, so every run of a multirun records the commit it was
+    launched from, not a later HEAD committed while the grid ran (SLURM and submitit start one process per job).
+    """
+    return dict(_git_info_once())
+
+
+@functools.lru_cache(maxsize=1)
+def _git_info_once() -> Dict[str, Any]:
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
