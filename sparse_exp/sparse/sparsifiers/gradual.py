@@ -13,8 +13,8 @@ by the ``distribution``, plus regeneration at every update (per layer drop ``pru
 Bernoulli masks and compares against a threshold.
 
 N:M (``distribution=nm``, :mod:`sparse_exp.sparse.nm`): the same cubic schedule sets ``n`` per group instead of a
-global count, ``n_t = clamp(floor(d_t * m + 1/2), n, n_init)`` (``n_init = init_density * m``, ``m`` for GMP's dense
-start), and each pruning update keeps the ``n_t`` largest-magnitude active weights of every group
+global count, ``n_t = clamp(floor(d_t * m + 1/2), n, n_now)`` (from ``n_init = init_density * m``, ``m`` for GMP's
+dense start), and each pruning update keeps the ``n_t`` largest-magnitude active weights of every group
 (:func:`~sparse_exp.sparse.topology.group_magnitude_prune`); GraNet's random start holds ``n_init`` per group and its
 regeneration regrows within groups. ``n`` only moves in steps of ``1/m`` of density, so the realised density is a
 staircase under the cubic curve's rounding; ``python -m sparse_exp.flops`` estimates with the smooth curve.
