@@ -4,10 +4,10 @@ Runs are grouped by (data set, model, sparsity); a group of two runs or more who
 (the reported model's masks: the ultimate ticket's under Sup-tickets) gives a heatmap of the global mask IoU of
 every pair of runs (pooled over all prunable positions, :mod:`sparse_exp.sparse.mask_distance`; the diagonal is 1)
 and a Markdown table: the same matrix, then per layer the mean, min and max IoU over the pairs. Runs are labelled
-``<sparsifier>[+<superposer>] s<seed>``, with `` lr_high=<v>`` / `` cycle_epochs=<v>`` where the group's runs differ
-in those superposer keys (by their directory names where two labels of a group still coincide), and sorted by
-that label. A pair whose masks do not match (layers or shapes) is left blank. Runs collected from W&B have no
-local ``masks.pt`` and are skipped.
+``<sparsifier>[+<superposer>] s<seed>``, with `` lr_high=<v>`` / `` cycle_epochs=<v>`` where the group's runs
+that have those superposer keys differ in them (by their directory names where two labels of a group still
+coincide), and sorted by that label. A pair whose masks do not match (layers or shapes) is left blank. Runs
+collected from W&B have no local ``masks.pt`` and are skipped.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _groups(runs: pd.DataFrame) -> Dict[Tuple[str, str, float], List[Tuple[str, 
         for k in VARYING:  # the superposer keys the group's runs differ in
             values = [row.get(f"cfg.superposer.{k}") for row, _ in members]
             values = [None if isinstance(v, float) and math.isnan(v) else v for v in values]  # a run without the key
-            if len({str(v) for v in values}) > 1:
+            if len({str(v) for v in values if v is not None}) > 1:  # a run without the key differs in nothing
                 labels = [a if v is None else f"{a} {k}={v:g}" if isinstance(v, (int, float)) else f"{a} {k}={v}"
                           for a, v in zip(labels, values)]
         if len(set(labels)) < len(labels):  # runs that differ in still more: their directory names

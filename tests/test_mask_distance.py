@@ -98,3 +98,6 @@ def test_heatmap_labels_name_the_superposer_key_two_runs_differ_in(tmp_path):
     (tmp_path / "out").mkdir()
     md = write_mask_iou(pd.DataFrame(rows), tmp_path / "out")[2].read_text()
     assert "| run | rigl s0 | rigl+sup_tickets s0 lr_high=0.005 | rigl+sup_tickets s0 lr_high=0.05 |" in md, md
+    # a run without the key (no superposer) does not make the others differ: one Sup-tickets run keeps a plain label
+    md = write_mask_iou(pd.DataFrame([rows[0], rows[2]]), tmp_path / "out")[2].read_text()
+    assert "| run | rigl s0 | rigl+sup_tickets s0 |" in md, md
